@@ -1,0 +1,61 @@
+//! Input checks shared by the client and peer services.
+
+use crate::{
+    config::MAX_KEY_BYTES,
+    error::{Error, Result},
+};
+
+/// A key must be 1..=1024 bytes of UTF-8 (protobuf already guarantees UTF-8).
+pub fn key(key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "key is empty; keys must be 1..={MAX_KEY_BYTES} bytes"
+        )));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "key is {} bytes; keys must be 1..={MAX_KEY_BYTES} bytes",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A value must be at most `max` bytes (`limits.max_value_bytes`).
+pub fn value(len: usize, max: usize) -> Result<()> {
+    if len > max {
+        return Err(Error::InvalidArgument(format!(
+            "value is {len} bytes; the limit is {max} bytes (limits.max_value_bytes)"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_bounds_are_inclusive() {
+        assert!(key("").is_err());
+        assert!(key("k").is_ok());
+        assert!(key(&"k".repeat(MAX_KEY_BYTES)).is_ok());
+        let err = key(&"k".repeat(MAX_KEY_BYTES + 1)).unwrap_err().to_string();
+        assert!(
+            err.contains("1025 bytes") && err.contains("1..=1024"),
+            "{err}"
+        );
+        // The limit is in bytes, not characters.
+        assert!(key(&"é".repeat(MAX_KEY_BYTES / 2 + 1)).is_err());
+    }
+
+    #[test]
+    fn value_limit_is_named() {
+        assert!(value(10, 10).is_ok());
+        let err = value(11, 10).unwrap_err().to_string();
+        assert!(
+            err.contains("max_value_bytes") && err.contains("10 bytes"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,513 @@
+//! Node configuration: serde structs and the layering
+//! defaults → TOML file → `MESHKV_*` environment → command-line flags.
+//!
+//! Environment variables name a key by its path, upper-cased, with `__`
+//! between a table and its key: `MESHKV_NODE_ID`, `MESHKV_STORAGE__FSYNC`.
+//! `MESHKV_PEERS` takes `id=url,id=url`. Every error names its source (the
+//! file, the variable or the flag), the key and the reason.
+
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The largest value a node may be configured to accept.
+pub const MAX_VALUE_BYTES_CEILING: usize = 64 * 1024 * 1024;
+/// The largest key, in bytes of UTF-8.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// Everything one node needs to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This node's id: unique in the cluster, stamped into every version it issues.
+    pub node_id: String,
+    /// The cluster's name. Peers reject replication from another cluster.
+    pub cluster_id: String,
+    /// The gRPC address (clients, peers, health, reflection).
+    pub listen: SocketAddr,
+    /// Where the storage engine keeps its files. One node per directory.
+    pub data_dir: PathBuf,
+    /// Log output format.
+    pub log_format: LogFormat,
+    /// The other nodes of the cluster. Every write is shipped to each of them.
+    pub peers: Vec<PeerConfig>,
+    /// Durability and storage engine settings.
+    pub storage: StorageConfig,
+    /// Request limits.
+    pub limits: LimitsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_id: "node1".into(),
+            cluster_id: "meshkv".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            data_dir: PathBuf::from("./data"),
+            log_format: LogFormat::Pretty,
+            peers: Vec::new(),
+            storage: StorageConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// One peer node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// The peer's node id, as it appears in its own config.
+    pub id: String,
+    /// Its gRPC URL, e.g. `http://node2:50051`.
+    pub url: String,
+}
+
+/// When the write-ahead journal is synced to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncMode {
+    /// Before every acknowledgement (one sync per group commit). Survives power loss.
+    Always,
+    /// Every `fsync_interval_ms`. A crash of the machine loses at most that window;
+    /// a crash of the process alone loses nothing.
+    Periodic,
+    /// Never explicitly; the OS decides. A crash of the process alone loses nothing.
+    Never,
+}
+
+/// Storage settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// When writes are synced to disk.
+    pub fsync: FsyncMode,
+    /// The sync interval for `fsync = "periodic"`, in milliseconds.
+    pub fsync_interval_ms: u64,
+    /// The storage engine's block cache, in MiB.
+    pub cache_mb: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            fsync: FsyncMode::Always,
+            fsync_interval_ms: 100,
+            cache_mb: 32,
+        }
+    }
+}
+
+/// Limits that keep one client from hurting the node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// The largest value a write may carry, in bytes.
+    pub max_value_bytes: usize,
+    /// Writes waiting for the writer. When full, writes get RESOURCE_EXHAUSTED.
+    pub write_queue_depth: usize,
+    /// The most writes one group commit takes from the queue.
+    pub max_batch: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_value_bytes: 1024 * 1024,
+            write_queue_depth: 4096,
+            max_batch: 1024,
+        }
+    }
+}
+
+/// Values given on the command line; they override every other layer.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--node-id`
+    pub node_id: Option<String>,
+    /// `--cluster-id`
+    pub cluster_id: Option<String>,
+    /// `--listen`
+    pub listen: Option<SocketAddr>,
+    /// `--data-dir`
+    pub data_dir: Option<PathBuf>,
+    /// `--peer ID=URL`, repeatable; replaces the configured peers when given.
+    pub peers: Vec<PeerConfig>,
+    /// `--log-format`
+    pub log_format: Option<LogFormat>,
+    /// `--fsync`
+    pub fsync: Option<FsyncMode>,
+}
+
+/// Parses `ID=URL`, the form of `--peer` and of `MESHKV_PEERS` items.
+pub fn parse_peer(s: &str) -> std::result::Result<PeerConfig, String> {
+    match s.split_once('=') {
+        Some((id, url)) if !id.is_empty() && !url.is_empty() => Ok(PeerConfig {
+            id: id.trim().to_string(),
+            url: url.trim().to_string(),
+        }),
+        _ => Err(format!("expected ID=URL, got {s:?}")),
+    }
+}
+
+/// Environment variables the CLI reads itself; they are not config keys.
+const CLI_ONLY_ENV: &[&str] = &["MESHKV_ENDPOINT", "MESHKV_CONFIG"];
+
+/// Builds the configuration from all layers and validates it.
+pub fn load(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    overrides: Overrides,
+) -> Result<Config> {
+    let mut table = toml::Table::new();
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        table =
+            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        // Deserialize the file alone first so that its errors point at the file.
+        table
+            .clone()
+            .try_into::<Config>()
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    }
+
+    let mut env_names = Vec::new();
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix("MESHKV_") else {
+            continue;
+        };
+        if CLI_ONLY_ENV.contains(&name.as_str()) {
+            continue;
+        }
+        let value = if rest == "PEERS" {
+            let peers = raw
+                .split(',')
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| parse_peer(s).map(|p| toml::Value::try_from(p).expect("plain struct")))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| Error::Config(format!("environment variable {name}: {e}")))?;
+            toml::Value::Array(peers)
+        } else {
+            env_value(&raw)
+        };
+        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        set_path(&mut table, &path, value)
+            .map_err(|e| Error::Config(format!("environment variable {name}: {e}")))?;
+        env_names.push(name);
+    }
+    let mut config: Config = table.try_into().map_err(|e| {
+        Error::Config(format!(
+            "environment ({}): {e}",
+            if env_names.is_empty() {
+                "defaults".to_string()
+            } else {
+                env_names.join(", ")
+            }
+        ))
+    })?;
+
+    let Overrides {
+        node_id,
+        cluster_id,
+        listen,
+        data_dir,
+        peers,
+        log_format,
+        fsync,
+    } = overrides;
+    if let Some(v) = node_id {
+        config.node_id = v;
+    }
+    if let Some(v) = cluster_id {
+        config.cluster_id = v;
+    }
+    if let Some(v) = listen {
+        config.listen = v;
+    }
+    if let Some(v) = data_dir {
+        config.data_dir = v;
+    }
+    if !peers.is_empty() {
+        config.peers = peers;
+    }
+    if let Some(v) = log_format {
+        config.log_format = v;
+    }
+    if let Some(v) = fsync {
+        config.storage.fsync = v;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+/// An environment value as TOML: numbers and booleans typed, anything else a string.
+fn env_value(raw: &str) -> toml::Value {
+    if let Ok(i) = raw.parse::<i64>() {
+        toml::Value::Integer(i)
+    } else if let Ok(b) = raw.parse::<bool>() {
+        toml::Value::Boolean(b)
+    } else {
+        toml::Value::String(raw.to_string())
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    match path {
+        [] => Err("empty key".into()),
+        [key] => {
+            table.insert(key.clone(), value);
+            Ok(())
+        }
+        [head, rest @ ..] => {
+            let child = table
+                .entry(head.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match child {
+                toml::Value::Table(t) => set_path(t, rest, value),
+                _ => Err(format!("`{head}` is not a table")),
+            }
+        }
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+impl Config {
+    /// Checks what serde cannot: ranges, uniqueness, cross-field rules.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |key: &str, why: String| Err(Error::Config(format!("{key}: {why}")));
+        if !valid_id(&self.node_id) {
+            return bad(
+                "node_id",
+                format!(
+                    "{:?} must be 1..=64 characters of [A-Za-z0-9._-]",
+                    self.node_id
+                ),
+            );
+        }
+        if !valid_id(&self.cluster_id) {
+            return bad(
+                "cluster_id",
+                format!(
+                    "{:?} must be 1..=64 characters of [A-Za-z0-9._-]",
+                    self.cluster_id
+                ),
+            );
+        }
+        let mut seen = HashSet::new();
+        for peer in &self.peers {
+            if !valid_id(&peer.id) {
+                return bad(
+                    "peers",
+                    format!(
+                        "peer id {:?} must be 1..=64 characters of [A-Za-z0-9._-]",
+                        peer.id
+                    ),
+                );
+            }
+            if peer.id == self.node_id {
+                return bad(
+                    "peers",
+                    format!("lists this node itself ({:?}) as a peer", peer.id),
+                );
+            }
+            if !seen.insert(peer.id.as_str()) {
+                return bad("peers", format!("peer id {:?} appears twice", peer.id));
+            }
+            if !(peer.url.starts_with("http://") || peer.url.starts_with("https://"))
+                || peer.url.parse::<tonic::transport::Uri>().is_err()
+            {
+                return bad(
+                    "peers",
+                    format!(
+                        "peer {:?} has url {:?}; expected http://HOST:PORT",
+                        peer.id, peer.url
+                    ),
+                );
+            }
+        }
+        let l = &self.limits;
+        if l.max_value_bytes == 0 || l.max_value_bytes > MAX_VALUE_BYTES_CEILING {
+            return bad(
+                "limits.max_value_bytes",
+                format!(
+                    "{} is outside 1..={MAX_VALUE_BYTES_CEILING}",
+                    l.max_value_bytes
+                ),
+            );
+        }
+        if l.write_queue_depth == 0 || l.write_queue_depth > 1 << 20 {
+            return bad(
+                "limits.write_queue_depth",
+                format!("{} is outside 1..=1048576", l.write_queue_depth),
+            );
+        }
+        if l.max_batch == 0 || l.max_batch > 65_536 {
+            return bad(
+                "limits.max_batch",
+                format!("{} is outside 1..=65536", l.max_batch),
+            );
+        }
+        if self.storage.fsync == FsyncMode::Periodic && self.storage.fsync_interval_ms == 0 {
+            return bad(
+                "storage.fsync_interval_ms",
+                "must be at least 1 with fsync = \"periodic\"".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The largest gRPC message a node accepts: sized so that a value just over
+    /// `max_value_bytes` still decodes and gets a clear InvalidArgument.
+    pub fn max_message_bytes(&self) -> usize {
+        self.limits.max_value_bytes + MAX_KEY_BYTES + 64 * 1024
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write_file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_run_a_single_node() {
+        let c = load(None, env(&[]), Overrides::default()).unwrap();
+        assert_eq!(c.node_id, "node1");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.storage.fsync, FsyncMode::Always);
+        assert!(c.peers.is_empty());
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let f = write_file(
+            "node_id = \"from-file\"\ncluster_id = \"c1\"\n[storage]\nfsync = \"never\"\ncache_mb = 8\n",
+        );
+        let c = load(
+            Some(f.path()),
+            env(&[
+                ("MESHKV_NODE_ID", "from-env"),
+                ("MESHKV_STORAGE__CACHE_MB", "16"),
+                ("MESHKV_PEERS", "a=http://a:1,b=http://b:2"),
+                ("HOME", "/root"),
+            ]),
+            Overrides {
+                node_id: Some("from-flag".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.node_id, "from-flag");
+        assert_eq!(c.cluster_id, "c1");
+        assert_eq!(c.storage.fsync, FsyncMode::Never);
+        assert_eq!(c.storage.cache_mb, 16);
+        assert_eq!(c.peers.len(), 2);
+        assert_eq!(c.peers[1].url, "http://b:2");
+    }
+
+    #[test]
+    fn unknown_file_key_names_file_and_key() {
+        let f = write_file("node_id = \"n\"\nlisten_addr = \"x\"\n");
+        let err = load(Some(f.path()), env(&[]), Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&f.path().display().to_string()), "{err}");
+        assert!(err.contains("listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn bad_enum_in_file_is_rejected() {
+        let f = write_file("[storage]\nfsync = \"sometimes\"\n");
+        let err = load(Some(f.path()), env(&[]), Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sometimes"), "{err}");
+    }
+
+    #[test]
+    fn bad_env_names_the_variable() {
+        let err = load(None, env(&[("MESHKV_NO_SUCH", "1")]), Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("MESHKV_NO_SUCH"), "{err}");
+        assert!(err.contains("no_such"), "{err}");
+    }
+
+    #[test]
+    fn peers_listing_self_or_twice_are_refused() {
+        let selfish = Overrides {
+            peers: vec![parse_peer("node1=http://x:1").unwrap()],
+            ..Default::default()
+        };
+        let err = load(None, env(&[]), selfish).unwrap_err().to_string();
+        assert!(err.contains("itself"), "{err}");
+
+        let twice = Overrides {
+            peers: vec![
+                parse_peer("b=http://x:1").unwrap(),
+                parse_peer("b=http://y:1").unwrap(),
+            ],
+            ..Default::default()
+        };
+        let err = load(None, env(&[]), twice).unwrap_err().to_string();
+        assert!(err.contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn limits_are_range_checked() {
+        let f = write_file("[limits]\nmax_value_bytes = 0\n");
+        let err = load(Some(f.path()), env(&[]), Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limits.max_value_bytes"), "{err}");
+    }
+
+    #[test]
+    fn parse_peer_needs_both_halves() {
+        assert!(parse_peer("n2=http://h:1").is_ok());
+        assert!(parse_peer("n2").is_err());
+        assert!(parse_peer("=http://h").is_err());
+    }
+
+    #[test]
+    fn the_shipped_example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/meshkv.example.toml");
+        load(Some(&path), env(&[]), Overrides::default()).unwrap();
+    }
+}

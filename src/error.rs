@@ -1,0 +1,110 @@
+//! The one error type of meshkv and its mapping to gRPC status codes.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong inside a node or a client command.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The caller sent something we will not accept; the message names the limit.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A bounded queue is full; the caller should back off and retry.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
+    /// The storage engine failed. Writes stop until the node is restarted.
+    #[error("storage error: {0}")]
+    Storage(#[from] fjall::Error),
+    /// The node is stopping or its writer has stopped after a storage failure.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The sender is not a member of this cluster.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// A peer could not be reached or failed an RPC.
+    #[error("peer {peer}: {status}")]
+    Peer {
+        /// The peer's id.
+        peer: String,
+        /// What the peer (or the transport) answered.
+        status: tonic::Status,
+    },
+    /// Another process holds the data dir.
+    #[error("data dir {} is in use by another meshkv process{}; stop it or pick another --data-dir", dir.display(), pid.as_deref().map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    Locked {
+        /// The contested directory.
+        dir: PathBuf,
+        /// The pid recorded in the lock file, if readable.
+        pid: Option<String>,
+    },
+    /// A bad configuration, with where it came from.
+    #[error("config: {0}")]
+    Config(String),
+    /// Bytes on disk that do not decode: a broken invariant.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    /// An I/O error outside the storage engine (lock file, sockets).
+    #[error("{context}: {source}")]
+    Io {
+        /// What we were doing.
+        context: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A transport-level failure (binding, connecting).
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl Error {
+    /// Wraps an I/O error with what we were doing.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Result with the meshkv [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for tonic::Status {
+    fn from(err: Error) -> Self {
+        use tonic::Code;
+        let code = match &err {
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::Overloaded(_) => Code::ResourceExhausted,
+            Error::Storage(_) | Error::Unavailable(_) | Error::Transport(_) | Error::Io { .. } => {
+                Code::Unavailable
+            }
+            Error::Peer { .. } => Code::Unavailable,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::Locked { .. } | Error::Config(_) | Error::Corrupt(_) => Code::Internal,
+        };
+        tonic::Status::new(code, err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn status_codes_follow_the_house_rules() {
+        let cases = [
+            (Error::InvalidArgument("x".into()), Code::InvalidArgument),
+            (Error::Overloaded("x".into()), Code::ResourceExhausted),
+            (Error::Storage(fjall::Error::Poisoned), Code::Unavailable),
+            (Error::Unavailable("x".into()), Code::Unavailable),
+            (Error::PermissionDenied("x".into()), Code::PermissionDenied),
+            (Error::Corrupt("x".into()), Code::Internal),
+        ];
+        for (err, code) in cases {
+            let msg = err.to_string();
+            let status = tonic::Status::from(err);
+            assert_eq!(status.code(), code, "{msg}");
+            assert_eq!(status.message(), msg);
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! meshkv: a replicated, multi-master key-value server.
+//!
+//! Every node stores keys durably on local disk ([`storage`]), serves clients
+//! and peers over gRPC ([`api`]), and acknowledges a write once it is durable
+//! locally. Each key is a last-writer-wins register ordered by [`version`]s
+//! stamped from a hybrid logical [`clock`]; merging is commutative,
+//! associative and idempotent, so every replica converges on the highest
+//! version however writes are delivered. [`server::run`] wires it together.
+
+pub mod api;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod proto;
+pub mod server;
+pub mod storage;
+pub mod version;
+
+pub use config::Config;
+pub use error::{Error, Result};

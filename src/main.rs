@@ -1,0 +1,86 @@
+//! The `meshkv` binary: parse flags, load config, set up tracing, run.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use meshkv::{
+    cli::{run_client, Cli, Command, Outcome, ServeArgs},
+    config::{self, LogFormat},
+    server,
+};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli
+        .command
+        .unwrap_or_else(|| Command::Serve(ServeArgs::default()));
+    let result = match command {
+        Command::Serve(args) => serve(args).map(|()| Outcome::Ok),
+        client => runtime().and_then(|rt| Ok(rt.block_on(run_client(client))?)),
+    };
+    match result {
+        Ok(Outcome::Ok) => ExitCode::SUCCESS,
+        Ok(Outcome::Negative) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("meshkv: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = config::load(args.config.as_deref(), std::env::vars(), args.overrides())?;
+    init_tracing(config.log_format);
+    let rt = runtime()?;
+    rt.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(on_signal(shutdown.clone()));
+        server::run(config, shutdown).await
+    })?;
+    Ok(())
+}
+
+fn init_tracing(format: LogFormat) {
+    // The storage engine logs routine maintenance at info; keep it out of the default view.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// The first SIGINT or SIGTERM starts a graceful shutdown; a second one exits at once.
+async fn on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    for round in 0..2 {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        if round == 0 {
+            tracing::info!("signal received: shutting down (send again to exit at once)");
+            shutdown.cancel();
+        }
+    }
+    tracing::warn!("second signal: exiting without draining");
+    std::process::exit(130);
+}

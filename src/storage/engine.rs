@@ -1,0 +1,235 @@
+//! The fjall database, its keyspaces, and the reads that bypass the writer.
+
+use std::{
+    path::Path,
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use prost::Message;
+
+use crate::{
+    error::{Error, Result},
+    proto,
+    storage::{codec, digest::Digests, lock::DirLock},
+    version::Entry,
+};
+
+const META_HLC: &[u8] = b"hlc";
+const META_LAST_SEQ: &[u8] = b"last_seq";
+const META_NODE_ID: &[u8] = b"node_id";
+const META_CLUSTER_ID: &[u8] = b"cluster_id";
+
+/// The open storage of one node. Reads go straight to the engine (it is
+/// thread-safe); every write goes through the [`writer`](super::writer).
+pub struct Store {
+    pub(crate) db: Database,
+    pub(crate) data: Keyspace,
+    pub(crate) log: Keyspace,
+    pub(crate) meta: Keyspace,
+    /// Kept current by the writer after every commit; read by anti-entropy.
+    digests: Mutex<Digests>,
+    _lock: DirLock,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+/// What start-up learned from the disk.
+#[derive(Debug)]
+pub struct Recovered {
+    /// The highest HLC timestamp ever issued or observed here.
+    pub high_water: u64,
+    /// The seq of the last local write in the log.
+    pub last_seq: u64,
+    /// True if the directory held no data: a new or wiped node.
+    pub fresh: bool,
+    /// Number of keys, tombstones included.
+    pub keys: u64,
+}
+
+fn read_u64(ks: &Keyspace, key: &[u8]) -> Result<Option<u64>> {
+    match ks.get(key)? {
+        None => Ok(None),
+        Some(v) => {
+            let b: [u8; 8] = v.as_ref().try_into().map_err(|_| {
+                Error::Corrupt(format!(
+                    "meta {:?} is not a u64",
+                    String::from_utf8_lossy(key)
+                ))
+            })?;
+            Ok(Some(u64::from_be_bytes(b)))
+        }
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, checks that it belongs to this
+    /// node and cluster, and rebuilds the digests.
+    pub fn open(
+        dir: &Path,
+        node_id: &str,
+        cluster_id: &str,
+        cache_mb: u64,
+    ) -> Result<(Arc<Store>, Recovered)> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("cannot create data dir {}", dir.display()), e))?;
+        let lock = DirLock::acquire(dir)?;
+        let db = Database::builder(dir.join("db"))
+            .cache_size(cache_mb * 1024 * 1024)
+            // The writer decides when to sync; fjall must not do it behind our back.
+            .manual_journal_persist(true)
+            .open()?;
+        let data = db.keyspace("data", KeyspaceCreateOptions::default)?;
+        let log = db.keyspace("log", KeyspaceCreateOptions::default)?;
+        let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
+
+        for (key, want, what) in [
+            (META_NODE_ID, node_id, "node"),
+            (META_CLUSTER_ID, cluster_id, "cluster"),
+        ] {
+            match meta.get(key)? {
+                Some(have) if have.as_ref() != want.as_bytes() => {
+                    return Err(Error::Config(format!(
+                        "data dir {} belongs to {what} {:?}, not {want:?}; use another data_dir",
+                        dir.display(),
+                        String::from_utf8_lossy(&have),
+                    )))
+                }
+                Some(_) => {}
+                None => meta.insert(key, want.as_bytes())?,
+            }
+        }
+
+        let mut high_water = read_u64(&meta, META_HLC)?.unwrap_or(0);
+        let mut last_seq = read_u64(&meta, META_LAST_SEQ)?.unwrap_or(0);
+        if let Some(kv) = log.last_key_value() {
+            last_seq = last_seq.max(codec::log_seq(&kv.key()?)?);
+        }
+
+        let mut digests = Digests::default();
+        let mut keys = 0u64;
+        for kv in data.iter() {
+            let (k, v) = kv.into_inner()?;
+            let entry = codec::decode_entry(&v)?;
+            let key = codec::user_key(&k)?;
+            high_water = high_water.max(entry.version.hlc);
+            digests.replace(key.as_bytes(), None, &entry.version);
+            keys += 1;
+        }
+        db.persist(PersistMode::SyncAll)?;
+        let store = Arc::new(Store {
+            db,
+            data,
+            log,
+            meta,
+            digests: Mutex::new(digests),
+            _lock: lock,
+        });
+        Ok((
+            store,
+            Recovered {
+                high_water,
+                last_seq,
+                fresh: keys == 0,
+                keys,
+            },
+        ))
+    }
+
+    /// The newest entry this node holds for `key` (tombstones included).
+    pub fn get(&self, key: &str) -> Result<Option<Entry>> {
+        self.data
+            .get(codec::data_key(key))?
+            .map(|v| codec::decode_entry(&v))
+            .transpose()
+    }
+
+    /// Log records with seq greater than `after`, at most `max_entries` and
+    /// about `max_bytes` (always at least one record if any exists).
+    pub fn log_after(
+        &self,
+        after: u64,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, proto::Mutation)>> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let start = codec::log_key(after.saturating_add(1));
+        for kv in self.log.range(start..) {
+            let (k, v) = kv.into_inner()?;
+            if !out.is_empty() && (out.len() >= max_entries || bytes + v.len() > max_bytes) {
+                break;
+            }
+            bytes += v.len();
+            let m = proto::Mutation::decode(v.as_ref())
+                .map_err(|e| Error::Corrupt(format!("log record: {e}")))?;
+            out.push((codec::log_seq(&k)?, m));
+        }
+        Ok(out)
+    }
+
+    /// The seq of the oldest record still in the log, if any.
+    pub fn log_first_seq(&self) -> Result<Option<u64>> {
+        self.log
+            .first_key_value()
+            .map(|kv| codec::log_seq(&kv.key()?))
+            .transpose()
+    }
+
+    /// Every entry, in storage order: for tests, debugging and dumps.
+    pub fn for_each(&self, mut f: impl FnMut(String, Entry) -> Result<()>) -> Result<()> {
+        for kv in self.data.iter() {
+            let (k, v) = kv.into_inner()?;
+            f(codec::user_key(&k)?, codec::decode_entry(&v)?)?;
+        }
+        Ok(())
+    }
+
+    /// The digests, locked. Hold the guard briefly and never across `.await`.
+    pub fn digests(&self) -> MutexGuard<'_, Digests> {
+        // A panic while holding this lock leaves plain integers behind: still usable.
+        self.digests.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Syncs the journal to disk.
+    pub fn sync(&self) -> Result<()> {
+        Ok(self.db.persist(PersistMode::SyncAll)?)
+    }
+
+    /// Adds the clock high-water mark and the last log seq to a batch, so that
+    /// both are exactly as durable as the writes they cover.
+    pub(crate) fn batch_meta(&self, batch: &mut fjall::OwnedWriteBatch, hlc: u64, seq: u64) {
+        batch.insert(&self.meta, META_HLC, hlc.to_be_bytes().to_vec());
+        batch.insert(&self.meta, META_LAST_SEQ, seq.to_be_bytes().to_vec());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_open_of_the_same_dir_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, rec) = Store::open(dir.path(), "n1", "c", 8).unwrap();
+        assert!(rec.fresh);
+        let err = Store::open(dir.path(), "n1", "c", 8).unwrap_err();
+        assert!(matches!(err, Error::Locked { .. }), "{err}");
+        assert!(
+            err.to_string().contains(&std::process::id().to_string()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_dir_of_another_node_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path(), "n1", "c", 8).unwrap());
+        let err = Store::open(dir.path(), "n2", "c", 8).unwrap_err();
+        assert!(err.to_string().contains("belongs to node"), "{err}");
+    }
+}

@@ -1,0 +1,32 @@
+//! Durable state of one node, on the fjall LSM engine.
+//!
+//! Three keyspaces are written together in atomic batches:
+//!
+//! - `data`: `bucket (u16 BE) ‖ key` → [`StoredEntry`](crate::proto::StoredEntry).
+//!   Prefixing the key with its anti-entropy bucket lets a repair range-scan
+//!   exactly one bucket instead of the whole map.
+//! - `log`: `seq (u64 BE)` → [`Mutation`](crate::proto::Mutation): the writes
+//!   that originated on this node, in order. Peers are fed from here, so a
+//!   peer's backlog lives on disk, never in memory.
+//! - `meta`: the HLC high-water mark, the last log seq, the node and cluster
+//!   ids the directory belongs to, and (with replication) the peer cursors.
+//!
+//! Every mutation goes through one [`writer`] thread. It drains all pending
+//! requests into one batch, stamps local writes with the HLC, merges remote
+//! ones with last-writer-wins, commits once and syncs once (group commit),
+//! then answers everyone. Having a single writer makes read-modify-write
+//! merges race-free and lets the clock live without a lock.
+//!
+//! A storage failure poisons the engine. The writer then refuses every write
+//! with UNAVAILABLE and the node reports NOT_SERVING: it fails stop rather than
+//! carry on after a sync it cannot trust, but stays up to be inspected.
+
+pub mod codec;
+pub mod digest;
+mod engine;
+mod lock;
+pub mod writer;
+
+pub use digest::{bucket_of, Digests, BUCKETS};
+pub use engine::{Recovered, Store};
+pub use writer::{WriterHandle, WriterOptions};

@@ -1,0 +1,481 @@
+//! The single writer: group commit of local writes and remote merges.
+//!
+//! Requests arrive over a bounded channel. The writer thread takes one, then
+//! drains whatever else is already waiting (up to `max_batch`), writes them
+//! all in one atomic batch, syncs once according to the fsync mode, and only
+//! then answers. Concurrent clients therefore share one fsync. It runs on its
+//! own OS thread because commits block on disk I/O.
+
+use std::{collections::HashMap, sync::Arc, thread, time::Duration};
+
+use fjall::PersistMode;
+use prost::Message;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    clock::{Hlc, PhysicalClock},
+    config::FsyncMode,
+    error::{Error, Result},
+    storage::{codec, Recovered, Store},
+    version::{Entry, NodeId, Version},
+};
+
+/// How the writer behaves.
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    /// Stamped into every local version.
+    pub node_id: NodeId,
+    /// When commits are synced.
+    pub fsync: FsyncMode,
+    /// Capacity of the request channel.
+    pub queue_depth: usize,
+    /// The most requests in one group commit.
+    pub max_batch: usize,
+    /// Remote timestamps further ahead of our wall clock than this are logged.
+    pub max_clock_skew: Duration,
+}
+
+enum Command {
+    Local {
+        key: String,
+        value: Option<Vec<u8>>,
+        reply: oneshot::Sender<Result<Version>>,
+    },
+    Remote {
+        mutations: Vec<(String, Entry)>,
+        reply: oneshot::Sender<Result<u64>>,
+    },
+}
+
+/// Submits writes to the writer thread. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct WriterHandle {
+    tx: mpsc::Sender<Command>,
+    queue_depth: usize,
+}
+
+impl WriterHandle {
+    /// Writes `value` (or a tombstone, for `None`) under a new local version,
+    /// and returns once it is committed per the fsync mode.
+    pub async fn write(&self, key: String, value: Option<Vec<u8>>) -> Result<Version> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Command::Local { key, value, reply })?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Merges remote entries with last-writer-wins; returns how many won.
+    pub async fn apply(&self, mutations: Vec<(String, Entry)>) -> Result<u64> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Command::Remote { mutations, reply })?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    fn submit(&self, cmd: Command) -> Result<()> {
+        self.tx.try_send(cmd).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Error::Overloaded(format!(
+                "write queue is full ({} pending, limits.write_queue_depth); retry with backoff",
+                self.queue_depth
+            )),
+            mpsc::error::TrySendError::Closed(_) => stopped(),
+        })
+    }
+}
+
+fn stopped() -> Error {
+    Error::Unavailable("the writer has stopped (node shutting down)".into())
+}
+
+/// Starts the writer thread. It runs until every [`WriterHandle`] is dropped,
+/// then syncs and exits. `seq` receives the last committed log seq; `fatal` is
+/// cancelled if storage fails.
+pub fn spawn(
+    store: Arc<Store>,
+    recovered: &Recovered,
+    clock: Arc<dyn PhysicalClock>,
+    opts: WriterOptions,
+    fatal: CancellationToken,
+) -> Result<(WriterHandle, watch::Receiver<u64>, thread::JoinHandle<()>)> {
+    let (tx, rx) = mpsc::channel(opts.queue_depth);
+    let (seq_tx, seq_rx) = watch::channel(recovered.last_seq);
+    let handle = WriterHandle {
+        tx,
+        queue_depth: opts.queue_depth,
+    };
+    let writer = Writer {
+        hlc: Hlc::new(clock, recovered.high_water),
+        last_seq: recovered.last_seq,
+        store,
+        opts,
+        seq_tx,
+        fatal,
+        failed: None,
+    };
+    let thread = thread::Builder::new()
+        .name("meshkv-writer".into())
+        .spawn(move || writer.run(rx))
+        .map_err(|e| Error::io("cannot start the writer thread", e))?;
+    Ok((handle, seq_rx, thread))
+}
+
+struct Writer {
+    store: Arc<Store>,
+    hlc: Hlc,
+    last_seq: u64,
+    opts: WriterOptions,
+    seq_tx: watch::Sender<u64>,
+    fatal: CancellationToken,
+    /// Set after a failed commit: every later write is refused with this.
+    failed: Option<String>,
+}
+
+/// What one request gets back once the batch is committed.
+enum Outcome {
+    Local(Version),
+    Remote(u64),
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut cmds = Vec::with_capacity(self.opts.max_batch);
+        while let Some(first) = rx.blocking_recv() {
+            cmds.push(first);
+            while cmds.len() < self.opts.max_batch {
+                match rx.try_recv() {
+                    Ok(c) => cmds.push(c),
+                    Err(_) => break,
+                }
+            }
+            let result = match &self.failed {
+                Some(why) => Err(why.clone()),
+                None => self.commit(&cmds).map_err(|e| e.to_string()),
+            };
+            match result {
+                Ok(outcomes) => {
+                    for (cmd, outcome) in cmds.drain(..).zip(outcomes) {
+                        match (cmd, outcome) {
+                            (Command::Local { reply, .. }, Outcome::Local(v)) => {
+                                let _ = reply.send(Ok(v));
+                            }
+                            (Command::Remote { reply, .. }, Outcome::Remote(n)) => {
+                                let _ = reply.send(Ok(n));
+                            }
+                            _ => unreachable!("outcomes are built in command order"),
+                        }
+                    }
+                }
+                Err(why) => {
+                    for cmd in cmds.drain(..) {
+                        let err = || Error::Unavailable(why.clone());
+                        match cmd {
+                            Command::Local { reply, .. } => drop(reply.send(Err(err()))),
+                            Command::Remote { reply, .. } => drop(reply.send(Err(err()))),
+                        }
+                    }
+                }
+            }
+        }
+        if self.failed.is_none() {
+            if let Err(e) = self.store.sync() {
+                tracing::error!(error = %e, "final sync failed");
+            }
+        }
+        tracing::debug!(last_seq = self.last_seq, "writer stopped");
+    }
+
+    /// The newest state of `key`, counting writes earlier in this batch.
+    fn current(&self, overlay: &HashMap<String, Entry>, key: &str) -> Result<Option<Entry>> {
+        match overlay.get(key) {
+            Some(e) => Ok(Some(e.clone())),
+            None => self.store.get(key),
+        }
+    }
+
+    fn commit(&mut self, cmds: &[Command]) -> Result<Vec<Outcome>> {
+        let store = Arc::clone(&self.store);
+        let mut batch = store.db.batch();
+        let mut overlay: HashMap<String, Entry> = HashMap::new();
+        let mut changes: Vec<(String, Option<Version>, Version)> = Vec::new();
+        let mut outcomes = Vec::with_capacity(cmds.len());
+        let mut seq = self.last_seq;
+
+        for cmd in cmds {
+            match cmd {
+                Command::Local { key, value, .. } => {
+                    let old = self.current(&overlay, key)?;
+                    let entry = Entry {
+                        version: Version {
+                            hlc: self.hlc.now(),
+                            node: self.opts.node_id.clone(),
+                        },
+                        value: value.clone(),
+                    };
+                    // The clock has seen every stored version, so a local write always wins.
+                    debug_assert!(entry.wins_over(old.as_ref()));
+                    seq += 1;
+                    batch.insert(
+                        &store.data,
+                        codec::data_key(key),
+                        codec::encode_entry(&entry),
+                    );
+                    batch.insert(
+                        &store.log,
+                        codec::log_key(seq).to_vec(),
+                        codec::to_mutation(key, &entry).encode_to_vec(),
+                    );
+                    changes.push((key.clone(), old.map(|o| o.version), entry.version.clone()));
+                    outcomes.push(Outcome::Local(entry.version.clone()));
+                    overlay.insert(key.clone(), entry);
+                }
+                Command::Remote { mutations, .. } => {
+                    let mut applied = 0;
+                    for (key, entry) in mutations {
+                        let ahead_ms = self.hlc.observe(entry.version.hlc);
+                        if ahead_ms > self.opts.max_clock_skew.as_millis() as u64 {
+                            tracing::warn!(
+                                key = %key, version = %entry.version, ahead_ms,
+                                "remote version is far ahead of the local clock; applied anyway"
+                            );
+                            crate::metrics::clock_skew_event();
+                        }
+                        let old = self.current(&overlay, key)?;
+                        if entry.wins_over(old.as_ref()) {
+                            batch.insert(
+                                &store.data,
+                                codec::data_key(key),
+                                codec::encode_entry(entry),
+                            );
+                            changes.push((
+                                key.clone(),
+                                old.map(|o| o.version),
+                                entry.version.clone(),
+                            ));
+                            overlay.insert(key.clone(), entry.clone());
+                            applied += 1;
+                        }
+                    }
+                    outcomes.push(Outcome::Remote(applied));
+                }
+            }
+        }
+
+        store.batch_meta(&mut batch, self.hlc.high_water(), seq);
+        let durability = match self.opts.fsync {
+            FsyncMode::Always => PersistMode::SyncAll,
+            // Hand the bytes to the OS so that a crash of the process alone loses nothing.
+            FsyncMode::Periodic | FsyncMode::Never => PersistMode::Buffer,
+        };
+        if let Err(e) = batch.durability(Some(durability)).commit() {
+            let why =
+                format!("storage failed ({e}); this node refuses writes until it is restarted");
+            tracing::error!(error = %e, "commit failed: failing stop for writes");
+            self.failed = Some(why);
+            self.fatal.cancel();
+            return Err(Error::Storage(e));
+        }
+
+        {
+            let mut digests = store.digests();
+            for (key, old, new) in &changes {
+                digests.replace(key.as_bytes(), old.as_ref(), new);
+            }
+        }
+        if seq != self.last_seq {
+            self.last_seq = seq;
+            self.seq_tx.send_replace(seq);
+        }
+        Ok(outcomes)
+    }
+}
+
+/// Syncs every `interval` for `fsync = "periodic"` until `shutdown`.
+pub async fn periodic_sync(
+    store: Arc<Store>,
+    interval: Duration,
+    fatal: CancellationToken,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = fatal.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let s = Arc::clone(&store);
+        match tokio::task::spawn_blocking(move || s.sync()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "periodic sync failed: failing stop for writes");
+                fatal.cancel();
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "periodic sync task panicked");
+                fatal.cancel();
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+
+    fn opts(queue_depth: usize) -> WriterOptions {
+        WriterOptions {
+            node_id: "n1".into(),
+            fsync: FsyncMode::Always,
+            queue_depth,
+            max_batch: 64,
+            max_clock_skew: Duration::from_secs(60),
+        }
+    }
+
+    fn open(dir: &std::path::Path) -> (Arc<Store>, Recovered) {
+        Store::open(dir, "n1", "c", 8).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_read_back_and_versions_increase() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, rec) = open(dir.path());
+        let (w, mut seq, t) = spawn(
+            store.clone(),
+            &rec,
+            Arc::new(SystemClock),
+            opts(16),
+            CancellationToken::new(),
+        )
+        .unwrap();
+        let v1 = w.write("k".into(), Some(b"a".to_vec())).await.unwrap();
+        let v2 = w.write("k".into(), None).await.unwrap();
+        assert!(v2 > v1);
+        assert!(store.get("k").unwrap().unwrap().is_tombstone());
+        assert_eq!(*seq.borrow_and_update(), 2);
+        assert_eq!(store.log_after(0, 10, 1 << 20).unwrap().len(), 2);
+        drop(w);
+        t.join().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn remote_merge_keeps_the_highest_version_and_advances_the_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, rec) = open(dir.path());
+        let (w, _seq, t) = spawn(
+            store.clone(),
+            &rec,
+            Arc::new(SystemClock),
+            opts(16),
+            CancellationToken::new(),
+        )
+        .unwrap();
+        let far = u64::MAX >> 1;
+        let newer = Entry {
+            version: Version {
+                hlc: far,
+                node: "n2".into(),
+            },
+            value: Some(b"new".to_vec()),
+        };
+        let older = Entry {
+            version: Version {
+                hlc: 5,
+                node: "n3".into(),
+            },
+            value: Some(b"old".to_vec()),
+        };
+        let applied = w
+            .apply(vec![
+                ("k".into(), newer.clone()),
+                ("k".into(), older.clone()),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(applied, 1);
+        assert_eq!(
+            w.apply(vec![("k".into(), newer.clone())]).await.unwrap(),
+            0,
+            "replay"
+        );
+        assert_eq!(store.get("k").unwrap().unwrap(), newer);
+        // A later local write must beat the remote one it has observed.
+        let v = w.write("k".into(), Some(b"local".to_vec())).await.unwrap();
+        assert!(v > newer.version);
+        // Remote entries are not re-logged: the log holds only local writes.
+        assert_eq!(store.log_after(0, 10, 1 << 20).unwrap().len(), 1);
+        drop(w);
+        t.join().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn clock_and_seq_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let last = {
+            let (store, rec) = open(dir.path());
+            let (w, _s, t) = spawn(
+                store,
+                &rec,
+                Arc::new(SystemClock),
+                opts(16),
+                CancellationToken::new(),
+            )
+            .unwrap();
+            let v = w.write("a".into(), Some(vec![1])).await.unwrap();
+            drop(w);
+            t.join().unwrap();
+            v
+        };
+        let (store, rec) = open(dir.path());
+        assert!(rec.high_water >= last.hlc);
+        assert_eq!(rec.last_seq, 1);
+        assert!(!rec.fresh);
+        // Even with the wall clock at zero, new versions come after old ones.
+        struct Zero;
+        impl PhysicalClock for Zero {
+            fn now_ms(&self) -> u64 {
+                0
+            }
+        }
+        let (w, _s, t) = spawn(
+            store,
+            &rec,
+            Arc::new(Zero),
+            opts(16),
+            CancellationToken::new(),
+        )
+        .unwrap();
+        assert!(w.write("a".into(), Some(vec![2])).await.unwrap() > last);
+        drop(w);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_full_queue_is_overload_not_a_wait() {
+        let (tx, _rx) = mpsc::channel(1);
+        let h = WriterHandle { tx, queue_depth: 1 };
+        let (r1, _k1) = oneshot::channel();
+        let (r2, _k2) = oneshot::channel();
+        h.submit(Command::Local {
+            key: "a".into(),
+            value: None,
+            reply: r1,
+        })
+        .unwrap();
+        let err = h
+            .submit(Command::Local {
+                key: "b".into(),
+                value: None,
+                reply: r2,
+            })
+            .unwrap_err();
+        assert!(matches!(err, Error::Overloaded(_)), "{err}");
+        assert_eq!(
+            tonic::Status::from(err).code(),
+            tonic::Code::ResourceExhausted
+        );
+    }
+}

@@ -1,0 +1,155 @@
+//! Versions, entries and the merge rule: the pure core of convergence.
+//!
+//! Every key holds a last-writer-wins register. A write carries a [`Version`]
+//! (HLC timestamp, then origin node id) and the highest version wins. Because
+//! [`merge`] is commutative, associative and idempotent, replicas that see the
+//! same set of writes in any order, with any duplicates, hold the same map.
+
+use std::{cmp::Ordering, fmt, sync::Arc};
+
+/// The id of a node, shared cheaply between the many entries that carry it.
+pub type NodeId = Arc<str>;
+
+/// Orders writes: `hlc` first, then `node` breaks ties, so two distinct writes
+/// never compare equal.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Version {
+    /// Hybrid logical clock timestamp (see [`crate::clock`]).
+    pub hlc: u64,
+    /// The node that issued the write.
+    pub node: NodeId,
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.hlc, self.node)
+    }
+}
+
+/// One register value: a value or, when `value` is `None`, a tombstone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The version of the write that produced this state.
+    pub version: Version,
+    /// `None` is a tombstone left by a delete.
+    pub value: Option<Vec<u8>>,
+}
+
+impl Entry {
+    /// True if this entry is a delete marker.
+    pub fn is_tombstone(&self) -> bool {
+        self.value.is_none()
+    }
+
+    /// The total order merge uses. Versions decide; the value only breaks a tie
+    /// that the protocol never produces (two writes with one version), so that
+    /// merge stays commutative even if that invariant were broken.
+    pub fn cmp_lww(&self, other: &Entry) -> Ordering {
+        self.version
+            .cmp(&other.version)
+            .then_with(|| self.value.cmp(&other.value))
+    }
+
+    /// True if `self` would replace `current` under last-writer-wins.
+    pub fn wins_over(&self, current: Option<&Entry>) -> bool {
+        current.is_none_or(|c| self.cmp_lww(c) == Ordering::Greater)
+    }
+}
+
+/// Last-writer-wins merge of two states of one key.
+pub fn merge(a: Entry, b: Entry) -> Entry {
+    if b.cmp_lww(&a) == Ordering::Greater {
+        b
+    } else {
+        a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entry(hlc: u64, node: &str, value: Option<&[u8]>) -> Entry {
+        Entry {
+            version: Version {
+                hlc,
+                node: node.into(),
+            },
+            value: value.map(<[u8]>::to_vec),
+        }
+    }
+
+    #[test]
+    fn higher_hlc_wins_regardless_of_node() {
+        let a = entry(10, "zzz", Some(b"a"));
+        let b = entry(11, "aaa", Some(b"b"));
+        assert_eq!(merge(a.clone(), b.clone()), b);
+        assert_eq!(merge(b.clone(), a), b);
+    }
+
+    #[test]
+    fn node_id_breaks_hlc_ties() {
+        let a = entry(10, "node1", Some(b"a"));
+        let b = entry(10, "node2", Some(b"b"));
+        assert!(b.version > a.version);
+        assert_eq!(merge(a.clone(), b.clone()), b);
+        assert_eq!(merge(b.clone(), a), b);
+    }
+
+    #[test]
+    fn tombstone_with_higher_version_wins_and_loses_like_a_value() {
+        let put = entry(5, "n1", Some(b"v"));
+        let del = entry(6, "n2", None);
+        assert!(merge(put.clone(), del.clone()).is_tombstone());
+        let later_put = entry(7, "n1", Some(b"w"));
+        assert_eq!(merge(del, later_put.clone()), later_put);
+    }
+
+    #[test]
+    fn wins_over_absent_and_not_over_itself() {
+        let e = entry(1, "n", Some(b""));
+        assert!(e.wins_over(None));
+        assert!(!e.wins_over(Some(&e)));
+        assert!(!entry(0, "n", None).wins_over(Some(&e)));
+    }
+
+    fn arb_entry() -> impl Strategy<Value = Entry> {
+        (
+            0u64..8,
+            prop::sample::select(vec!["n1", "n2", "n3"]),
+            prop::option::of(prop::collection::vec(any::<u8>(), 0..3)),
+        )
+            .prop_map(|(hlc, node, value)| entry(hlc, node, value.as_deref()))
+    }
+
+    proptest! {
+        #[test]
+        fn merge_is_commutative(a in arb_entry(), b in arb_entry()) {
+            prop_assert_eq!(merge(a.clone(), b.clone()), merge(b, a));
+        }
+
+        #[test]
+        fn merge_is_associative(a in arb_entry(), b in arb_entry(), c in arb_entry()) {
+            prop_assert_eq!(
+                merge(merge(a.clone(), b.clone()), c.clone()),
+                merge(a, merge(b, c))
+            );
+        }
+
+        #[test]
+        fn merge_is_idempotent(a in arb_entry(), b in arb_entry()) {
+            prop_assert_eq!(merge(a.clone(), a.clone()), a.clone());
+            let ab = merge(a.clone(), b.clone());
+            prop_assert_eq!(merge(ab.clone(), b), ab);
+        }
+
+        #[test]
+        fn merge_returns_the_maximum(a in arb_entry(), b in arb_entry()) {
+            let m = merge(a.clone(), b.clone());
+            prop_assert!(m.cmp_lww(&a) != Ordering::Less);
+            prop_assert!(m.cmp_lww(&b) != Ordering::Less);
+            prop_assert!(m == a || m == b);
+        }
+    }
+}
