@@ -14,6 +14,10 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{server::Connected, Server};
 use tonic_health::ServingStatus;
 
+/// How long shutdown waits for connections to finish their requests and
+/// close. Past it the node stops waiting; writes already queued still commit.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 use crate::{
     api::{KvService, ReplicationService},
     clock::SystemClock,
@@ -129,7 +133,6 @@ where
     // A replication batch may carry many values, and always at least one.
     .max_decoding_message_size(max_msg.saturating_mul(4))
     .max_encoding_message_size(max_msg.saturating_mul(4));
-    drop(writer);
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -165,7 +168,7 @@ where
             health.set_not_serving::<KvServer<KvService>>().await;
         }
     };
-    let served = Server::builder()
+    let server = Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
@@ -174,12 +177,21 @@ where
         .add_service(reflection_v1alpha)
         .add_service(kv)
         .add_service(replication)
-        .serve_with_incoming_shutdown(incoming, drain)
-        .await;
+        .serve_with_incoming_shutdown(incoming, drain);
+    tokio::pin!(server);
+    let served = tokio::select! {
+        r = &mut server => r,
+        () = async { shutdown.cancelled().await; tokio::time::sleep(DRAIN_TIMEOUT).await } => {
+            tracing::warn!(timeout = ?DRAIN_TIMEOUT, "connections did not drain in time; stopping anyway");
+            Ok(())
+        }
+    };
 
-    // The services are gone, so every writer handle is dropped: the writer
-    // commits what is queued, syncs and exits.
+    // Commit what is queued, sync, and stop the writer, even if a connection
+    // that did not drain still holds a handle.
     shutdown.cancel();
+    writer.close().await;
+    drop(writer);
     tracker.close();
     tracker.wait().await;
     tokio::task::spawn_blocking(move || writer_thread.join())

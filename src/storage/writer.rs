@@ -36,6 +36,13 @@ pub struct WriterOptions {
     pub max_clock_skew: Duration,
 }
 
+/// What travels over the writer's channel.
+enum Msg {
+    Request(Command),
+    /// Stop taking requests; commit what is queued, sync and exit.
+    Close,
+}
+
 enum Command {
     Local {
         key: String,
@@ -51,7 +58,7 @@ enum Command {
 /// Submits writes to the writer thread. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct WriterHandle {
-    tx: mpsc::Sender<Command>,
+    tx: mpsc::Sender<Msg>,
     queue_depth: usize,
 }
 
@@ -71,8 +78,15 @@ impl WriterHandle {
         rx.await.map_err(|_| stopped())?
     }
 
+    /// Asks the writer to finish: requests already queued are committed, later
+    /// ones get UNAVAILABLE. Used at shutdown, when connections that have not
+    /// drained in time may still hold handles.
+    pub async fn close(&self) {
+        let _ = self.tx.send(Msg::Close).await;
+    }
+
     fn submit(&self, cmd: Command) -> Result<()> {
-        self.tx.try_send(cmd).map_err(|e| match e {
+        self.tx.try_send(Msg::Request(cmd)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => Error::Overloaded(format!(
                 "write queue is full ({} pending, limits.write_queue_depth); retry with backoff",
                 self.queue_depth
@@ -136,15 +150,23 @@ enum Outcome {
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+    fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         let mut cmds = Vec::with_capacity(self.opts.max_batch);
+        let take = |msg: Msg, cmds: &mut Vec<Command>, rx: &mut mpsc::Receiver<Msg>| match msg {
+            // Later receives still return what is buffered, then None.
+            Msg::Close => rx.close(),
+            Msg::Request(cmd) => cmds.push(cmd),
+        };
         while let Some(first) = rx.blocking_recv() {
-            cmds.push(first);
+            take(first, &mut cmds, &mut rx);
             while cmds.len() < self.opts.max_batch {
                 match rx.try_recv() {
-                    Ok(c) => cmds.push(c),
+                    Ok(c) => take(c, &mut cmds, &mut rx),
                     Err(_) => break,
                 }
+            }
+            if cmds.is_empty() {
+                continue;
             }
             let result = match &self.failed {
                 Some(why) => Err(why.clone()),

@@ -1,0 +1,270 @@
+//! Test harness: real `meshkv` processes on loopback.
+//!
+//! A node starts on `127.0.0.1:0`; the harness reads the bound address from
+//! the node's JSON log and then waits on the gRPC health check, never on a
+//! fixed sleep. Restarts reuse the address the node got the first time.
+#![allow(dead_code)]
+
+use std::{
+    fs,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use meshkv::proto::{kv_client::KvClient, replication_client::ReplicationClient};
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_meshkv");
+
+/// How long any condition may take before a test gives up.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// One running (or stopped) node process.
+pub struct Node {
+    pub id: String,
+    pub dir: PathBuf,
+    pub addr: Option<SocketAddr>,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Node {
+    /// A node named `id` whose files live under `root/id`.
+    pub fn new(root: &Path, id: &str) -> Self {
+        let dir = root.join(id);
+        fs::create_dir_all(&dir).unwrap();
+        Self {
+            id: id.to_string(),
+            dir,
+            addr: None,
+            args: Vec::new(),
+            envs: Vec::new(),
+            child: None,
+            starts: 0,
+        }
+    }
+
+    /// Extra `serve` flags.
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    /// Extra environment (e.g. `MESHKV_LIMITS__MAX_VALUE_BYTES`).
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.envs.push((k.into(), v.into()));
+        self
+    }
+
+    /// Pins the listen address before the first start (cluster tests need it).
+    pub fn at(mut self, addr: SocketAddr) -> Self {
+        self.addr = Some(addr);
+        self
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join(format!("node-{}.log", self.starts))
+    }
+
+    /// Starts the process and waits until it reports SERVING.
+    pub async fn start(&mut self) {
+        self.spawn();
+        self.wait_serving().await;
+    }
+
+    /// Starts the process and learns its address, without waiting for health.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.id);
+        self.starts += 1;
+        let log = fs::File::create(self.log_path()).unwrap();
+        let listen = self
+            .addr
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "127.0.0.1:0".into());
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .args(["--node-id", &self.id])
+            .args(["--listen", &listen])
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(["--log-format", "json"])
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .env_remove("MESHKV_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("spawn meshkv"));
+        if self.addr.is_none() {
+            self.addr = Some(self.wait_for_listen_line());
+        }
+    }
+
+    fn wait_for_listen_line(&mut self) -> SocketAddr {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let text = fs::read_to_string(self.log_path()).unwrap_or_default();
+            for line in text.lines().filter(|l| l.contains("\"listening\"")) {
+                if let Some(rest) = line.split("\"grpc\":\"").nth(1) {
+                    if let Some(addr) = rest.split('"').next() {
+                        return addr.parse().expect("listen address");
+                    }
+                }
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("{} exited with {status} before listening:\n{text}", self.id);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never logged its address:\n{text}",
+                self.id
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr.expect("node has an address"))
+    }
+
+    pub fn channel(&self) -> Channel {
+        Endpoint::from_shared(self.url())
+            .unwrap()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(20))
+            .connect_lazy()
+    }
+
+    pub fn kv(&self) -> KvClient<Channel> {
+        KvClient::new(self.channel()).max_decoding_message_size(64 << 20)
+    }
+
+    pub fn replication(&self) -> ReplicationClient<Channel> {
+        ReplicationClient::new(self.channel()).max_encoding_message_size(64 << 20)
+    }
+
+    /// The overall health status, or None if the node does not answer.
+    pub async fn health(&self) -> Option<ServingStatus> {
+        let mut client = HealthClient::new(self.channel());
+        let req = tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        };
+        client
+            .check(req)
+            .await
+            .ok()
+            .map(|r| r.into_inner().status())
+    }
+
+    /// Polls the health check until SERVING; fails fast if the process dies.
+    pub async fn wait_serving(&mut self) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if self.health().await == Some(ServingStatus::Serving) {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("{} exited with {status}:\n{}", self.id, self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never became SERVING:\n{}",
+                self.id,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Sends a signal by name (TERM, STOP, CONT) with the kill command.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{sig}"), self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// SIGTERM and wait for the exit status. Async, so that the test's own
+    /// clients keep running and can answer the server's GOAWAY.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{} ignored SIGTERM", self.id);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs `meshkv` with arguments to completion, returning (status, stdout, stderr).
+pub fn run_cli(args: &[&str]) -> (ExitStatus, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("MESHKV_CONFIG")
+        .env_remove("MESHKV_ENDPOINT")
+        .output()
+        .unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Free loopback ports for nodes that must know each other's addresses
+/// before they start.
+pub fn free_addrs(n: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
+}

