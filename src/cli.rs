@@ -9,7 +9,7 @@ use tonic_health::pb::{health_check_response::ServingStatus, health_client::Heal
 use crate::{
     config::{parse_peer, FsyncMode, LogFormat, Overrides, PeerConfig},
     error::{Error, Result},
-    proto::{self, kv_client::KvClient},
+    proto::{self, admin_client::AdminClient, kv_client::KvClient},
 };
 
 /// meshkv: a replicated, multi-master key-value server.
@@ -54,6 +54,14 @@ pub enum Command {
         #[command(flatten)]
         conn: ClientArgs,
     },
+    /// Show a node and its replication to each peer as a table.
+    Status {
+        /// Print the raw status as JSON-like debug output instead of a table.
+        #[arg(long)]
+        raw: bool,
+        #[command(flatten)]
+        conn: ClientArgs,
+    },
 }
 
 /// Flags of `meshkv serve`. Each overrides the config file and environment.
@@ -83,6 +91,9 @@ pub struct ServeArgs {
     /// When writes are synced to disk.
     #[arg(long, value_enum)]
     pub fsync: Option<FsyncMode>,
+    /// Serve Prometheus metrics on this address (GET /metrics).
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl ServeArgs {
@@ -96,6 +107,7 @@ impl ServeArgs {
             peers: self.peers.clone(),
             log_format: self.log_format,
             fsync: self.fsync,
+            metrics_listen: self.metrics_listen,
         }
     }
 }
@@ -193,6 +205,19 @@ pub async fn run_client(command: Command) -> Result<Outcome> {
             println!("OK {}", show_version(resp.version.as_ref()));
             Ok(Outcome::Ok)
         }
+        Command::Status { raw, conn } => {
+            let status = AdminClient::new(conn.channel()?)
+                .cluster_status(proto::ClusterStatusRequest {})
+                .await
+                .map_err(rpc(&conn.endpoint))?
+                .into_inner();
+            if raw {
+                println!("{status:#?}");
+            } else {
+                print!("{}", format_status(&status));
+            }
+            Ok(Outcome::Ok)
+        }
         Command::Health { conn } => {
             let status = HealthClient::new(conn.channel()?)
                 .check(tonic_health::pb::HealthCheckRequest {
@@ -210,6 +235,79 @@ pub async fn run_client(command: Command) -> Result<Outcome> {
             })
         }
     }
+}
+
+/// Renders ClusterStatus as a header line and a table of peers.
+pub fn format_status(s: &proto::ClusterStatusResponse) -> String {
+    let mut out = format!(
+        "node {} (cluster {}): {}\nkeys {}  last_seq {}  log_first_seq {}  fingerprint {:016x}\n",
+        s.node_id, s.cluster_id, s.health, s.keys, s.last_seq, s.log_first_seq, s.fingerprint
+    );
+    if s.peers.is_empty() {
+        out.push_str("no peers configured\n");
+        return out;
+    }
+    let header = [
+        "PEER",
+        "URL",
+        "CONNECTED",
+        "PHASE",
+        "ACKED",
+        "BACKLOG",
+        "BACKLOG_BYTES",
+        "LAG_S",
+        "REPAIRS",
+        "REPAIRED",
+        "LAST_ERROR",
+    ];
+    let rows: Vec<Vec<String>> = s
+        .peers
+        .iter()
+        .map(|p| {
+            vec![
+                p.id.clone(),
+                p.url.clone(),
+                if p.connected { "yes" } else { "no" }.into(),
+                p.phase.clone(),
+                p.acked_seq.to_string(),
+                p.backlog_entries.to_string(),
+                p.backlog_bytes.to_string(),
+                format!("{:.1}", p.lag_seconds),
+                p.repair_rounds.to_string(),
+                p.keys_repaired.to_string(),
+                if p.last_error.is_empty() {
+                    "-".into()
+                } else {
+                    p.last_error.clone()
+                },
+            ]
+        })
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        let mut l = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ");
+        l.truncate(l.trim_end().len());
+        l.push('\n');
+        l
+    };
+    out.push_str(&line(header.to_vec()));
+    for r in &rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
 }
 
 fn show_version(v: Option<&proto::Version>) -> String {

@@ -41,6 +41,10 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Request limits.
     pub limits: LimitsConfig,
+    /// Where Prometheus metrics are served (`GET /metrics`); off when unset.
+    pub metrics_listen: Option<SocketAddr>,
+    /// How writes reach the peers and how replicas are repaired.
+    pub replication: ReplicationConfig,
 }
 
 impl Default for Config {
@@ -54,6 +58,8 @@ impl Default for Config {
             peers: Vec::new(),
             storage: StorageConfig::default(),
             limits: LimitsConfig::default(),
+            metrics_listen: None,
+            replication: ReplicationConfig::default(),
         }
     }
 }
@@ -135,6 +141,53 @@ impl Default for LimitsConfig {
     }
 }
 
+/// Replication, log retention, anti-entropy and tombstone settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationConfig {
+    /// The most log entries in one Replicate batch.
+    pub batch_max_entries: usize,
+    /// The most bytes in one Replicate batch (one entry is always sent).
+    pub batch_max_bytes: usize,
+    /// Deadline of every RPC to a peer, in milliseconds.
+    pub rpc_timeout_ms: u64,
+    /// First retry delay after a failed RPC, in milliseconds; it doubles per failure.
+    pub backoff_min_ms: u64,
+    /// Longest retry delay, in milliseconds.
+    pub backoff_max_ms: u64,
+    /// The log keeps at most this many bytes of unacknowledged writes. Past it the
+    /// oldest are dropped and the peers that still needed them are repaired by
+    /// anti-entropy instead.
+    pub max_log_bytes: u64,
+    /// The log keeps writes at most this long, in seconds (0: no age limit).
+    pub max_log_age_secs: u64,
+    /// Seconds between anti-entropy rounds with each peer.
+    pub anti_entropy_interval_secs: u64,
+    /// Tombstones older than this (seconds) that every peer has are purged. A
+    /// node away for longer than this can bring deleted keys back.
+    pub tombstone_ttl_secs: u64,
+    /// Remote versions further ahead of the local clock than this are logged
+    /// and counted (they are still applied), in milliseconds.
+    pub max_clock_skew_ms: u64,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self {
+            batch_max_entries: 1024,
+            batch_max_bytes: 1024 * 1024,
+            rpc_timeout_ms: 5_000,
+            backoff_min_ms: 100,
+            backoff_max_ms: 5_000,
+            max_log_bytes: 256 * 1024 * 1024,
+            max_log_age_secs: 24 * 3600,
+            anti_entropy_interval_secs: 30,
+            tombstone_ttl_secs: 24 * 3600,
+            max_clock_skew_ms: 60_000,
+        }
+    }
+}
+
 /// Values given on the command line; they override every other layer.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -152,6 +205,8 @@ pub struct Overrides {
     pub log_format: Option<LogFormat>,
     /// `--fsync`
     pub fsync: Option<FsyncMode>,
+    /// `--metrics-listen`
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Parses `ID=URL`, the form of `--peer` and of `MESHKV_PEERS` items.
@@ -230,7 +285,11 @@ pub fn load(
         peers,
         log_format,
         fsync,
+        metrics_listen,
     } = overrides;
+    if let Some(v) = metrics_listen {
+        config.metrics_listen = Some(v);
+    }
     if let Some(v) = node_id {
         config.node_id = v;
     }
@@ -370,6 +429,37 @@ impl Config {
                 format!("{} is outside 1..=65536", l.max_batch),
             );
         }
+        let r = &self.replication;
+        for (key, v) in [
+            ("replication.batch_max_entries", r.batch_max_entries as u64),
+            ("replication.batch_max_bytes", r.batch_max_bytes as u64),
+            ("replication.rpc_timeout_ms", r.rpc_timeout_ms),
+            ("replication.backoff_min_ms", r.backoff_min_ms),
+            (
+                "replication.anti_entropy_interval_secs",
+                r.anti_entropy_interval_secs,
+            ),
+            ("replication.tombstone_ttl_secs", r.tombstone_ttl_secs),
+        ] {
+            if v == 0 {
+                return bad(key, "must be at least 1".into());
+            }
+        }
+        if r.backoff_max_ms < r.backoff_min_ms {
+            return bad(
+                "replication.backoff_max_ms",
+                format!(
+                    "{} is below backoff_min_ms {}",
+                    r.backoff_max_ms, r.backoff_min_ms
+                ),
+            );
+        }
+        if r.batch_max_bytes > 64 * 1024 * 1024 {
+            return bad(
+                "replication.batch_max_bytes",
+                "must be at most 64 MiB".into(),
+            );
+        }
         if self.storage.fsync == FsyncMode::Periodic && self.storage.fsync_interval_ms == 0 {
             return bad(
                 "storage.fsync_interval_ms",
@@ -383,6 +473,11 @@ impl Config {
     /// `max_value_bytes` still decodes and gets a clear InvalidArgument.
     pub fn max_message_bytes(&self) -> usize {
         self.limits.max_value_bytes + MAX_KEY_BYTES + 64 * 1024
+    }
+
+    /// The largest replication message: a full batch plus one oversized entry.
+    pub fn max_peer_message_bytes(&self) -> usize {
+        self.replication.batch_max_bytes + self.max_message_bytes() + 64 * 1024
     }
 }
 

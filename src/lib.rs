@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod proto;
+pub mod replication;
 pub mod server;
 pub mod storage;
 pub mod version;

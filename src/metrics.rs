@@ -1,9 +1,69 @@
-//! Counters and histograms, recorded through the `metrics` facade. Without an
-//! installed recorder (as in unit tests) every call is a no-op.
+//! Metrics, recorded through the `metrics` facade and served in the
+//! Prometheus text format at `GET /metrics` on `metrics_listen`. Without an
+//! installed recorder (unit tests, or no `metrics_listen`) every call is a
+//! no-op.
 
-/// A client request that succeeded.
-pub fn request(method: &'static str) {
+use std::{net::SocketAddr, time::Duration};
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    error::{Error, Result},
+    replication::PeerView,
+};
+
+/// Latency buckets in seconds: 100 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0,
+];
+
+/// Installs the process-wide Prometheus recorder.
+pub fn install() -> Result<PrometheusHandle> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .map_err(|e| Error::Config(format!("metrics buckets: {e}")))?
+        .install_recorder()
+        .map_err(|e| Error::Config(format!("metrics recorder: {e}")))
+}
+
+/// Serves `GET /metrics` until `shutdown`; returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    handle: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> Result<(SocketAddr, impl std::future::Future<Output = ()>)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::io(format!("cannot listen for metrics on {addr}"), e))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::io("metrics address", e))?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            async move { handle.render() }
+        }),
+    );
+    let fut = async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "metrics endpoint stopped");
+        }
+    };
+    Ok((bound, fut))
+}
+
+/// A client request that succeeded, with its latency.
+pub fn request(method: &'static str, took: Duration) {
     metrics::counter!("meshkv_requests_total", "method" => method).increment(1);
+    metrics::histogram!("meshkv_request_duration_seconds", "method" => method)
+        .record(took.as_secs_f64());
 }
 
 /// A batch received from a peer: how many entries came and how many won.
@@ -14,7 +74,52 @@ pub fn replicated_in(origin: &str, received: u64, applied: u64) {
         .increment(applied);
 }
 
+/// Entries a peer acknowledged.
+pub fn replicated_out(peer: &str, entries: u64) {
+    metrics::counter!("meshkv_replicated_out_entries_total", "peer" => peer.to_string())
+        .increment(entries);
+}
+
+/// A finished anti-entropy round and the keys it repaired.
+pub fn anti_entropy_round(peer: &str, keys_repaired: u64) {
+    metrics::counter!("meshkv_anti_entropy_rounds_total", "peer" => peer.to_string()).increment(1);
+    metrics::counter!("meshkv_anti_entropy_keys_repaired_total", "peer" => peer.to_string())
+        .increment(keys_repaired);
+}
+
+/// Log records deleted by retention.
+pub fn log_truncated(records: u64) {
+    metrics::counter!("meshkv_log_truncated_records_total").increment(records);
+}
+
+/// Tombstones purged after their TTL.
+pub fn tombstones_purged(n: u64) {
+    metrics::counter!("meshkv_tombstones_purged_total").increment(n);
+}
+
 /// A remote version arrived further ahead of our clock than `max_clock_skew`.
 pub fn clock_skew_event() {
     metrics::counter!("meshkv_clock_skew_events_total").increment(1);
+}
+
+/// Per-peer replication gauges.
+pub fn peer_gauges(v: &PeerView) {
+    let peer = v.id.clone();
+    metrics::gauge!("meshkv_peer_backlog_entries", "peer" => peer.clone())
+        .set(v.backlog_entries as f64);
+    metrics::gauge!("meshkv_peer_backlog_bytes", "peer" => peer.clone())
+        .set(v.backlog_bytes as f64);
+    metrics::gauge!("meshkv_peer_lag_seconds", "peer" => peer.clone()).set(v.lag_seconds);
+    metrics::gauge!("meshkv_peer_acked_seq", "peer" => peer.clone()).set(v.state.acked_seq as f64);
+    metrics::gauge!("meshkv_peer_connected", "peer" => peer).set(if v.state.connected {
+        1.0
+    } else {
+        0.0
+    });
+}
+
+/// Storage gauges.
+pub fn store_gauges(log_bytes: u64, keys: u64) {
+    metrics::gauge!("meshkv_log_bytes").set(log_bytes as f64);
+    metrics::gauge!("meshkv_keys").set(keys as f64);
 }

@@ -1,31 +1,37 @@
 //! Wires one node together and runs it until shutdown.
 //!
-//! Start-up opens storage, starts the writer thread, then serves every gRPC
-//! service on one listener. Shutdown runs in the reverse order: health goes
-//! NOT_SERVING, the server stops accepting and drains in-flight requests,
-//! the services (and with them every writer handle) are dropped, and the
-//! writer commits what it still holds, syncs and exits.
+//! Start-up opens storage, starts the writer thread and the peer manager,
+//! then serves every gRPC service on one listener (and metrics on their own).
+//! A node whose data dir is empty or stale reports NOT_SERVING until its
+//! first anti-entropy round with a peer has finished. Shutdown runs in the
+//! reverse order: health goes NOT_SERVING, the server stops accepting and
+//! drains in-flight requests (for at most [`DRAIN_TIMEOUT`]), background
+//! tasks stop, and the writer commits what it still holds, syncs and exits.
 
-use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::{wrappers::TcpListenerStream, Stream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{server::Connected, Server};
-use tonic_health::ServingStatus;
+use tonic_health::{server::HealthReporter, ServingStatus};
+
+use crate::{
+    api::{AdminService, AntiEntropyService, KvService, Membership, ReplicationService},
+    clock::{physical_ms, PhysicalClock, SystemClock},
+    config::{Config, FsyncMode},
+    error::{Error, Result},
+    proto::{
+        admin_server::AdminServer, anti_entropy_server::AntiEntropyServer, kv_server::KvServer,
+        replication_server::ReplicationServer,
+    },
+    replication::{manager::tcp_channel, Ctx, PeerManager},
+    storage::{writer, Recovered, Store, WriterOptions},
+};
 
 /// How long shutdown waits for connections to finish their requests and
 /// close. Past it the node stops waiting; writes already queued still commit.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-use crate::{
-    api::{KvService, ReplicationService},
-    clock::SystemClock,
-    config::{Config, FsyncMode},
-    error::{Error, Result},
-    proto::{kv_server::KvServer, replication_server::ReplicationServer},
-    storage::{writer, Store, WriterOptions},
-};
 
 /// Binds `config.listen` and runs the node until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
@@ -36,6 +42,43 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         .local_addr()
         .map_err(|e| Error::io("cannot read the bound address", e))?;
     serve(config, TcpListenerStream::new(listener), addr, shutdown).await
+}
+
+/// The node's health, kept in the gRPC health service and in words for status.
+#[derive(Clone)]
+struct Health {
+    reporter: HealthReporter,
+    words: Arc<watch::Sender<String>>,
+}
+
+impl Health {
+    async fn set(&self, serving: bool, why: &str) {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.reporter.set_service_status("", status).await;
+        self.reporter
+            .set_service_status("meshkv.v1.KV", status)
+            .await;
+        self.words.send_replace(if serving {
+            "SERVING".into()
+        } else {
+            format!("NOT_SERVING: {why}")
+        });
+    }
+}
+
+/// True if the data dir cannot be trusted to be complete: empty, or last
+/// written before the peers' logs would have dropped what it missed.
+fn needs_initial_repair(config: &Config, recovered: &Recovered, clock: &dyn PhysicalClock) -> bool {
+    if config.peers.is_empty() {
+        return false;
+    }
+    let age = config.replication.max_log_age_secs;
+    let stale = age > 0 && physical_ms(recovered.high_water) + age * 1000 < clock.now_ms();
+    recovered.fresh || stale
 }
 
 /// Runs the node on connections from `incoming` (a TCP listener in
@@ -51,11 +94,14 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Connected + Unpin + Send + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    health.set_not_serving::<KvServer<KvService>>().await;
+    let clock: Arc<dyn PhysicalClock> = Arc::new(SystemClock);
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let (words, words_rx) = watch::channel(String::new());
+    let health = Health {
+        reporter,
+        words: Arc::new(words),
+    };
+    health.set(false, "starting").await;
 
     let (store, recovered) = {
         let (dir, node, cluster, cache) = (
@@ -76,22 +122,33 @@ where
         "storage open"
     );
 
+    let tracker = TaskTracker::new();
+    let metrics_handle = match config.metrics_listen {
+        Some(maddr) => {
+            let handle = crate::metrics::install()?;
+            let (bound, fut) = crate::metrics::serve(maddr, handle, shutdown.clone()).await?;
+            tracing::info!(metrics = %bound, "metrics listening on /metrics");
+            tracker.spawn(fut);
+            true
+        }
+        None => false,
+    };
+
     let fatal = CancellationToken::new();
-    let (writer, _seq_rx, writer_thread) = writer::spawn(
+    let (writer, seq_rx, writer_thread) = writer::spawn(
         Arc::clone(&store),
         &recovered,
-        Arc::new(SystemClock),
+        Arc::clone(&clock),
         WriterOptions {
             node_id: config.node_id.as_str().into(),
             fsync: config.storage.fsync,
             queue_depth: config.limits.write_queue_depth,
             max_batch: config.limits.max_batch,
-            max_clock_skew: Duration::from_secs(60),
+            max_clock_skew: Duration::from_millis(config.replication.max_clock_skew_ms),
         },
         fatal.clone(),
     )?;
 
-    let tracker = TaskTracker::new();
     if config.storage.fsync == FsyncMode::Periodic {
         tracker.spawn(writer::periodic_sync(
             Arc::clone(&store),
@@ -100,22 +157,35 @@ where
             shutdown.clone(),
         ));
     }
-    {
-        let (health, fatal, shutdown) = (health.clone(), fatal.clone(), shutdown.clone());
-        tracker.spawn(async move {
-            tokio::select! {
-                _ = fatal.cancelled() => {
-                    tracing::error!("storage failed: NOT_SERVING; writes are refused until restart");
-                    health.set_service_status("", ServingStatus::NotServing).await;
-                    health.set_not_serving::<KvServer<KvService>>().await;
-                }
-                _ = shutdown.cancelled() => {}
-            }
-        });
-    }
 
+    let (synced, _) = watch::channel(false);
+    let ctx = Arc::new(Ctx {
+        node_id: config.node_id.clone(),
+        cluster_id: config.cluster_id.clone(),
+        store: Arc::clone(&store),
+        writer: writer.clone(),
+        config: config.replication.clone(),
+        max_peer_message: config.max_peer_message_bytes(),
+        max_value_bytes: config.limits.max_value_bytes,
+        synced,
+    });
+    let manager = PeerManager::start(
+        ctx,
+        &config.peers,
+        seq_rx,
+        Arc::clone(&clock),
+        &tcp_channel,
+        &shutdown,
+        &tracker,
+    )?;
+
+    let members = Arc::new(Membership {
+        node_id: config.node_id.clone(),
+        cluster_id: config.cluster_id.clone(),
+        peers: config.peers.iter().map(|p| p.id.clone()).collect(),
+    });
     let max_msg = config.max_message_bytes();
-    let peers: Arc<HashSet<String>> = Arc::new(config.peers.iter().map(|p| p.id.clone()).collect());
+    let max_peer = config.max_peer_message_bytes();
     let kv = KvServer::new(KvService::new(
         Arc::clone(&store),
         writer.clone(),
@@ -124,15 +194,19 @@ where
     .max_decoding_message_size(max_msg)
     .max_encoding_message_size(max_msg);
     let replication = ReplicationServer::new(ReplicationService::new(
-        config.node_id.clone(),
-        config.cluster_id.clone(),
-        peers,
+        Arc::clone(&members),
         writer.clone(),
         config.limits.max_value_bytes,
     ))
-    // A replication batch may carry many values, and always at least one.
-    .max_decoding_message_size(max_msg.saturating_mul(4))
-    .max_encoding_message_size(max_msg.saturating_mul(4));
+    .max_decoding_message_size(max_peer)
+    .max_encoding_message_size(max_peer);
+    let anti_entropy = AntiEntropyServer::new(AntiEntropyService::new(
+        Arc::clone(&members),
+        Arc::clone(&store),
+    ))
+    .max_decoding_message_size(max_peer)
+    .max_encoding_message_size(max_peer * 4);
+    let admin = AdminServer::new(AdminService::new(Arc::clone(&manager), words_rx));
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -146,14 +220,46 @@ where
         .build_v1alpha()
         .map_err(|e| Error::Corrupt(format!("reflection descriptors: {e}")))?;
 
-    health.set_serving::<KvServer<KvService>>().await;
-    health.set_service_status("", ServingStatus::Serving).await;
+    // Health: SERVING now, or after the first repair for an empty or stale node.
+    if needs_initial_repair(&config, &recovered, clock.as_ref()) {
+        let why = "waiting for the first anti-entropy round with a peer";
+        tracing::info!(fresh = recovered.fresh, "{why}; NOT_SERVING until then");
+        health.set(false, why).await;
+        let (health, fatal, shutdown) = (health.clone(), fatal.clone(), shutdown.clone());
+        let mut synced = manager.synced();
+        tracker.spawn(async move {
+            let done = tokio::select! {
+                r = synced.wait_for(|s| *s) => r.is_ok(),
+                _ = shutdown.cancelled() => false,
+            };
+            if done && !fatal.is_cancelled() {
+                tracing::info!("first anti-entropy round done: SERVING");
+                health.set(true, "").await;
+            }
+        });
+    } else {
+        health.set(true, "").await;
+    }
+    {
+        let (health, fatal, shutdown) = (health.clone(), fatal.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            tokio::select! {
+                _ = fatal.cancelled() => {
+                    tracing::error!("storage failed: NOT_SERVING; writes are refused until restart");
+                    health.set(false, "storage failed; restart the node").await;
+                }
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+
     tracing::info!(
         grpc = %addr,
         node_id = %config.node_id,
         cluster_id = %config.cluster_id,
         peers = config.peers.len(),
         fsync = ?config.storage.fsync,
+        metrics = metrics_handle,
         "listening"
     );
 
@@ -162,10 +268,7 @@ where
         async move {
             shutdown.cancelled().await;
             tracing::info!("shutting down: NOT_SERVING, draining in-flight requests");
-            health
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
-            health.set_not_serving::<KvServer<KvService>>().await;
+            health.set(false, "shutting down").await;
         }
     };
     let server = Server::builder()
@@ -177,6 +280,8 @@ where
         .add_service(reflection_v1alpha)
         .add_service(kv)
         .add_service(replication)
+        .add_service(anti_entropy)
+        .add_service(admin)
         .serve_with_incoming_shutdown(incoming, drain);
     tokio::pin!(server);
     let served = tokio::select! {
@@ -187,13 +292,14 @@ where
         }
     };
 
-    // Commit what is queued, sync, and stop the writer, even if a connection
-    // that did not drain still holds a handle.
+    // Stop the background tasks, then commit what is queued, sync, and stop
+    // the writer, even if a connection that did not drain still holds a handle.
     shutdown.cancel();
-    writer.close().await;
-    drop(writer);
     tracker.close();
     tracker.wait().await;
+    writer.close().await;
+    drop(writer);
+    drop(manager);
     tokio::task::spawn_blocking(move || writer_thread.join())
         .await
         .map_err(|e| Error::Unavailable(format!("writer join: {e}")))?

@@ -8,6 +8,7 @@ use std::process::Command;
 use common::{run_cli, Node};
 use meshkv::proto;
 use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 fn grpcurl(args: &[&str]) -> (bool, String) {
     let out = Command::new("grpcurl")
@@ -148,10 +149,13 @@ async fn still_serves(node: &Node) {
 #[tokio::test]
 async fn bad_input_gets_a_clear_status_and_the_node_keeps_serving() {
     let tmp = tempfile::tempdir().unwrap();
+    // A peer that never answers: an empty node waits for its first repair
+    // (NOT_SERVING) but still answers requests.
     let mut node = Node::new(tmp.path(), "node1")
         .arg("--peer")
         .arg("node2=http://127.0.0.1:1");
-    node.start().await;
+    node.spawn();
+    assert_eq!(node.wait_answering().await, ServingStatus::NotServing);
     let mut kv = node.kv();
 
     // Empty key, for each method.

@@ -1,6 +1,6 @@
 //! `meshkv.v1.KV`: the client API.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use tonic::{Request, Response, Status};
 
@@ -35,11 +35,12 @@ impl Kv for KvService {
         &self,
         request: Request<proto::WriteRequest>,
     ) -> Result<Response<proto::WriteResponse>, Status> {
+        let started = Instant::now();
         let req = request.into_inner();
         validate::key(&req.key)?;
         validate::value(req.value.len(), self.max_value_bytes)?;
         let version = self.writer.write(req.key, Some(req.value)).await?;
-        crate::metrics::request("write");
+        crate::metrics::request("write", started.elapsed());
         Ok(Response::new(proto::WriteResponse {
             version: Some(version_to_proto(&version)),
         }))
@@ -49,10 +50,11 @@ impl Kv for KvService {
         &self,
         request: Request<proto::ReadRequest>,
     ) -> Result<Response<proto::ReadResponse>, Status> {
+        let started = Instant::now();
         let req = request.into_inner();
         validate::key(&req.key)?;
         let entry = self.store.get(&req.key)?;
-        crate::metrics::request("read");
+        crate::metrics::request("read", started.elapsed());
         Ok(Response::new(match entry {
             None => proto::ReadResponse::default(),
             Some(e) => proto::ReadResponse {
@@ -67,10 +69,11 @@ impl Kv for KvService {
         &self,
         request: Request<proto::DeleteRequest>,
     ) -> Result<Response<proto::DeleteResponse>, Status> {
+        let started = Instant::now();
         let req = request.into_inner();
         validate::key(&req.key)?;
         let version = self.writer.write(req.key, None).await?;
-        crate::metrics::request("delete");
+        crate::metrics::request("delete", started.elapsed());
         Ok(Response::new(proto::DeleteResponse {
             version: Some(version_to_proto(&version)),
         }))

@@ -5,9 +5,14 @@
 //! nothing a client or peer sends can corrupt stored data. Reads go straight
 //! to the store; every mutation goes through the single writer.
 
+pub mod admin;
+pub mod anti_entropy;
 pub mod kv;
 pub mod replication;
-mod validate;
+pub mod validate;
 
+pub use admin::AdminService;
+pub use anti_entropy::AntiEntropyService;
 pub use kv::KvService;
 pub use replication::ReplicationService;
+pub use validate::Membership;

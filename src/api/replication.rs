@@ -1,11 +1,11 @@
 //! `meshkv.v1.Replication`: what peers send us.
 
-use std::{collections::HashSet, sync::Arc};
+use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
 use crate::{
-    api::validate,
+    api::validate::{self, Membership},
     error::Error,
     proto::{self, replication_server::Replication},
     storage::{codec::version_from_proto, WriterHandle},
@@ -15,46 +15,19 @@ use crate::{
 /// Accepts batches from the configured peers of this cluster only.
 #[derive(Debug)]
 pub struct ReplicationService {
-    node_id: String,
-    cluster_id: String,
-    peers: Arc<HashSet<String>>,
+    members: Arc<Membership>,
     writer: WriterHandle,
     max_value_bytes: usize,
 }
 
 impl ReplicationService {
-    /// A receiver for `node_id` in `cluster_id` that trusts `peers`.
-    pub fn new(
-        node_id: String,
-        cluster_id: String,
-        peers: Arc<HashSet<String>>,
-        writer: WriterHandle,
-        max_value_bytes: usize,
-    ) -> Self {
+    /// A receiver trusting `members`, applying through `writer`.
+    pub fn new(members: Arc<Membership>, writer: WriterHandle, max_value_bytes: usize) -> Self {
         Self {
-            node_id,
-            cluster_id,
-            peers,
+            members,
             writer,
             max_value_bytes,
         }
-    }
-
-    /// Refuses senders from another cluster or outside the configured peers.
-    pub fn check_sender(&self, cluster_id: &str, origin: &str) -> Result<(), Error> {
-        if cluster_id != self.cluster_id {
-            return Err(Error::PermissionDenied(format!(
-                "cluster_id {cluster_id:?} is not this node's cluster {:?}",
-                self.cluster_id
-            )));
-        }
-        if !self.peers.contains(origin) {
-            return Err(Error::PermissionDenied(format!(
-                "{origin:?} is not a configured peer of node {:?}",
-                self.node_id
-            )));
-        }
-        Ok(())
     }
 }
 
@@ -93,7 +66,7 @@ impl Replication for ReplicationService {
         request: Request<proto::ReplicateRequest>,
     ) -> Result<Response<proto::ReplicateResponse>, Status> {
         let req = request.into_inner();
-        self.check_sender(&req.cluster_id, &req.origin)?;
+        self.members.check(&req.cluster_id, &req.origin)?;
         let mutations = req
             .mutations
             .into_iter()

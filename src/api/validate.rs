@@ -1,9 +1,41 @@
 //! Input checks shared by the client and peer services.
 
+use std::collections::HashSet;
+
 use crate::{
     config::MAX_KEY_BYTES,
     error::{Error, Result},
 };
+
+/// Who may send us peer traffic: the configured peers of our own cluster.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    /// This node.
+    pub node_id: String,
+    /// This node's cluster.
+    pub cluster_id: String,
+    /// The configured peer ids.
+    pub peers: HashSet<String>,
+}
+
+impl Membership {
+    /// Refuses senders from another cluster or outside the configured peers.
+    pub fn check(&self, cluster_id: &str, origin: &str) -> Result<()> {
+        if cluster_id != self.cluster_id {
+            return Err(Error::PermissionDenied(format!(
+                "cluster_id {cluster_id:?} is not this node's cluster {:?}",
+                self.cluster_id
+            )));
+        }
+        if !self.peers.contains(origin) {
+            return Err(Error::PermissionDenied(format!(
+                "{origin:?} is not a configured peer of node {:?}",
+                self.node_id
+            )));
+        }
+        Ok(())
+    }
+}
 
 /// A key must be 1..=1024 bytes of UTF-8 (protobuf already guarantees UTF-8).
 pub fn key(key: &str) -> Result<()> {

@@ -2,7 +2,10 @@
 
 use std::{
     path::Path,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
 };
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -29,6 +32,10 @@ pub struct Store {
     pub(crate) meta: Keyspace,
     /// Kept current by the writer after every commit; read by anti-entropy.
     digests: Mutex<Digests>,
+    /// Bytes of log records on disk (values only), for `max_log_bytes`.
+    log_bytes: AtomicU64,
+    /// Keys held, tombstones included.
+    keys: AtomicU64,
     _lock: DirLock,
 }
 
@@ -109,6 +116,10 @@ impl Store {
         if let Some(kv) = log.last_key_value() {
             last_seq = last_seq.max(codec::log_seq(&kv.key()?)?);
         }
+        let mut log_bytes = 0u64;
+        for kv in log.iter() {
+            log_bytes += u64::from(kv.size()?);
+        }
 
         let mut digests = Digests::default();
         let mut keys = 0u64;
@@ -127,6 +138,8 @@ impl Store {
             log,
             meta,
             digests: Mutex::new(digests),
+            log_bytes: AtomicU64::new(log_bytes),
+            keys: AtomicU64::new(keys),
             _lock: lock,
         });
         Ok((
@@ -180,7 +193,101 @@ impl Store {
             .transpose()
     }
 
-    /// Every entry, in storage order: for tests, debugging and dumps.
+    /// The log record with this seq, if it is still in the log.
+    pub fn log_entry(&self, seq: u64) -> Result<Option<proto::Mutation>> {
+        self.log
+            .get(codec::log_key(seq))?
+            .map(|v| {
+                proto::Mutation::decode(v.as_ref())
+                    .map_err(|e| Error::Corrupt(format!("log record {seq}: {e}")))
+            })
+            .transpose()
+    }
+
+    /// Bytes of log records on disk.
+    pub fn log_bytes(&self) -> u64 {
+        self.log_bytes.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add_log_bytes(&self, n: u64) {
+        self.log_bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Keys held, tombstones included.
+    pub fn key_count(&self) -> u64 {
+        self.keys.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn adjust_keys(&self, added: u64, removed: u64) {
+        self.keys.fetch_add(added, Ordering::Relaxed);
+        self.keys.fetch_sub(removed, Ordering::Relaxed);
+    }
+
+    /// Deletes log records from the start for as long as `drop(seq, record,
+    /// log_bytes_left)` says so. Returns (records, bytes) removed.
+    pub fn truncate_log(
+        &self,
+        mut drop: impl FnMut(u64, &proto::Mutation, u64) -> bool,
+    ) -> Result<(u64, u64)> {
+        const CHUNK: usize = 4096;
+        let (mut records, mut bytes) = (0u64, 0u64);
+        loop {
+            let mut batch = self.db.batch();
+            let mut n = 0;
+            let mut done = true;
+            for kv in self.log.iter() {
+                let (k, v) = kv.into_inner()?;
+                let seq = codec::log_seq(&k)?;
+                let m = proto::Mutation::decode(v.as_ref())
+                    .map_err(|e| Error::Corrupt(format!("log record {seq}: {e}")))?;
+                let left = self.log_bytes().saturating_sub(bytes);
+                if !drop(seq, &m, left) {
+                    break;
+                }
+                batch.remove(&self.log, k);
+                bytes += v.len() as u64;
+                records += 1;
+                n += 1;
+                if n == CHUNK {
+                    done = false;
+                    break;
+                }
+            }
+            if n > 0 {
+                batch.commit()?;
+            }
+            if done {
+                break;
+            }
+        }
+        self.log_bytes
+            .fetch_sub(bytes.min(self.log_bytes()), Ordering::Relaxed);
+        Ok((records, bytes))
+    }
+
+    /// The persisted cursor of a peer: the highest seq it acknowledged.
+    pub fn cursor(&self, peer: &str) -> Result<u64> {
+        Ok(read_u64(&self.meta, format!("cursor/{peer}").as_bytes())?.unwrap_or(0))
+    }
+
+    /// Persists a peer's cursor without a sync: replay after a crash is harmless.
+    pub fn set_cursor(&self, peer: &str, seq: u64) -> Result<()> {
+        Ok(self
+            .meta
+            .insert(format!("cursor/{peer}"), seq.to_be_bytes().to_vec())?)
+    }
+
+    /// Every entry in one anti-entropy bucket.
+    pub fn bucket(&self, bucket: u16) -> Result<Vec<(String, Entry)>> {
+        let mut out = Vec::new();
+        for kv in self.data.prefix(bucket.to_be_bytes()) {
+            let (k, v) = kv.into_inner()?;
+            out.push((codec::user_key(&k)?, codec::decode_entry(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// Every entry, in storage order: for dumps and tombstone collection.
     pub fn for_each(&self, mut f: impl FnMut(String, Entry) -> Result<()>) -> Result<()> {
         for kv in self.data.iter() {
             let (k, v) = kv.into_inner()?;

@@ -53,6 +53,11 @@ enum Command {
         mutations: Vec<(String, Entry)>,
         reply: oneshot::Sender<Result<u64>>,
     },
+    /// Remove tombstones, each only if it is still the key's current version.
+    Purge {
+        tombstones: Vec<(String, Version)>,
+        reply: oneshot::Sender<Result<u64>>,
+    },
 }
 
 /// Submits writes to the writer thread. Cheap to clone.
@@ -75,6 +80,27 @@ impl WriterHandle {
     pub async fn apply(&self, mutations: Vec<(String, Entry)>) -> Result<u64> {
         let (reply, rx) = oneshot::channel();
         self.submit(Command::Remote { mutations, reply })?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Like [`apply`](Self::apply), but waits for room in the queue instead of
+    /// failing: for internal repair traffic, which must not be shed.
+    pub async fn apply_queued(&self, mutations: Vec<(String, Entry)>) -> Result<u64> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Request(Command::Remote { mutations, reply }))
+            .await
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Purges tombstones that are still current; returns how many went.
+    pub async fn purge(&self, tombstones: Vec<(String, Version)>) -> Result<u64> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Request(Command::Purge { tombstones, reply }))
+            .await
+            .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
 
@@ -146,7 +172,7 @@ struct Writer {
 /// What one request gets back once the batch is committed.
 enum Outcome {
     Local(Version),
-    Remote(u64),
+    Count(u64),
 }
 
 impl Writer {
@@ -179,7 +205,8 @@ impl Writer {
                             (Command::Local { reply, .. }, Outcome::Local(v)) => {
                                 let _ = reply.send(Ok(v));
                             }
-                            (Command::Remote { reply, .. }, Outcome::Remote(n)) => {
+                            (Command::Remote { reply, .. }, Outcome::Count(n))
+                            | (Command::Purge { reply, .. }, Outcome::Count(n)) => {
                                 let _ = reply.send(Ok(n));
                             }
                             _ => unreachable!("outcomes are built in command order"),
@@ -191,7 +218,9 @@ impl Writer {
                         let err = || Error::Unavailable(why.clone());
                         match cmd {
                             Command::Local { reply, .. } => drop(reply.send(Err(err()))),
-                            Command::Remote { reply, .. } => drop(reply.send(Err(err()))),
+                            Command::Remote { reply, .. } | Command::Purge { reply, .. } => {
+                                drop(reply.send(Err(err())))
+                            }
                         }
                     }
                 }
@@ -220,6 +249,8 @@ impl Writer {
         let mut changes: Vec<(String, Option<Version>, Version)> = Vec::new();
         let mut outcomes = Vec::with_capacity(cmds.len());
         let mut seq = self.last_seq;
+        let mut log_bytes = 0u64;
+        let mut removed: Vec<(String, Version)> = Vec::new();
 
         for cmd in cmds {
             match cmd {
@@ -240,11 +271,9 @@ impl Writer {
                         codec::data_key(key),
                         codec::encode_entry(&entry),
                     );
-                    batch.insert(
-                        &store.log,
-                        codec::log_key(seq).to_vec(),
-                        codec::to_mutation(key, &entry).encode_to_vec(),
-                    );
+                    let record = codec::to_mutation(key, &entry).encode_to_vec();
+                    log_bytes += record.len() as u64;
+                    batch.insert(&store.log, codec::log_key(seq).to_vec(), record);
                     changes.push((key.clone(), old.map(|o| o.version), entry.version.clone()));
                     outcomes.push(Outcome::Local(entry.version.clone()));
                     overlay.insert(key.clone(), entry);
@@ -276,7 +305,20 @@ impl Writer {
                             applied += 1;
                         }
                     }
-                    outcomes.push(Outcome::Remote(applied));
+                    outcomes.push(Outcome::Count(applied));
+                }
+                Command::Purge { tombstones, .. } => {
+                    let mut purged = 0;
+                    for (key, version) in tombstones {
+                        let current = self.current(&overlay, key)?;
+                        if current.is_some_and(|c| c.is_tombstone() && &c.version == version) {
+                            batch.remove(&store.data, codec::data_key(key));
+                            removed.push((key.clone(), version.clone()));
+                            overlay.remove(key);
+                            purged += 1;
+                        }
+                    }
+                    outcomes.push(Outcome::Count(purged));
                 }
             }
         }
@@ -298,10 +340,17 @@ impl Writer {
 
         {
             let mut digests = store.digests();
+            let mut added = 0;
             for (key, old, new) in &changes {
                 digests.replace(key.as_bytes(), old.as_ref(), new);
+                added += u64::from(old.is_none());
             }
+            for (key, version) in &removed {
+                digests.remove(key.as_bytes(), version);
+            }
+            store.adjust_keys(added, removed.len() as u64);
         }
+        store.add_log_bytes(log_bytes);
         if seq != self.last_seq {
             self.last_seq = seq;
             self.seq_tx.send_replace(seq);

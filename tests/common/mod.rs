@@ -5,6 +5,8 @@
 //! fixed sleep. Restarts reuse the address the node got the first time.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::{
     fs,
     net::SocketAddr,
@@ -148,7 +150,22 @@ impl Node {
     }
 
     pub fn kv(&self) -> KvClient<Channel> {
-        KvClient::new(self.channel()).max_decoding_message_size(64 << 20)
+        kv_at(&self.url())
+    }
+
+    /// Adds a peer to the flags used from the next start on.
+    pub fn add_peer(&mut self, id: &str, url: &str) {
+        self.args.push("--peer".into());
+        self.args.push(format!("{id}={url}"));
+    }
+
+    /// The metrics address the node logged, if it serves metrics.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.log()
+            .lines()
+            .filter_map(|l| l.split("\"metrics\":\"").nth(1))
+            .filter_map(|rest| rest.split('"').next())
+            .find_map(|a| a.parse().ok())
     }
 
     pub fn replication(&self) -> ReplicationClient<Channel> {
@@ -166,6 +183,26 @@ impl Node {
             .await
             .ok()
             .map(|r| r.into_inner().status())
+    }
+
+    /// Polls until the node answers the health check at all (SERVING or not).
+    pub async fn wait_answering(&mut self) -> ServingStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(s) = self.health().await {
+                return s;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("{} exited with {status}:\n{}", self.id, self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never answered:\n{}",
+                self.id,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Polls the health check until SERVING; fails fast if the process dies.
@@ -243,6 +280,16 @@ impl Drop for Node {
             let _ = c.wait();
         }
     }
+}
+
+/// A KV client for a node URL.
+pub fn kv_at(url: &str) -> KvClient<Channel> {
+    let channel = Endpoint::from_shared(url.to_string())
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(20))
+        .connect_lazy();
+    KvClient::new(channel).max_decoding_message_size(64 << 20)
 }
 
 /// Runs `meshkv` with arguments to completion, returning (status, stdout, stderr).

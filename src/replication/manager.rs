@@ -1,0 +1,219 @@
+//! The peer manager: starts one task per peer plus retention, and answers
+//! questions about replication state (status, gauges, retention bounds).
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::watch;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{
+    clock::{physical_ms, PhysicalClock},
+    config::{PeerConfig, ReplicationConfig},
+    error::{Error, Result},
+    replication::{
+        log,
+        peer::{self, Peer, PeerState},
+    },
+    storage::{Store, WriterHandle},
+};
+
+/// What every replication task needs.
+#[derive(Debug)]
+pub struct Ctx {
+    /// This node.
+    pub node_id: String,
+    /// Its cluster; sent with every request so peers can check it.
+    pub cluster_id: String,
+    /// Local storage (the log is read from here).
+    pub store: Arc<Store>,
+    /// For applying what anti-entropy pulls and for purges.
+    pub writer: WriterHandle,
+    /// Replication settings.
+    pub config: ReplicationConfig,
+    /// Largest message to or from a peer.
+    pub max_peer_message: usize,
+    /// Largest value accepted from a peer.
+    pub max_value_bytes: usize,
+    /// Becomes true after the first anti-entropy round with any peer.
+    pub synced: watch::Sender<bool>,
+}
+
+/// A peer's state plus the figures derived from the log.
+#[derive(Debug, Clone)]
+pub struct PeerView {
+    /// Its node id.
+    pub id: String,
+    /// Its URL.
+    pub url: String,
+    /// The task's state.
+    pub state: PeerState,
+    /// Local writes not yet acknowledged.
+    pub backlog_entries: u64,
+    /// Their approximate bytes (entries × mean record size).
+    pub backlog_bytes: u64,
+    /// Age of the oldest unacknowledged write, in seconds.
+    pub lag_seconds: f64,
+}
+
+/// Owns the peer tasks.
+#[derive(Debug)]
+pub struct PeerManager {
+    ctx: Arc<Ctx>,
+    peers: Vec<Arc<Peer>>,
+    seq: watch::Receiver<u64>,
+    clock: Arc<dyn PhysicalClock>,
+}
+
+impl std::fmt::Debug for dyn PhysicalClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PhysicalClock")
+    }
+}
+
+/// A lazily-connecting HTTP/2 channel to a peer, with keepalive so a dead
+/// connection is noticed even when idle. The default connector.
+pub fn tcp_channel(url: &str) -> Result<Channel> {
+    Ok(Endpoint::from_shared(url.to_string())
+        .map_err(|e| Error::Config(format!("peer url {url:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+impl PeerManager {
+    /// Starts a task per peer (from its persisted cursor) and the retention task.
+    pub fn start(
+        ctx: Arc<Ctx>,
+        peers: &[PeerConfig],
+        seq: watch::Receiver<u64>,
+        clock: Arc<dyn PhysicalClock>,
+        connect: &dyn Fn(&str) -> Result<Channel>,
+        shutdown: &CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Result<Arc<Self>> {
+        let mut list = Vec::with_capacity(peers.len());
+        let mut channels = Vec::with_capacity(peers.len());
+        for p in peers {
+            let cursor = ctx.store.cursor(&p.id)?;
+            list.push(Arc::new(Peer::new(p.id.clone(), p.url.clone(), cursor)));
+            channels.push(connect(&p.url)?);
+        }
+        let manager = Arc::new(Self {
+            ctx,
+            peers: list,
+            seq,
+            clock,
+        });
+        for (peer, channel) in manager.peers.iter().zip(channels) {
+            tracker.spawn(peer::run(
+                Arc::clone(&manager.ctx),
+                Arc::clone(peer),
+                channel,
+                manager.seq.clone(),
+                shutdown.clone(),
+            ));
+        }
+        tracker.spawn(log::run(
+            Arc::clone(&manager),
+            Arc::clone(&manager.clock),
+            shutdown.clone(),
+        ));
+        if manager.peers.is_empty() {
+            manager.ctx.synced.send_replace(true);
+        }
+        Ok(manager)
+    }
+
+    /// The shared context.
+    pub fn ctx(&self) -> &Arc<Ctx> {
+        &self.ctx
+    }
+
+    /// The peers, in configuration order.
+    pub fn peers(&self) -> &[Arc<Peer>] {
+        &self.peers
+    }
+
+    /// Becomes true after the first anti-entropy round with a peer.
+    pub fn synced(&self) -> watch::Receiver<bool> {
+        self.ctx.synced.subscribe()
+    }
+
+    /// The seq of the last committed local write.
+    pub fn last_seq(&self) -> u64 {
+        *self.seq.borrow()
+    }
+
+    /// The highest seq every peer acknowledged: what retention may delete.
+    /// With no peers, everything.
+    pub fn min_acked(&self) -> u64 {
+        self.peers
+            .iter()
+            .map(|p| p.state().acked_seq)
+            .min()
+            .unwrap_or_else(|| self.last_seq())
+    }
+
+    /// The HLC of the oldest write some peer has not acknowledged
+    /// (`u64::MAX` if none; 0 if that write already left the log, so that
+    /// nothing of ours is purged until the lagging peer is repaired).
+    pub fn oldest_unacked_hlc(&self) -> u64 {
+        let min = self.min_acked();
+        if min >= self.last_seq() {
+            return u64::MAX;
+        }
+        match self.ctx.store.log_entry(min + 1) {
+            Ok(Some(m)) => m.version.map_or(0, |v| v.hlc),
+            _ => 0,
+        }
+    }
+
+    /// Every peer with its backlog and lag.
+    pub fn views(&self) -> Vec<PeerView> {
+        let store = &self.ctx.store;
+        let last = self.last_seq();
+        let first = store.log_first_seq().ok().flatten();
+        let log_len = first.map_or(0, |f| last.saturating_sub(f) + 1);
+        let mean = store.log_bytes().checked_div(log_len).unwrap_or(0);
+        let now_ms = self.clock.now_ms();
+        self.peers
+            .iter()
+            .map(|p| {
+                let state = p.state();
+                let backlog = last.saturating_sub(state.acked_seq);
+                let lag_seconds = if backlog == 0 {
+                    0.0
+                } else {
+                    let oldest = store
+                        .log_entry(state.acked_seq + 1)
+                        .ok()
+                        .flatten()
+                        .or_else(|| first.and_then(|f| store.log_entry(f).ok().flatten()));
+                    oldest.and_then(|m| m.version).map_or(0.0, |v| {
+                        now_ms.saturating_sub(physical_ms(v.hlc)) as f64 / 1e3
+                    })
+                };
+                PeerView {
+                    id: p.id.clone(),
+                    url: p.url.clone(),
+                    backlog_entries: backlog,
+                    backlog_bytes: backlog * mean,
+                    lag_seconds,
+                    state,
+                }
+            })
+            .collect()
+    }
+
+    /// Publishes per-peer and log gauges to the metrics recorder.
+    pub fn export_gauges(&self) {
+        for v in self.views() {
+            crate::metrics::peer_gauges(&v);
+        }
+        crate::metrics::store_gauges(self.ctx.store.log_bytes(), self.ctx.store.key_count());
+    }
+}
