@@ -144,6 +144,50 @@ mod tests {
             prop_assert_eq!(merge(ab.clone(), b), ab);
         }
 
+        /// Three replicas receive the same writes (to a few keys) in different
+        /// orders, with duplicates and replays: all end with the same map, and
+        /// each key holds its highest-version write.
+        #[test]
+        fn replicas_converge_under_any_delivery(
+            writes in prop::collection::vec(("[a-c]", arb_entry()), 1..30),
+            orders in prop::collection::vec(prop::collection::vec(any::<prop::sample::Index>(), 0..90), 3),
+        ) {
+            use std::collections::HashMap;
+            let apply = |map: &mut HashMap<String, Entry>, (k, e): &(String, Entry)| {
+                let merged = match map.remove(k) {
+                    Some(cur) => merge(cur, e.clone()),
+                    None => e.clone(),
+                };
+                map.insert(k.clone(), merged);
+            };
+            let replicas: Vec<HashMap<String, Entry>> = orders
+                .iter()
+                .map(|picks| {
+                    let mut map = HashMap::new();
+                    // Random deliveries, duplicates and replays included...
+                    for i in picks {
+                        apply(&mut map, &writes[i.index(writes.len())]);
+                    }
+                    // ...and eventually every write at least once, in reverse.
+                    for w in writes.iter().rev() {
+                        apply(&mut map, w);
+                    }
+                    map
+                })
+                .collect();
+            prop_assert_eq!(&replicas[0], &replicas[1]);
+            prop_assert_eq!(&replicas[1], &replicas[2]);
+            for (k, got) in &replicas[0] {
+                let best = writes
+                    .iter()
+                    .filter(|(wk, _)| wk == k)
+                    .map(|(_, e)| e)
+                    .max_by(|a, b| a.cmp_lww(b))
+                    .unwrap();
+                prop_assert_eq!(got, best);
+            }
+        }
+
         #[test]
         fn merge_returns_the_maximum(a in arb_entry(), b in arb_entry()) {
             let m = merge(a.clone(), b.clone());
