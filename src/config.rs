@@ -601,8 +601,17 @@ mod tests {
     }
 
     #[test]
-    fn the_shipped_example_config_parses() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/meshkv.example.toml");
-        load(Some(&path), env(&[]), Overrides::default()).unwrap();
+    fn every_shipped_config_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut seen = 0;
+        for f in std::fs::read_dir(dir).unwrap() {
+            let path = f.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                load(Some(&path), env(&[]), Overrides::default())
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 5, "example, image default and three compose nodes");
     }
 }
