@@ -47,43 +47,24 @@ async fn grpcurl_lists_services_and_drives_write_read_delete_read() {
         );
     }
 
+    let call = |method: &str, body: &str| grpcurl(&["-plaintext", "-d", body, &addr, method]);
+
     // "hello" in base64, as grpcurl's JSON encodes protobuf bytes.
-    let (ok, out) = grpcurl(&[
-        "-plaintext",
-        "-d",
-        r#"{"key":"greeting","value":"aGVsbG8="}"#,
-        &addr,
+    let (ok, out) = call(
         "meshkv.v1.KV/Write",
-    ]);
+        r#"{"key":"greeting","value":"aGVsbG8="}"#,
+    );
     assert!(ok && out.contains("\"nodeId\": \"node1\""), "{out}");
 
-    let (ok, out) = grpcurl(&[
-        "-plaintext",
-        "-d",
-        r#"{"key":"greeting"}"#,
-        &addr,
-        "meshkv.v1.KV/Read",
-    ]);
+    let (ok, out) = call("meshkv.v1.KV/Read", r#"{"key":"greeting"}"#);
     assert!(ok, "{out}");
     assert!(out.contains("\"found\": true"), "{out}");
     assert!(out.contains("\"value\": \"aGVsbG8=\""), "{out}");
 
-    let (ok, out) = grpcurl(&[
-        "-plaintext",
-        "-d",
-        r#"{"key":"greeting"}"#,
-        &addr,
-        "meshkv.v1.KV/Delete",
-    ]);
+    let (ok, out) = call("meshkv.v1.KV/Delete", r#"{"key":"greeting"}"#);
     assert!(ok && out.contains("\"hlc\""), "{out}");
 
-    let (ok, out) = grpcurl(&[
-        "-plaintext",
-        "-d",
-        r#"{"key":"greeting"}"#,
-        &addr,
-        "meshkv.v1.KV/Read",
-    ]);
+    let (ok, out) = call("meshkv.v1.KV/Read", r#"{"key":"greeting"}"#);
     assert!(ok, "{out}");
     assert!(
         !out.contains("\"found\": true"),

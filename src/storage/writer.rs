@@ -71,36 +71,47 @@ impl WriterHandle {
     /// Writes `value` (or a tombstone, for `None`) under a new local version,
     /// and returns once it is committed per the fsync mode.
     pub async fn write(&self, key: String, value: Option<Vec<u8>>) -> Result<Version> {
-        let (reply, rx) = oneshot::channel();
-        self.submit(Command::Local { key, value, reply })?;
-        rx.await.map_err(|_| stopped())?
+        self.call(false, |reply| Command::Local { key, value, reply })
+            .await
     }
 
     /// Merges remote entries with last-writer-wins; returns how many won.
     pub async fn apply(&self, mutations: Vec<(String, Entry)>) -> Result<u64> {
-        let (reply, rx) = oneshot::channel();
-        self.submit(Command::Remote { mutations, reply })?;
-        rx.await.map_err(|_| stopped())?
+        self.call(false, |reply| Command::Remote { mutations, reply })
+            .await
     }
 
     /// Like [`apply`](Self::apply), but waits for room in the queue instead of
     /// failing: for internal repair traffic, which must not be shed.
     pub async fn apply_queued(&self, mutations: Vec<(String, Entry)>) -> Result<u64> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Request(Command::Remote { mutations, reply }))
+        self.call(true, |reply| Command::Remote { mutations, reply })
             .await
-            .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
     }
 
     /// Purges tombstones that are still current; returns how many went.
     pub async fn purge(&self, tombstones: Vec<(String, Version)>) -> Result<u64> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Request(Command::Purge { tombstones, reply }))
+        self.call(true, |reply| Command::Purge { tombstones, reply })
             .await
-            .map_err(|_| stopped())?;
+    }
+
+    /// Sends a command and waits for its answer. Without `wait`, a full queue
+    /// is an immediate [`Error::Overloaded`] (client traffic is shed, never
+    /// queued without bound); with it, the caller waits for room.
+    async fn call<T>(
+        &self,
+        wait: bool,
+        make: impl FnOnce(oneshot::Sender<Result<T>>) -> Command,
+    ) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = make(reply);
+        if wait {
+            self.tx
+                .send(Msg::Request(cmd))
+                .await
+                .map_err(|_| stopped())?;
+        } else {
+            self.submit(cmd)?;
+        }
         rx.await.map_err(|_| stopped())?
     }
 
