@@ -1,6 +1,7 @@
 //! Compiles `proto/meshkv/v1/*.proto` with protox (pure Rust, no system
 //! protoc) and generates the tonic services. The encoded descriptor set is
-//! kept for server reflection.
+//! kept for server reflection. `proto/etcd/rpc.proto` becomes a client only,
+//! for the benchmark's etcd target.
 
 use std::{env, fs, path::PathBuf};
 
@@ -22,5 +23,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;
+
+    let etcd = protox::compile(["proto/etcd/rpc.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(false)
+        .compile_fds(etcd)?;
     Ok(())
 }

@@ -54,6 +54,9 @@ pub enum Command {
         #[command(flatten)]
         conn: ClientArgs,
     },
+    /// Drive load at one node or a cluster (or etcd) and report throughput,
+    /// latency percentiles, errors and replication lag.
+    Bench(crate::bench::BenchArgs),
     /// Show a node and its replication to each peer as a table.
     Status {
         /// Print the raw status as JSON-like debug output instead of a table.
@@ -204,6 +207,24 @@ pub async fn run_client(command: Command) -> Result<Outcome> {
                 .into_inner();
             println!("OK {}", show_version(resp.version.as_ref()));
             Ok(Outcome::Ok)
+        }
+        Command::Bench(args) => {
+            let json = args.json;
+            let report = crate::bench::run(args).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report)
+                        .map_err(|e| Error::Corrupt(format!("report: {e}")))?
+                );
+            } else {
+                print!("{}", report.table());
+            }
+            Ok(if report.requests > 0 {
+                Outcome::Ok
+            } else {
+                Outcome::Negative
+            })
         }
         Command::Status { raw, conn } => {
             let status = AdminClient::new(conn.channel()?)

@@ -8,6 +8,7 @@
 //! version however writes are delivered. [`server::run`] wires it together.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -6,11 +6,15 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     api::validate,
+    error::Error,
     proto::{self, kv_server::Kv},
     storage::{codec::version_to_proto, Store, WriterHandle},
 };
 
-/// Serves Write, Read and Delete on one node.
+/// The most writes one WriteBatch may carry.
+pub const MAX_WRITE_BATCH: usize = 10_000;
+
+/// Serves Write, Read, Delete and WriteBatch on one node.
 #[derive(Debug)]
 pub struct KvService {
     store: Arc<Store>,
@@ -62,6 +66,37 @@ impl Kv for KvService {
                 version: Some(version_to_proto(&e.version)),
                 value: e.value.unwrap_or_default(),
             },
+        }))
+    }
+
+    async fn write_batch(
+        &self,
+        request: Request<proto::WriteBatchRequest>,
+    ) -> Result<Response<proto::WriteBatchResponse>, Status> {
+        let started = Instant::now();
+        let req = request.into_inner();
+        if req.writes.is_empty() || req.writes.len() > MAX_WRITE_BATCH {
+            return Err(Error::InvalidArgument(format!(
+                "a batch holds {} writes; it must hold 1..={MAX_WRITE_BATCH}",
+                req.writes.len()
+            ))
+            .into());
+        }
+        let writes = req
+            .writes
+            .into_iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let at = |e: Error| Error::InvalidArgument(format!("write {i}: {e}"));
+                validate::key(&w.key).map_err(at)?;
+                validate::value(w.value.len(), self.max_value_bytes).map_err(at)?;
+                Ok((w.key, Some(w.value)))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let versions = self.writer.write_batch(writes).await?;
+        crate::metrics::request("write_batch", started.elapsed());
+        Ok(Response::new(proto::WriteBatchResponse {
+            versions: versions.iter().map(version_to_proto).collect(),
         }))
     }
 

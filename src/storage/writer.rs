@@ -44,10 +44,10 @@ enum Msg {
 }
 
 enum Command {
+    /// Local writes (one, or a client's batch); `None` values are deletes.
     Local {
-        key: String,
-        value: Option<Vec<u8>>,
-        reply: oneshot::Sender<Result<Version>>,
+        writes: Vec<(String, Option<Vec<u8>>)>,
+        reply: oneshot::Sender<Result<Vec<Version>>>,
     },
     Remote {
         mutations: Vec<(String, Entry)>,
@@ -71,7 +71,21 @@ impl WriterHandle {
     /// Writes `value` (or a tombstone, for `None`) under a new local version,
     /// and returns once it is committed per the fsync mode.
     pub async fn write(&self, key: String, value: Option<Vec<u8>>) -> Result<Version> {
-        self.call(false, |reply| Command::Local { key, value, reply })
+        let writes = vec![(key, value)];
+        let mut versions = self
+            .call(false, |reply| Command::Local { writes, reply })
+            .await?;
+        versions
+            .pop()
+            .ok_or_else(|| Error::Corrupt("the writer answered a write with no version".into()))
+    }
+
+    /// Writes many keys in one group commit; one version per write, in order.
+    pub async fn write_batch(
+        &self,
+        writes: Vec<(String, Option<Vec<u8>>)>,
+    ) -> Result<Vec<Version>> {
+        self.call(false, |reply| Command::Local { writes, reply })
             .await
     }
 
@@ -182,7 +196,7 @@ struct Writer {
 
 /// What one request gets back once the batch is committed.
 enum Outcome {
-    Local(Version),
+    Local(Vec<Version>),
     Count(u64),
 }
 
@@ -265,29 +279,33 @@ impl Writer {
 
         for cmd in cmds {
             match cmd {
-                Command::Local { key, value, .. } => {
-                    let old = self.current(&overlay, key)?;
-                    let entry = Entry {
-                        version: Version {
-                            hlc: self.hlc.now(),
-                            node: self.opts.node_id.clone(),
-                        },
-                        value: value.clone(),
-                    };
-                    // The clock has seen every stored version, so a local write always wins.
-                    debug_assert!(entry.wins_over(old.as_ref()));
-                    seq += 1;
-                    batch.insert(
-                        &store.data,
-                        codec::data_key(key),
-                        codec::encode_entry(&entry),
-                    );
-                    let record = codec::to_mutation(key, &entry).encode_to_vec();
-                    log_bytes += record.len() as u64;
-                    batch.insert(&store.log, codec::log_key(seq).to_vec(), record);
-                    changes.push((key.clone(), old.map(|o| o.version), entry.version.clone()));
-                    outcomes.push(Outcome::Local(entry.version.clone()));
-                    overlay.insert(key.clone(), entry);
+                Command::Local { writes, .. } => {
+                    let mut versions = Vec::with_capacity(writes.len());
+                    for (key, value) in writes {
+                        let old = self.current(&overlay, key)?;
+                        let entry = Entry {
+                            version: Version {
+                                hlc: self.hlc.now(),
+                                node: self.opts.node_id.clone(),
+                            },
+                            value: value.clone(),
+                        };
+                        // The clock has seen every stored version, so a local write always wins.
+                        debug_assert!(entry.wins_over(old.as_ref()));
+                        seq += 1;
+                        batch.insert(
+                            &store.data,
+                            codec::data_key(key),
+                            codec::encode_entry(&entry),
+                        );
+                        let record = codec::to_mutation(key, &entry).encode_to_vec();
+                        log_bytes += record.len() as u64;
+                        batch.insert(&store.log, codec::log_key(seq).to_vec(), record);
+                        changes.push((key.clone(), old.map(|o| o.version), entry.version.clone()));
+                        versions.push(entry.version.clone());
+                        overlay.insert(key.clone(), entry);
+                    }
+                    outcomes.push(Outcome::Local(versions));
                 }
                 Command::Remote { mutations, .. } => {
                     let mut applied = 0;
@@ -542,15 +560,13 @@ mod tests {
         let (r1, _k1) = oneshot::channel();
         let (r2, _k2) = oneshot::channel();
         h.submit(Command::Local {
-            key: "a".into(),
-            value: None,
+            writes: vec![("a".into(), None)],
             reply: r1,
         })
         .unwrap();
         let err = h
             .submit(Command::Local {
-                key: "b".into(),
-                value: None,
+                writes: vec![("b".into(), None)],
                 reply: r2,
             })
             .unwrap_err();

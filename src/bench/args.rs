@@ -1,0 +1,129 @@
+//! The options of `meshkv bench`.
+
+use clap::{Args, ValueEnum};
+
+use crate::{
+    api::kv::MAX_WRITE_BATCH,
+    error::{Error, Result},
+};
+
+/// What the benchmark drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// meshkv's KV service: Write, Read, or WriteBatch with `--batch`.
+    Meshkv,
+    /// `grpc.health.v1.Health/Check`: the transport ceiling of a node.
+    Health,
+    /// etcd v3's KV service: Put, and Range (serializable) for reads.
+    Etcd,
+}
+
+/// How keys are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyPattern {
+    /// Uniformly at random from the keyspace.
+    Random,
+    /// 0, 1, 2, ... over all workers (wrapping at the keyspace): every key once.
+    Sequential,
+}
+
+/// Options of `meshkv bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// A node's gRPC URL; repeat for a cluster. Workers spread over all of them.
+    #[arg(long = "endpoint", default_value = "http://127.0.0.1:50051")]
+    pub endpoints: Vec<String>,
+    /// What to drive.
+    #[arg(long, value_enum, default_value_t = Target::Meshkv)]
+    pub target: Target,
+    /// Requests in flight at once (one worker each).
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// HTTP/2 connections per endpoint; workers share them round-robin.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// How long to run, in seconds (unless --requests is given).
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Stop after this many requests instead of after --duration.
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// Distinct keys, named bench-0000000000 upwards.
+    #[arg(long, default_value_t = 100_000)]
+    pub keyspace: u64,
+    /// How keys are picked.
+    #[arg(long, value_enum, default_value_t = KeyPattern::Random)]
+    pub keys: KeyPattern,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 100)]
+    pub value_size: usize,
+    /// Fraction of requests that are reads: 0 writes only, 1 reads only.
+    #[arg(long, default_value_t = 0.0)]
+    pub read_ratio: f64,
+    /// Keys per WriteBatch request (1: unary Write). meshkv only.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Target requests per second over all workers (default: as fast as possible).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Replication-lag probe interval in ms (0: off). Needs 2+ meshkv endpoints.
+    #[arg(long, default_value_t = 20)]
+    pub lag_interval_ms: u64,
+    /// Deadline of each request, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub timeout_secs: u64,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl BenchArgs {
+    /// Refuses options that cannot run, naming the option.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(m));
+        if self.endpoints.is_empty() {
+            return bad("give at least one --endpoint".into());
+        }
+        if self.concurrency == 0 || self.connections == 0 {
+            return bad("--concurrency and --connections must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.read_ratio) {
+            return bad(format!("--read-ratio {} is outside 0..=1", self.read_ratio));
+        }
+        if self.batch == 0 || self.batch > MAX_WRITE_BATCH {
+            return bad(format!(
+                "--batch {} is outside 1..={MAX_WRITE_BATCH}",
+                self.batch
+            ));
+        }
+        if self.batch > 1 && self.target != Target::Meshkv {
+            return bad("--batch is for --target meshkv only".into());
+        }
+        if self.keyspace == 0 {
+            return bad("--keyspace must be at least 1".into());
+        }
+        if self.requests.is_none() && !(self.duration > 0.0 && self.duration.is_finite()) {
+            return bad(format!(
+                "--duration {} must be a positive number of seconds",
+                self.duration
+            ));
+        }
+        if self.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+            return bad("--rate must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// True if the lag probe runs.
+    pub fn measures_lag(&self) -> bool {
+        self.target == Target::Meshkv
+            && self.endpoints.len() > 1
+            && self.lag_interval_ms > 0
+            && self.read_ratio < 1.0
+    }
+}

@@ -1,0 +1,363 @@
+//! Runs the workers, the progress bar and the lag probe; merges the results.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::{rngs::SmallRng, Rng, SeedableRng};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{
+    bench::{
+        etcd::{kv_client::KvClient as EtcdClient, PutRequest, RangeRequest},
+        lag,
+        report::{histogram, LagReport, Percentiles, Report},
+        BenchArgs, KeyPattern, Target,
+    },
+    error::{Error, Result},
+    proto::{self, kv_client::KvClient},
+};
+
+/// What one worker measured.
+struct WorkerStats {
+    hist: Histogram<u64>,
+    writes: u64,
+    reads: u64,
+    errors: BTreeMap<String, u64>,
+}
+
+/// The client of one target, on one connection.
+enum Client {
+    Meshkv(KvClient<Channel>),
+    Health(tonic_health::pb::health_client::HealthClient<Channel>),
+    Etcd(EtcdClient<Channel>),
+}
+
+fn key(n: u64) -> String {
+    format!("bench-{n:010}")
+}
+
+impl Client {
+    fn new(target: Target, ch: Channel) -> Self {
+        match target {
+            Target::Meshkv => Client::Meshkv(KvClient::new(ch)),
+            Target::Health => {
+                Client::Health(tonic_health::pb::health_client::HealthClient::new(ch))
+            }
+            Target::Etcd => Client::Etcd(EtcdClient::new(ch)),
+        }
+    }
+
+    async fn write(&mut self, keys: &[u64], value: &[u8]) -> Result<(), tonic::Status> {
+        match self {
+            Client::Meshkv(c) if keys.len() == 1 => c
+                .write(proto::WriteRequest {
+                    key: key(keys[0]),
+                    value: value.to_vec(),
+                })
+                .await
+                .map(drop),
+            Client::Meshkv(c) => c
+                .write_batch(proto::WriteBatchRequest {
+                    writes: keys
+                        .iter()
+                        .map(|k| proto::WriteRequest {
+                            key: key(*k),
+                            value: value.to_vec(),
+                        })
+                        .collect(),
+                })
+                .await
+                .map(drop),
+            Client::Health(c) => c
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map(drop),
+            Client::Etcd(c) => c
+                .put(PutRequest {
+                    key: key(keys[0]).into_bytes(),
+                    value: value.to_vec(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+        }
+    }
+
+    async fn read(&mut self, k: u64) -> Result<(), tonic::Status> {
+        match self {
+            Client::Meshkv(c) => c.read(proto::ReadRequest { key: key(k) }).await.map(drop),
+            Client::Health(c) => c
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map(drop),
+            Client::Etcd(c) => c
+                .range(RangeRequest {
+                    key: key(k).into_bytes(),
+                    serializable: true,
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+        }
+    }
+}
+
+/// Opens `connections` channels to each endpoint, failing fast with the
+/// endpoint's name if one cannot be reached.
+async fn connect(args: &BenchArgs) -> Result<Vec<Vec<Channel>>> {
+    let mut all = Vec::new();
+    for url in &args.endpoints {
+        let endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|e| Error::InvalidArgument(format!("--endpoint {url:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(args.timeout_secs))
+            .tcp_nodelay(true);
+        let mut chans = Vec::new();
+        for _ in 0..args.connections {
+            chans.push(
+                endpoint
+                    .connect()
+                    .await
+                    .map_err(|e| Error::Unavailable(format!("cannot connect to {url}: {e}")))?,
+            );
+        }
+        all.push(chans);
+    }
+    Ok(all)
+}
+
+/// Runs the benchmark and returns its report.
+pub async fn run(args: BenchArgs) -> Result<Report> {
+    args.validate()?;
+    let channels = connect(&args).await?;
+    // Worker w uses endpoint w % E, connection (w / E) % C: even spread over both.
+    let n_endpoints = channels.len();
+    let done = Arc::new(AtomicU64::new(0));
+    let issued = Arc::new(AtomicU64::new(0));
+    let next_key = Arc::new(AtomicU64::new(0));
+    let stop = CancellationToken::new();
+
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        match args.requests {
+            Some(n) => ProgressBar::new(n),
+            None => ProgressBar::new((args.duration * 10.0).ceil() as u64),
+        }
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {percent:>3}% {msg}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+
+    let lag_task = args.measures_lag().then(|| {
+        let first = channels[0][0].clone();
+        let others = channels[1..].iter().map(|c| c[0].clone()).collect();
+        tokio::spawn(lag::probe(
+            first,
+            others,
+            Duration::from_millis(args.lag_interval_ms),
+            stop.clone(),
+        ))
+    });
+
+    let started = Instant::now();
+    let deadline = args
+        .requests
+        .is_none()
+        .then(|| started + Duration::from_secs_f64(args.duration));
+    let pace = args
+        .rate
+        .map(|r| Duration::from_secs_f64(args.concurrency as f64 / r));
+    let mut workers = Vec::with_capacity(args.concurrency);
+    for w in 0..args.concurrency {
+        let ch = channels[w % n_endpoints][(w / n_endpoints) % args.connections].clone();
+        let counters = Counters {
+            issued: issued.clone(),
+            done: done.clone(),
+            next_key: next_key.clone(),
+        };
+        let args = args.clone();
+        workers.push(tokio::spawn(async move {
+            worker(
+                w,
+                Client::new(args.target, ch),
+                args,
+                deadline,
+                pace,
+                counters,
+            )
+            .await
+        }));
+    }
+
+    let ticker = {
+        let (bar, done, stop, requests) = (bar.clone(), done.clone(), stop.clone(), args.requests);
+        tokio::spawn(async move {
+            let mut last = (Instant::now(), 0u64);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+                let n = done.load(Ordering::Relaxed);
+                let now = Instant::now();
+                let rate = (n - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
+                last = (now, n);
+                bar.set_position(match requests {
+                    Some(_) => n,
+                    None => (started.elapsed().as_secs_f64() * 10.0) as u64,
+                });
+                bar.set_message(format!("{n} requests, {rate:.0}/s"));
+            }
+        })
+    };
+
+    let mut hist = histogram();
+    let (mut writes, mut reads) = (0u64, 0u64);
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    for w in workers {
+        let s = w
+            .await
+            .map_err(|e| Error::Unavailable(format!("a bench worker failed: {e}")))?;
+        hist.add(&s.hist)
+            .map_err(|e| Error::Corrupt(format!("histogram merge: {e}")))?;
+        writes += s.writes;
+        reads += s.reads;
+        for (code, n) in s.errors {
+            *errors.entry(code).or_default() += n;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    stop.cancel();
+    let _ = ticker.await;
+    bar.finish_and_clear();
+    let lag = match lag_task {
+        Some(t) => {
+            let s = t
+                .await
+                .map_err(|e| Error::Unavailable(format!("the lag probe failed: {e}")))?;
+            Some(LagReport {
+                samples: s.hist.len(),
+                missed: s.missed,
+                p50_ms: s.hist.value_at_quantile(0.5) as f64 / 1000.0,
+                p99_ms: s.hist.value_at_quantile(0.99) as f64 / 1000.0,
+                max_ms: s.hist.max() as f64 / 1000.0,
+            })
+        }
+        None => None,
+    };
+    let requests = writes + reads;
+    Ok(Report {
+        target: args.target,
+        endpoints: n_endpoints,
+        connections_per_endpoint: args.connections,
+        concurrency: args.concurrency,
+        batch: args.batch,
+        value_size: args.value_size,
+        seconds,
+        requests,
+        requests_per_sec: requests as f64 / seconds,
+        writes_per_sec: (writes * args.batch as u64) as f64 / seconds,
+        reads_per_sec: reads as f64 / seconds,
+        errors,
+        latency_ms: Percentiles::of(&hist),
+        lag,
+    })
+}
+
+/// The counters workers share: requests started and finished, next sequential key.
+struct Counters {
+    issued: Arc<AtomicU64>,
+    done: Arc<AtomicU64>,
+    next_key: Arc<AtomicU64>,
+}
+
+async fn worker(
+    id: usize,
+    mut client: Client,
+    args: BenchArgs,
+    deadline: Option<Instant>,
+    pace: Option<Duration>,
+    counters: Counters,
+) -> WorkerStats {
+    let Counters {
+        issued,
+        done,
+        next_key,
+    } = counters;
+    let pick = |rng: &mut SmallRng| match args.keys {
+        KeyPattern::Random => rng.random_range(0..args.keyspace),
+        KeyPattern::Sequential => next_key.fetch_add(1, Ordering::Relaxed) % args.keyspace,
+    };
+    let mut rng = SmallRng::seed_from_u64(0x6d65_7368 ^ id as u64);
+    let value = vec![b'v'; args.value_size];
+    let mut keys = vec![0u64; args.batch];
+    let mut stats = WorkerStats {
+        hist: histogram(),
+        writes: 0,
+        reads: 0,
+        errors: BTreeMap::new(),
+    };
+    let mut tick = pace.map(|d| {
+        let mut i = tokio::time::interval(d);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    });
+    loop {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        if args
+            .requests
+            .is_some_and(|n| issued.fetch_add(1, Ordering::Relaxed) >= n)
+        {
+            break;
+        }
+        if let Some(t) = tick.as_mut() {
+            t.tick().await;
+        }
+        let is_read = args.read_ratio > 0.0 && rng.random::<f64>() < args.read_ratio;
+        let t0 = Instant::now();
+        let result = if is_read {
+            client.read(pick(&mut rng)).await
+        } else {
+            for k in keys.iter_mut() {
+                *k = pick(&mut rng);
+            }
+            client.write(&keys, &value).await
+        };
+        match result {
+            Ok(()) => {
+                let _ = stats.hist.record((t0.elapsed().as_micros() as u64).max(1));
+                if is_read {
+                    stats.reads += 1;
+                } else {
+                    stats.writes += 1;
+                }
+            }
+            Err(status) => {
+                *stats
+                    .errors
+                    .entry(format!("{:?}", status.code()))
+                    .or_default() += 1;
+            }
+        }
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+    stats
+}
