@@ -107,6 +107,10 @@ pub struct StorageConfig {
     pub fsync_interval_ms: u64,
     /// The storage engine's block cache, in MiB.
     pub cache_mb: u64,
+    /// The largest in-memory write buffer (memtable) of the data and the log
+    /// keyspaces, in MiB. Together with the cache this bounds most of the
+    /// engine's memory.
+    pub memtable_mb: u64,
 }
 
 impl Default for StorageConfig {
@@ -115,6 +119,7 @@ impl Default for StorageConfig {
             fsync: FsyncMode::Always,
             fsync_interval_ms: 100,
             cache_mb: 32,
+            memtable_mb: 16,
         }
     }
 }
@@ -174,8 +179,8 @@ pub struct ReplicationConfig {
 impl Default for ReplicationConfig {
     fn default() -> Self {
         Self {
-            batch_max_entries: 1024,
-            batch_max_bytes: 1024 * 1024,
+            batch_max_entries: 4096,
+            batch_max_bytes: 4 * 1024 * 1024,
             rpc_timeout_ms: 5_000,
             backoff_min_ms: 100,
             backoff_max_ms: 5_000,
@@ -458,6 +463,12 @@ impl Config {
             return bad(
                 "replication.batch_max_bytes",
                 "must be at most 64 MiB".into(),
+            );
+        }
+        if !(1..=1024).contains(&self.storage.memtable_mb) {
+            return bad(
+                "storage.memtable_mb",
+                format!("{} is outside 1..=1024", self.storage.memtable_mb),
             );
         }
         if self.storage.fsync == FsyncMode::Periodic && self.storage.fsync_interval_ms == 0 {

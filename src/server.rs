@@ -104,13 +104,14 @@ where
     health.set(false, "starting").await;
 
     let (store, recovered) = {
-        let (dir, node, cluster, cache) = (
+        let (dir, node, cluster, cache, memtable) = (
             config.data_dir.clone(),
             config.node_id.clone(),
             config.cluster_id.clone(),
             config.storage.cache_mb,
+            config.storage.memtable_mb,
         );
-        tokio::task::spawn_blocking(move || Store::open(&dir, &node, &cluster, cache))
+        tokio::task::spawn_blocking(move || Store::open(&dir, &node, &cluster, cache, memtable))
             .await
             .map_err(|e| Error::Unavailable(format!("storage open panicked: {e}")))??
     };

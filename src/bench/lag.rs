@@ -41,7 +41,9 @@ pub async fn probe(
                 value: b"lag".to_vec(),
             })
             .await;
-        if wrote.is_ok() {
+        if wrote.is_err() {
+            missed += others.len() as u64;
+        } else {
             let acked = Instant::now();
             let waits: Vec<_> = others
                 .iter()

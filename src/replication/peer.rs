@@ -172,7 +172,11 @@ pub async fn run(
             let s = peer.state();
             (s.needs_repair, s.acked_seq)
         };
-        if needs_repair || Instant::now() >= next_round {
+        // A periodic round waits until the log stream is caught up: while
+        // records are in flight every bucket differs, and a round would only
+        // rescan and resend what streaming is about to deliver.
+        let caught_up = cursor >= *seq_rx.borrow();
+        if needs_repair || (caught_up && Instant::now() >= next_round) {
             let resume_at = *seq_rx.borrow();
             peer.lock().phase = Phase::Repairing;
             tracing::info!(peer = %peer.id, marked = needs_repair, "anti-entropy round starting");

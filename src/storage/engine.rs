@@ -34,6 +34,10 @@ pub struct Store {
     digests: Mutex<Digests>,
     /// Bytes of log records on disk (values only), for `max_log_bytes`.
     log_bytes: AtomicU64,
+    /// Every log seq below this has been deleted. The log is a queue: records
+    /// leave from its head, and an LSM keeps their tombstones until compaction,
+    /// so every scan starts here instead of walking the deleted head again.
+    log_start: AtomicU64,
     /// Keys held, tombstones included.
     keys: AtomicU64,
     _lock: DirLock,
@@ -81,6 +85,7 @@ impl Store {
         node_id: &str,
         cluster_id: &str,
         cache_mb: u64,
+        memtable_mb: u64,
     ) -> Result<(Arc<Store>, Recovered)> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("cannot create data dir {}", dir.display()), e))?;
@@ -90,8 +95,11 @@ impl Store {
             // The writer decides when to sync; fjall must not do it behind our back.
             .manual_journal_persist(true)
             .open()?;
-        let data = db.keyspace("data", KeyspaceCreateOptions::default)?;
-        let log = db.keyspace("log", KeyspaceCreateOptions::default)?;
+        // Memtables bound most of the engine's memory; fjall's default is 64 MiB each.
+        let memtable = memtable_mb.max(1) * 1024 * 1024;
+        let opts = move || KeyspaceCreateOptions::default().max_memtable_size(memtable);
+        let data = db.keyspace("data", opts)?;
+        let log = db.keyspace("log", opts)?;
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
 
         for (key, want, what) in [
@@ -117,8 +125,13 @@ impl Store {
             last_seq = last_seq.max(codec::log_seq(&kv.key()?)?);
         }
         let mut log_bytes = 0u64;
-        for kv in log.iter() {
-            log_bytes += u64::from(kv.size()?);
+        let mut log_start = last_seq + 1;
+        for (i, kv) in log.iter().enumerate() {
+            let (k, v) = kv.into_inner()?;
+            if i == 0 {
+                log_start = codec::log_seq(&k)?;
+            }
+            log_bytes += v.len() as u64;
         }
 
         let mut digests = Digests::default();
@@ -139,6 +152,7 @@ impl Store {
             meta,
             digests: Mutex::new(digests),
             log_bytes: AtomicU64::new(log_bytes),
+            log_start: AtomicU64::new(log_start),
             keys: AtomicU64::new(keys),
             _lock: lock,
         });
@@ -187,8 +201,10 @@ impl Store {
 
     /// The seq of the oldest record still in the log, if any.
     pub fn log_first_seq(&self) -> Result<Option<u64>> {
+        let start = codec::log_key(self.log_start.load(Ordering::Acquire));
         self.log
-            .first_key_value()
+            .range(start..)
+            .next()
             .map(|kv| codec::log_seq(&kv.key()?))
             .transpose()
     }
@@ -235,7 +251,9 @@ impl Store {
             let mut batch = self.db.batch();
             let mut n = 0;
             let mut done = true;
-            for kv in self.log.iter() {
+            let mut next_start = None;
+            let start = codec::log_key(self.log_start.load(Ordering::Acquire));
+            for kv in self.log.range(start..) {
                 let (k, v) = kv.into_inner()?;
                 let seq = codec::log_seq(&k)?;
                 let m = proto::Mutation::decode(v.as_ref())
@@ -248,6 +266,7 @@ impl Store {
                 bytes += v.len() as u64;
                 records += 1;
                 n += 1;
+                next_start = Some(seq + 1);
                 if n == CHUNK {
                     done = false;
                     break;
@@ -255,6 +274,9 @@ impl Store {
             }
             if n > 0 {
                 batch.commit()?;
+            }
+            if let Some(next) = next_start {
+                self.log_start.fetch_max(next, Ordering::AcqRel);
             }
             if done {
                 break;
@@ -322,9 +344,9 @@ mod tests {
     #[test]
     fn a_second_open_of_the_same_dir_is_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
-        let (_store, rec) = Store::open(dir.path(), "n1", "c", 8).unwrap();
+        let (_store, rec) = Store::open(dir.path(), "n1", "c", 8, 4).unwrap();
         assert!(rec.fresh);
-        let err = Store::open(dir.path(), "n1", "c", 8).unwrap_err();
+        let err = Store::open(dir.path(), "n1", "c", 8, 4).unwrap_err();
         assert!(matches!(err, Error::Locked { .. }), "{err}");
         assert!(
             err.to_string().contains(&std::process::id().to_string()),
@@ -335,8 +357,8 @@ mod tests {
     #[test]
     fn a_dir_of_another_node_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        drop(Store::open(dir.path(), "n1", "c", 8).unwrap());
-        let err = Store::open(dir.path(), "n2", "c", 8).unwrap_err();
+        drop(Store::open(dir.path(), "n1", "c", 8, 4).unwrap());
+        let err = Store::open(dir.path(), "n2", "c", 8, 4).unwrap_err();
         assert!(err.to_string().contains("belongs to node"), "{err}");
     }
 }

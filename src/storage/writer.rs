@@ -436,7 +436,7 @@ mod tests {
     }
 
     fn open(dir: &std::path::Path) -> (Arc<Store>, Recovered) {
-        Store::open(dir, "n1", "c", 8).unwrap()
+        Store::open(dir, "n1", "c", 8, 4).unwrap()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -551,6 +551,42 @@ mod tests {
         assert!(w.write("a".into(), Some(vec![2])).await.unwrap() > last);
         drop(w);
         t.join().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn truncation_moves_the_log_start_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, rec) = open(dir.path());
+            let (w, _s, t) = spawn(
+                store.clone(),
+                &rec,
+                Arc::new(SystemClock),
+                opts(16),
+                CancellationToken::new(),
+            )
+            .unwrap();
+            for i in 0..10 {
+                w.write(format!("k{i}"), Some(vec![0; 10])).await.unwrap();
+            }
+            let full = store.log_bytes();
+            assert_eq!(store.log_first_seq().unwrap(), Some(1));
+            let (n, bytes) = store.truncate_log(|seq, _, _| seq <= 5).unwrap();
+            assert_eq!(n, 5);
+            assert_eq!(store.log_bytes(), full - bytes);
+            assert_eq!(store.log_first_seq().unwrap(), Some(6));
+            assert_eq!(store.log_after(0, 100, 1 << 20).unwrap()[0].0, 6);
+            store.truncate_log(|seq, _, _| seq <= 8).unwrap();
+            assert_eq!(store.log_first_seq().unwrap(), Some(9));
+            drop(w);
+            t.join().unwrap();
+        }
+        let (store, rec) = open(dir.path());
+        assert_eq!(rec.last_seq, 10);
+        assert_eq!(store.log_first_seq().unwrap(), Some(9));
+        assert_eq!(store.truncate_log(|_, _, _| true).unwrap().0, 2);
+        assert_eq!(store.log_first_seq().unwrap(), None);
+        assert_eq!(store.log_bytes(), 0);
     }
 
     #[test]
