@@ -93,6 +93,11 @@ impl Hlc {
         physical_ms(remote).saturating_sub(self.clock.now_ms())
     }
 
+    /// The wall clock, in milliseconds.
+    pub fn wall_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
     /// The highest timestamp issued or observed: what must be persisted.
     pub fn high_water(&self) -> u64 {
         self.last

@@ -146,6 +146,7 @@ where
             queue_depth: config.limits.write_queue_depth,
             max_batch: config.limits.max_batch,
             max_clock_skew: Duration::from_millis(config.replication.max_clock_skew_ms),
+            tombstone_ttl: Duration::from_secs(config.replication.tombstone_ttl_secs),
         },
         fatal.clone(),
     )?;

@@ -16,6 +16,10 @@ use crate::{
 
 /// The most keys one Fetch may ask for.
 pub const MAX_FETCH_KEYS: usize = 1024;
+/// An answer stops growing past this many bytes (it always covers at least
+/// one bucket or key), so that it fits the peer's message limit whatever the
+/// size of the keyspace or the values.
+pub const ANSWER_BUDGET: usize = 4 * 1024 * 1024;
 
 /// Answers digest, bucket and fetch requests from configured peers.
 #[derive(Debug)]
@@ -79,21 +83,29 @@ impl AntiEntropy for AntiEntropyService {
             })
             .collect::<Result<Vec<u16>, Error>>()?;
         let store = Arc::clone(&self.store);
-        let entries = tokio::task::spawn_blocking(move || {
-            let mut out = Vec::new();
+        let (entries, processed) = tokio::task::spawn_blocking(move || {
+            let (mut out, mut bytes, mut processed) = (Vec::new(), 0, 0u32);
             for b in buckets {
+                if processed > 0 && bytes > ANSWER_BUDGET {
+                    break;
+                }
                 for (key, entry) in store.bucket(b)? {
+                    bytes += key.len() + entry.version.node.len() + 16;
                     out.push(proto::KeyVersion {
                         key,
                         version: Some(version_to_proto(&entry.version)),
                     });
                 }
+                processed += 1;
             }
-            Ok::<_, Error>(out)
+            Ok::<_, Error>((out, processed))
         })
         .await
         .map_err(blocking_err)??;
-        Ok(Response::new(proto::BucketVersionsResponse { entries }))
+        Ok(Response::new(proto::BucketVersionsResponse {
+            entries,
+            processed,
+        }))
     }
 
     async fn fetch(
@@ -111,17 +123,25 @@ impl AntiEntropy for AntiEntropyService {
             validate::key(key)?;
         }
         let store = Arc::clone(&self.store);
-        let mutations = tokio::task::spawn_blocking(move || {
-            let mut out = Vec::with_capacity(req.keys.len());
+        let (mutations, processed) = tokio::task::spawn_blocking(move || {
+            let (mut out, mut bytes, mut processed) = (Vec::new(), 0, 0u32);
             for key in req.keys {
+                if processed > 0 && bytes > ANSWER_BUDGET {
+                    break;
+                }
                 if let Some(entry) = store.get(&key)? {
+                    bytes += key.len() + entry.value.as_ref().map_or(0, Vec::len) + 32;
                     out.push(to_mutation(&key, &entry));
                 }
+                processed += 1;
             }
-            Ok::<_, Error>(out)
+            Ok::<_, Error>((out, processed))
         })
         .await
         .map_err(blocking_err)??;
-        Ok(Response::new(proto::FetchResponse { mutations }))
+        Ok(Response::new(proto::FetchResponse {
+            mutations,
+            processed,
+        }))
     }
 }

@@ -7,6 +7,7 @@ use tonic::transport::Channel;
 
 use crate::{
     api::replication::mutation_from_proto,
+    clock::{PhysicalClock, SystemClock},
     error::{Error, Result},
     proto::{self, anti_entropy_client::AntiEntropyClient, replication_client::ReplicationClient},
     replication::Ctx,
@@ -17,10 +18,11 @@ use crate::{
     version::{Entry, Version},
 };
 
-/// Buckets compared per BucketVersions call: bounds each message.
+/// Buckets asked for per BucketVersions call. The peer may answer fewer (its
+/// answers are bounded in bytes); the round asks again for the rest.
 pub const BUCKETS_PER_CALL: usize = 64;
-/// Keys per Fetch call: bounds each answer (values may be up to 64 MiB each).
-pub const KEYS_PER_FETCH: usize = 64;
+/// Keys asked for per Fetch call; likewise the peer may cover fewer.
+pub const KEYS_PER_FETCH: usize = 256;
 
 /// What a round did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -109,19 +111,25 @@ pub async fn round(
         .map(|b| b as u16)
         .collect();
 
-    for chunk in differing.chunks(BUCKETS_PER_CALL) {
-        let remote: Vec<(String, Version)> = ae
+    let mut rest: &[u16] = &differing;
+    while !rest.is_empty() {
+        let ask = &rest[..rest.len().min(BUCKETS_PER_CALL)];
+        let answer = ae
             .bucket_versions(request(
                 proto::BucketVersionsRequest {
                     cluster_id: ctx.cluster_id.clone(),
                     origin: ctx.node_id.clone(),
-                    buckets: chunk.iter().map(|b| u32::from(*b)).collect(),
+                    buckets: ask.iter().map(|b| u32::from(*b)).collect(),
                 },
                 timeout,
             ))
             .await
             .map_err(peer_err(peer))?
-            .into_inner()
+            .into_inner();
+        let covered = progress(peer, answer.processed, ask.len())?;
+        let chunk = &rest[..covered];
+        rest = &rest[covered..];
+        let remote: Vec<(String, Version)> = answer
             .entries
             .into_iter()
             .filter_map(|kv| Some((kv.key, version_from_proto(kv.version?))))
@@ -161,24 +169,28 @@ pub async fn round(
             stats.pushed += push(ctx, peer, repl, batch, timeout).await?;
         }
 
-        for keys in plan.pull.chunks(KEYS_PER_FETCH) {
-            let fetched = ae
+        let mut pull: &[String] = &plan.pull;
+        while !pull.is_empty() {
+            let ask = &pull[..pull.len().min(KEYS_PER_FETCH)];
+            let answer = ae
                 .fetch(request(
                     proto::FetchRequest {
                         cluster_id: ctx.cluster_id.clone(),
                         origin: ctx.node_id.clone(),
-                        keys: keys.to_vec(),
+                        keys: ask.to_vec(),
                     },
                     timeout,
                 ))
                 .await
                 .map_err(peer_err(peer))?
-                .into_inner()
-                .mutations;
-            let entries = fetched
+                .into_inner();
+            pull = &pull[progress(peer, answer.processed, ask.len())?..];
+            let now_ms = SystemClock.now_ms();
+            let entries = answer
+                .mutations
                 .into_iter()
                 .enumerate()
-                .map(|(i, m)| mutation_from_proto(i, m, ctx.max_value_bytes))
+                .map(|(i, m)| mutation_from_proto(i, m, ctx.max_value_bytes, now_ms))
                 .collect::<Result<Vec<_>>>()?;
             if !entries.is_empty() {
                 stats.pulled += ctx.writer.apply_queued(entries).await?;
@@ -186,6 +198,17 @@ pub async fn round(
         }
     }
     Ok(stats)
+}
+
+/// How many requested items an answer covered: at least one, at most all.
+fn progress(peer: &str, processed: u32, asked: usize) -> Result<usize> {
+    match processed as usize {
+        0 => Err(Error::Peer {
+            peer: peer.to_string(),
+            status: tonic::Status::internal("the peer's answer covered nothing"),
+        }),
+        n => Ok(n.min(asked)),
+    }
 }
 
 async fn push(
@@ -246,6 +269,13 @@ mod tests {
         assert_eq!(p.push, vec!["a".to_string(), "c".to_string()]);
         // b: theirs is newer. d: only theirs.
         assert_eq!(p.pull, vec!["b".to_string(), "d".to_string()]);
+    }
+
+    #[test]
+    fn an_answer_must_cover_something_and_not_more_than_asked() {
+        assert!(progress("p", 0, 5).is_err());
+        assert_eq!(progress("p", 3, 5).unwrap(), 3);
+        assert_eq!(progress("p", 9, 5).unwrap(), 5);
     }
 
     #[test]

@@ -251,8 +251,12 @@ pub async fn run(
                 return;
             }
         };
+        // Records must follow the cursor without a hole: retention may delete
+        // from the head of the log while this batch is being read.
         let gap = match batch.first() {
-            Some((first, _)) => *first > cursor + 1,
+            Some((first, _)) => {
+                *first != cursor + 1 || batch.windows(2).any(|w| w[1].0 != w[0].0 + 1)
+            }
             None => last_seq > cursor,
         };
         if gap {

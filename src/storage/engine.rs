@@ -185,8 +185,10 @@ impl Store {
     ) -> Result<Vec<(u64, proto::Mutation)>> {
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        let start = codec::log_key(after.saturating_add(1));
-        for kv in self.log.range(start..) {
+        let from = after
+            .saturating_add(1)
+            .max(self.log_start.load(Ordering::Acquire));
+        for kv in self.log.range(codec::log_key(from)..) {
             let (k, v) = kv.into_inner()?;
             if !out.is_empty() && (out.len() >= max_entries || bytes + v.len() > max_bytes) {
                 break;

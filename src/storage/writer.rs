@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    clock::{Hlc, PhysicalClock},
+    clock::{physical_ms, Hlc, PhysicalClock},
     config::FsyncMode,
     error::{Error, Result},
     storage::{codec, Recovered, Store},
@@ -34,6 +34,8 @@ pub struct WriterOptions {
     pub max_batch: usize,
     /// Remote timestamps further ahead of our wall clock than this are logged.
     pub max_clock_skew: Duration,
+    /// Remote tombstones older than this are applied as deletions but not stored.
+    pub tombstone_ttl: Duration,
 }
 
 /// What travels over the writer's channel.
@@ -194,6 +196,14 @@ struct Writer {
     failed: Option<String>,
 }
 
+/// How one key's state changed within a batch.
+enum DigestChange {
+    /// From the old version (if any) to the new one.
+    Replace(String, Option<Version>, Version),
+    /// The entry at this version was removed.
+    Remove(String, Version),
+}
+
 /// What one request gets back once the batch is committed.
 enum Outcome {
     Local(Vec<Version>),
@@ -260,9 +270,15 @@ impl Writer {
     }
 
     /// The newest state of `key`, counting writes earlier in this batch.
-    fn current(&self, overlay: &HashMap<String, Entry>, key: &str) -> Result<Option<Entry>> {
+    /// `overlay` holds what this batch has done to a key so far: `Some(entry)`
+    /// written, `None` removed.
+    fn current(
+        &self,
+        overlay: &HashMap<String, Option<Entry>>,
+        key: &str,
+    ) -> Result<Option<Entry>> {
         match overlay.get(key) {
-            Some(e) => Ok(Some(e.clone())),
+            Some(e) => Ok(e.clone()),
             None => self.store.get(key),
         }
     }
@@ -270,12 +286,15 @@ impl Writer {
     fn commit(&mut self, cmds: &[Command]) -> Result<Vec<Outcome>> {
         let store = Arc::clone(&self.store);
         let mut batch = store.db.batch();
-        let mut overlay: HashMap<String, Entry> = HashMap::new();
-        let mut changes: Vec<(String, Option<Version>, Version)> = Vec::new();
+        let mut overlay: HashMap<String, Option<Entry>> = HashMap::new();
+        // Digest updates in batch order, each computed against the state the
+        // batch had reached, so that they compose whatever the mix of commands.
+        let mut changes: Vec<DigestChange> = Vec::new();
         let mut outcomes = Vec::with_capacity(cmds.len());
         let mut seq = self.last_seq;
         let mut log_bytes = 0u64;
-        let mut removed: Vec<(String, Version)> = Vec::new();
+        let now_ms = self.hlc.wall_ms();
+        let ttl_ms = self.opts.tombstone_ttl.as_millis() as u64;
 
         for cmd in cmds {
             match cmd {
@@ -301,9 +320,13 @@ impl Writer {
                         let record = codec::to_mutation(key, &entry).encode_to_vec();
                         log_bytes += record.len() as u64;
                         batch.insert(&store.log, codec::log_key(seq).to_vec(), record);
-                        changes.push((key.clone(), old.map(|o| o.version), entry.version.clone()));
+                        changes.push(DigestChange::Replace(
+                            key.clone(),
+                            old.map(|o| o.version),
+                            entry.version.clone(),
+                        ));
                         versions.push(entry.version.clone());
-                        overlay.insert(key.clone(), entry);
+                        overlay.insert(key.clone(), Some(entry));
                     }
                     outcomes.push(Outcome::Local(versions));
                 }
@@ -319,20 +342,35 @@ impl Writer {
                             crate::metrics::clock_skew_event();
                         }
                         let old = self.current(&overlay, key)?;
-                        if entry.wins_over(old.as_ref()) {
-                            batch.insert(
-                                &store.data,
-                                codec::data_key(key),
-                                codec::encode_entry(entry),
-                            );
-                            changes.push((
-                                key.clone(),
-                                old.map(|o| o.version),
-                                entry.version.clone(),
-                            ));
-                            overlay.insert(key.clone(), entry.clone());
-                            applied += 1;
+                        if !entry.wins_over(old.as_ref()) {
+                            continue;
                         }
+                        let expired = entry.is_tombstone()
+                            && physical_ms(entry.version.hlc).saturating_add(ttl_ms) < now_ms;
+                        if expired {
+                            // A tombstone past its TTL deletes what it beats but is
+                            // not stored again: peers that already purged it would
+                            // otherwise get it back through anti-entropy forever.
+                            if let Some(old) = old {
+                                batch.remove(&store.data, codec::data_key(key));
+                                changes.push(DigestChange::Remove(key.clone(), old.version));
+                                overlay.insert(key.clone(), None);
+                                applied += 1;
+                            }
+                            continue;
+                        }
+                        batch.insert(
+                            &store.data,
+                            codec::data_key(key),
+                            codec::encode_entry(entry),
+                        );
+                        changes.push(DigestChange::Replace(
+                            key.clone(),
+                            old.map(|o| o.version),
+                            entry.version.clone(),
+                        ));
+                        overlay.insert(key.clone(), Some(entry.clone()));
+                        applied += 1;
                     }
                     outcomes.push(Outcome::Count(applied));
                 }
@@ -342,8 +380,8 @@ impl Writer {
                         let current = self.current(&overlay, key)?;
                         if current.is_some_and(|c| c.is_tombstone() && &c.version == version) {
                             batch.remove(&store.data, codec::data_key(key));
-                            removed.push((key.clone(), version.clone()));
-                            overlay.remove(key);
+                            changes.push(DigestChange::Remove(key.clone(), version.clone()));
+                            overlay.insert(key.clone(), None);
                             purged += 1;
                         }
                     }
@@ -369,15 +407,20 @@ impl Writer {
 
         {
             let mut digests = store.digests();
-            let mut added = 0;
-            for (key, old, new) in &changes {
-                digests.replace(key.as_bytes(), old.as_ref(), new);
-                added += u64::from(old.is_none());
+            let (mut added, mut removed) = (0, 0);
+            for change in &changes {
+                match change {
+                    DigestChange::Replace(key, old, new) => {
+                        digests.replace(key.as_bytes(), old.as_ref(), new);
+                        added += u64::from(old.is_none());
+                    }
+                    DigestChange::Remove(key, version) => {
+                        digests.remove(key.as_bytes(), version);
+                        removed += 1;
+                    }
+                }
             }
-            for (key, version) in &removed {
-                digests.remove(key.as_bytes(), version);
-            }
-            store.adjust_keys(added, removed.len() as u64);
+            store.adjust_keys(added, removed);
         }
         store.add_log_bytes(log_bytes);
         if seq != self.last_seq {
@@ -432,6 +475,7 @@ mod tests {
             queue_depth,
             max_batch: 64,
             max_clock_skew: Duration::from_secs(60),
+            tombstone_ttl: Duration::from_secs(3600),
         }
     }
 
@@ -587,6 +631,109 @@ mod tests {
         assert_eq!(store.truncate_log(|_, _, _| true).unwrap().0, 2);
         assert_eq!(store.log_first_seq().unwrap(), None);
         assert_eq!(store.log_bytes(), 0);
+    }
+
+    /// A writer without its thread, so a test can hand `commit` any batch.
+    fn bare_writer(store: Arc<Store>, rec: &Recovered, clock: Arc<dyn PhysicalClock>) -> Writer {
+        Writer {
+            hlc: Hlc::new(clock, rec.high_water),
+            last_seq: rec.last_seq,
+            store,
+            opts: opts(16),
+            seq_tx: watch::channel(0).0,
+            fatal: CancellationToken::new(),
+            failed: None,
+        }
+    }
+
+    /// The digests and key count rebuilt from what is stored.
+    fn recount(store: &Store) -> (crate::storage::Digests, u64) {
+        let mut d = crate::storage::Digests::default();
+        let mut n = 0;
+        store
+            .for_each(|k, e| {
+                d.replace(k.as_bytes(), None, &e.version);
+                n += 1;
+                Ok(())
+            })
+            .unwrap();
+        (d, n)
+    }
+
+    #[test]
+    fn purge_and_write_of_one_key_in_one_batch_keep_digests_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, rec) = open(dir.path());
+        let mut w = bare_writer(store.clone(), &rec, Arc::new(SystemClock));
+        let local = |k: &str, v: Option<&[u8]>| Command::Local {
+            writes: vec![(k.into(), v.map(<[u8]>::to_vec))],
+            reply: oneshot::channel().0,
+        };
+        w.commit(&[
+            local("k", Some(b"a")),
+            local("k", None),
+            local("other", Some(b"o")),
+        ])
+        .unwrap();
+        let tomb = store.get("k").unwrap().unwrap();
+        assert!(tomb.is_tombstone());
+        // In one batch: purge the tombstone, then write the key again.
+        let purge = Command::Purge {
+            tombstones: vec![("k".into(), tomb.version.clone())],
+            reply: oneshot::channel().0,
+        };
+        w.commit(&[purge, local("k", Some(b"b"))]).unwrap();
+        assert_eq!(
+            store.get("k").unwrap().unwrap().value.as_deref(),
+            Some(&b"b"[..])
+        );
+        let (digests, keys) = recount(&store);
+        assert_eq!(*store.digests(), digests);
+        assert_eq!(store.key_count(), keys);
+        assert_eq!(keys, 2);
+    }
+
+    #[test]
+    fn an_expired_remote_tombstone_deletes_but_is_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, rec) = open(dir.path());
+        let mut w = bare_writer(store.clone(), &rec, Arc::new(SystemClock));
+        let at = |ms: u64, value: Option<&[u8]>| Entry {
+            version: Version {
+                hlc: crate::clock::from_physical_ms(ms),
+                node: "n2".into(),
+            },
+            value: value.map(<[u8]>::to_vec),
+        };
+        let remote = |key: &str, e: Entry| Command::Remote {
+            mutations: vec![(key.into(), e)],
+            reply: oneshot::channel().0,
+        };
+        // Long ago: a value, then its delete, both far older than the TTL.
+        w.commit(&[remote("old", at(1_000, Some(b"v")))]).unwrap();
+        assert!(store.get("old").unwrap().is_some());
+        w.commit(&[
+            remote("old", at(2_000, None)),
+            remote("never", at(2_000, None)),
+        ])
+        .unwrap();
+        assert_eq!(
+            store.get("old").unwrap(),
+            None,
+            "the delete removed the value"
+        );
+        assert_eq!(
+            store.get("never").unwrap(),
+            None,
+            "an expired tombstone is not stored"
+        );
+        let (digests, keys) = recount(&store);
+        assert_eq!(*store.digests(), digests);
+        assert_eq!((store.key_count(), keys), (0, 0));
+        // A recent tombstone is stored as usual.
+        let now = SystemClock.now_ms();
+        w.commit(&[remote("fresh", at(now, None))]).unwrap();
+        assert!(store.get("fresh").unwrap().unwrap().is_tombstone());
     }
 
     #[test]
