@@ -26,9 +26,17 @@
 //! repair. A node with an empty disk, or restored from an old copy, becomes
 //! complete this way.
 //!
+//! Answers to a round are bounded in bytes and say how much of the request
+//! they covered, so a round works the same for any keyspace or value size.
+//! Periodic rounds wait until the log stream to that peer is caught up:
+//! mid-stream every bucket differs, and a round would only resend what
+//! streaming is about to deliver.
+//!
 //! **Tombstones** are purged once older than `tombstone_ttl_secs` and, for
-//! this node's own deletes, acknowledged by every peer. A node away longer
-//! than the TTL can resurrect deleted keys, as with Cassandra's
+//! this node's own deletes, acknowledged by every peer. A tombstone past its
+//! TTL that arrives from a peer deletes what it beats but is not stored, so
+//! a purge sticks even while peers purge at different moments. A node away
+//! longer than the TTL can resurrect deleted keys, as with Cassandra's
 //! `gc_grace_seconds`.
 
 pub mod anti_entropy;
