@@ -1,6 +1,7 @@
 //! One task per peer: stream the log, repair on demand, back off on errors.
 
 use std::{
+    collections::VecDeque,
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
@@ -166,6 +167,7 @@ pub async fn run(
     let interval = Duration::from_secs(cfg.anti_entropy_interval_secs);
     // A round at start-up finds what was missed while this node was down.
     let mut next_round = Instant::now();
+    let mut pending: VecDeque<InFlight> = VecDeque::with_capacity(PIPELINE);
 
     while !shutdown.is_cancelled() {
         let (needs_repair, cursor) = {
@@ -175,8 +177,9 @@ pub async fn run(
         // A periodic round waits until the log stream is caught up: while
         // records are in flight every bucket differs, and a round would only
         // rescan and resend what streaming is about to deliver.
-        let caught_up = cursor >= *seq_rx.borrow();
+        let caught_up = pending.is_empty() && cursor >= *seq_rx.borrow();
         if needs_repair || (caught_up && Instant::now() >= next_round) {
+            abort_all(&mut pending);
             let resume_at = *seq_rx.borrow();
             peer.lock().phase = Phase::Repairing;
             tracing::info!(peer = %peer.id, marked = needs_repair, "anti-entropy round starting");
@@ -230,93 +233,137 @@ pub async fn run(
             continue;
         }
 
-        // Mark the seq seen before reading, so a commit after the read wakes us.
-        let last_seq = *seq_rx.borrow_and_update();
-        let batch = {
-            let store = Arc::clone(&ctx.store);
-            let (n, b) = (cfg.batch_max_entries, cfg.batch_max_bytes);
-            tokio::task::spawn_blocking(move || store.log_after(cursor, n, b)).await
-        };
-        let batch = match batch {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => {
-                tracing::error!(peer = %peer.id, error = %e, "cannot read the log");
-                if sleep_or_shutdown(backoff.next_delay(), &shutdown).await {
+        // Read after the last batch sent, which may still be in flight.
+        let read_from = pending.back().map_or(cursor, |p: &InFlight| p.upto);
+        if pending.len() < PIPELINE {
+            // Mark the seq seen before reading, so a commit after the read wakes us.
+            let last_seq = *seq_rx.borrow_and_update();
+            let batch = {
+                let store = Arc::clone(&ctx.store);
+                let (n, b) = (cfg.batch_max_entries, cfg.batch_max_bytes);
+                tokio::task::spawn_blocking(move || store.log_after(read_from, n, b)).await
+            };
+            let batch = match batch {
+                Ok(Ok(b)) => b,
+                Ok(Err(e)) => {
+                    tracing::error!(peer = %peer.id, error = %e, "cannot read the log");
+                    abort_all(&mut pending);
+                    if sleep_or_shutdown(backoff.next_delay(), &shutdown).await {
+                        return;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(peer = %peer.id, error = %e, "log reader panicked");
+                    abort_all(&mut pending);
                     return;
+                }
+            };
+            // Records must follow without a hole: retention may delete from
+            // the head of the log while this batch is being read.
+            let gap = match batch.first() {
+                Some((first, _)) => {
+                    *first != read_from + 1 || batch.windows(2).any(|w| w[1].0 != w[0].0 + 1)
+                }
+                None => last_seq > read_from,
+            };
+            if gap {
+                tracing::warn!(
+                    peer = %peer.id,
+                    cursor,
+                    "peer fell behind the start of the log; repairing it with anti-entropy"
+                );
+                abort_all(&mut pending);
+                peer.mark_for_repair();
+                continue;
+            }
+            if let Some(&(upto, _)) = batch.last() {
+                let count = batch.len() as u64;
+                let mut request = tonic::Request::new(proto::ReplicateRequest {
+                    cluster_id: ctx.cluster_id.clone(),
+                    origin: ctx.node_id.clone(),
+                    mutations: batch.into_iter().map(|(_, m)| m).collect(),
+                });
+                request.set_timeout(timeout);
+                let mut client = repl.clone();
+                let send = tokio::spawn(async move {
+                    match tokio::time::timeout(timeout, client.replicate(request)).await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(status)) => Err(format!("{}: {}", status.code(), status.message())),
+                        Err(_) => Err(format!("deadline of {timeout:?} exceeded")),
+                    }
+                });
+                pending.push_back(InFlight { upto, count, send });
+                continue;
+            }
+            if pending.is_empty() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    changed = seq_rx.changed() => if changed.is_err() { return },
+                    _ = peer.wake.notified() => {}
+                    _ = tokio::time::sleep_until(next_round.into()) => {}
                 }
                 continue;
             }
-            Err(e) => {
-                tracing::error!(peer = %peer.id, error = %e, "log reader panicked");
+        }
+
+        // Acknowledge in order: the cursor passes a batch only once every
+        // batch before it was acknowledged too.
+        let Some(mut front) = pending.pop_front() else {
+            continue;
+        };
+        let sent = tokio::select! {
+            _ = shutdown.cancelled() => {
+                front.send.abort();
+                abort_all(&mut pending);
                 return;
             }
-        };
-        // Records must follow the cursor without a hole: retention may delete
-        // from the head of the log while this batch is being read.
-        let gap = match batch.first() {
-            Some((first, _)) => {
-                *first != cursor + 1 || batch.windows(2).any(|w| w[1].0 != w[0].0 + 1)
-            }
-            None => last_seq > cursor,
-        };
-        if gap {
-            tracing::warn!(
-                peer = %peer.id,
-                cursor,
-                "peer fell behind the start of the log; repairing it with anti-entropy"
-            );
-            peer.mark_for_repair();
-            continue;
-        }
-        let Some(&(upto, _)) = batch.last() else {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                changed = seq_rx.changed() => if changed.is_err() { return },
-                _ = peer.wake.notified() => {}
-                _ = tokio::time::sleep_until(next_round.into()) => {}
-            }
-            continue;
-        };
-
-        let count = batch.len() as u64;
-        let mut request = tonic::Request::new(proto::ReplicateRequest {
-            cluster_id: ctx.cluster_id.clone(),
-            origin: ctx.node_id.clone(),
-            mutations: batch.into_iter().map(|(_, m)| m).collect(),
-        });
-        request.set_timeout(timeout);
-        let sent = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = tokio::time::timeout(timeout, repl.replicate(request)) => r,
+            r = &mut front.send => r.unwrap_or_else(|e| Err(format!("send task failed: {e}"))),
         };
         match sent {
-            Ok(Ok(_)) => {
+            Ok(()) => {
                 {
                     let mut s = peer.lock();
-                    s.acked_seq = s.acked_seq.max(upto);
+                    s.acked_seq = s.acked_seq.max(front.upto);
                     s.connected = true;
                     s.last_error = None;
                 }
-                persist_cursor(&ctx, &peer.id, upto);
-                crate::metrics::replicated_out(&peer.id, count);
+                persist_cursor(&ctx, &peer.id, front.upto);
+                crate::metrics::replicated_out(&peer.id, front.count);
                 backoff.reset();
             }
-            Ok(Err(status)) => {
+            Err(error) => {
+                // Later batches may still land; the merge makes that harmless,
+                // and they are sent again from the cursor.
+                abort_all(&mut pending);
                 let delay = backoff.next_delay();
-                tracing::debug!(peer = %peer.id, %status, ?delay, "replicate failed");
-                peer.failed(format!("{}: {}", status.code(), status.message()));
-                if sleep_or_shutdown(delay, &shutdown).await {
-                    return;
-                }
-            }
-            Err(_) => {
-                let delay = backoff.next_delay();
-                peer.failed(format!("deadline of {timeout:?} exceeded"));
+                tracing::debug!(peer = %peer.id, %error, ?delay, "replicate failed");
+                peer.failed(error);
                 if sleep_or_shutdown(delay, &shutdown).await {
                     return;
                 }
             }
         }
+    }
+    abort_all(&mut pending);
+}
+
+/// Batches sent to one peer and not yet acknowledged, at most this many, so
+/// that reading and encoding the next batch overlaps the peer applying this one.
+const PIPELINE: usize = 2;
+
+/// A Replicate request on its way.
+struct InFlight {
+    /// The seq of its last record.
+    upto: u64,
+    /// Its records.
+    count: u64,
+    send: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+fn abort_all(pending: &mut VecDeque<InFlight>) {
+    for p in pending.drain(..) {
+        p.send.abort();
     }
 }
 
