@@ -146,13 +146,6 @@ impl ClientArgs {
     }
 }
 
-fn rpc(endpoint: &str) -> impl Fn(tonic::Status) -> Error + '_ {
-    move |status| Error::Peer {
-        peer: endpoint.to_string(),
-        status,
-    }
-}
-
 /// The outcome of a client command, for the exit code.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -174,7 +167,7 @@ pub async fn run_client(command: Command) -> Result<Outcome> {
                     value: value.into_bytes(),
                 })
                 .await
-                .map_err(rpc(&conn.endpoint))?
+                .map_err(Error::from_peer(&conn.endpoint))?
                 .into_inner();
             println!("OK {}", show_version(resp.version.as_ref()));
             Ok(Outcome::Ok)
@@ -184,7 +177,7 @@ pub async fn run_client(command: Command) -> Result<Outcome> {
                 .kv()?
                 .read(proto::ReadRequest { key: key.clone() })
                 .await
-                .map_err(rpc(&conn.endpoint))?
+                .map_err(Error::from_peer(&conn.endpoint))?
                 .into_inner();
             if resp.found {
                 use std::io::Write;
@@ -203,7 +196,7 @@ pub async fn run_client(command: Command) -> Result<Outcome> {
                 .kv()?
                 .delete(proto::DeleteRequest { key })
                 .await
-                .map_err(rpc(&conn.endpoint))?
+                .map_err(Error::from_peer(&conn.endpoint))?
                 .into_inner();
             println!("OK {}", show_version(resp.version.as_ref()));
             Ok(Outcome::Ok)
@@ -230,7 +223,7 @@ pub async fn run_client(command: Command) -> Result<Outcome> {
             let status = AdminClient::new(conn.channel()?)
                 .cluster_status(proto::ClusterStatusRequest {})
                 .await
-                .map_err(rpc(&conn.endpoint))?
+                .map_err(Error::from_peer(&conn.endpoint))?
                 .into_inner();
             if raw {
                 println!("{status:#?}");
@@ -245,7 +238,7 @@ pub async fn run_client(command: Command) -> Result<Outcome> {
                     service: String::new(),
                 })
                 .await
-                .map_err(rpc(&conn.endpoint))?
+                .map_err(Error::from_peer(&conn.endpoint))?
                 .into_inner()
                 .status();
             println!("{}", status.as_str_name());

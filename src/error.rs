@@ -56,6 +56,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// For `map_err`: what `peer` (a node id or endpoint) answered.
+    pub fn from_peer(peer: &str) -> impl Fn(tonic::Status) -> Self + '_ {
+        move |status| Error::Peer {
+            peer: peer.to_string(),
+            status,
+        }
+    }
+
     /// Wraps an I/O error with what we were doing.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {

@@ -124,7 +124,7 @@ where
     );
 
     let tracker = TaskTracker::new();
-    let metrics_handle = match config.metrics_listen {
+    let metrics_on = match config.metrics_listen {
         Some(maddr) => {
             let handle = crate::metrics::install()?;
             let (bound, fut) = crate::metrics::serve(maddr, handle, shutdown.clone()).await?;
@@ -261,7 +261,7 @@ where
         cluster_id = %config.cluster_id,
         peers = config.peers.len(),
         fsync = ?config.storage.fsync,
-        metrics = metrics_handle,
+        metrics = metrics_on,
         "listening"
     );
 

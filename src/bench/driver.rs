@@ -77,12 +77,7 @@ impl Client {
                 })
                 .await
                 .map(drop),
-            Client::Health(c) => c
-                .check(tonic_health::pb::HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .map(drop),
+            Client::Health(c) => health_check(c).await,
             Client::Etcd(c) => c
                 .put(PutRequest {
                     key: key(keys[0]).into_bytes(),
@@ -97,12 +92,7 @@ impl Client {
     async fn read(&mut self, k: u64) -> Result<(), tonic::Status> {
         match self {
             Client::Meshkv(c) => c.read(proto::ReadRequest { key: key(k) }).await.map(drop),
-            Client::Health(c) => c
-                .check(tonic_health::pb::HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .map(drop),
+            Client::Health(c) => health_check(c).await,
             Client::Etcd(c) => c
                 .range(RangeRequest {
                     key: key(k).into_bytes(),
@@ -113,6 +103,16 @@ impl Client {
                 .map(drop),
         }
     }
+}
+
+/// The health target has no writes or reads: every request is one check.
+async fn health_check(
+    c: &mut tonic_health::pb::health_client::HealthClient<Channel>,
+) -> Result<(), tonic::Status> {
+    let req = tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    };
+    c.check(req).await.map(drop)
 }
 
 /// Opens `connections` channels to each endpoint, failing fast with the

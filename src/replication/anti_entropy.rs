@@ -66,13 +66,6 @@ pub fn plan(local: &[(String, Version)], remote: &[(String, Version)]) -> Plan {
     p
 }
 
-fn peer_err(peer: &str) -> impl Fn(tonic::Status) -> Error + '_ {
-    move |status| Error::Peer {
-        peer: peer.to_string(),
-        status,
-    }
-}
-
 fn request<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.set_timeout(timeout);
@@ -98,7 +91,7 @@ pub async fn round(
             timeout,
         ))
         .await
-        .map_err(peer_err(peer))?
+        .map_err(Error::from_peer(peer))?
         .into_inner()
         .buckets;
     let mut stats = RoundStats {
@@ -124,7 +117,7 @@ pub async fn round(
                 timeout,
             ))
             .await
-            .map_err(peer_err(peer))?
+            .map_err(Error::from_peer(peer))?
             .into_inner();
         let covered = progress(peer, answer.processed, ask.len())?;
         let chunk = &rest[..covered];
@@ -182,7 +175,7 @@ pub async fn round(
                     timeout,
                 ))
                 .await
-                .map_err(peer_err(peer))?
+                .map_err(Error::from_peer(peer))?
                 .into_inner();
             pull = &pull[progress(peer, answer.processed, ask.len())?..];
             let now_ms = SystemClock.now_ms();
@@ -228,7 +221,7 @@ async fn push(
             timeout,
         ))
         .await
-        .map_err(peer_err(peer))?;
+        .map_err(Error::from_peer(peer))?;
     Ok(resp.into_inner().applied)
 }
 

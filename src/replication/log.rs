@@ -83,6 +83,12 @@ pub async fn run(
                 tracing::debug!(records = n, bytes, min_acked, "log truncated");
                 crate::metrics::log_truncated(n);
             }
+            Ok(Err(crate::Error::Storage(fjall::Error::Poisoned))) => {
+                // Storage failed and the node refuses writes until restarted;
+                // retrying every tick would only repeat the same error.
+                tracing::error!("storage failed: log retention and tombstone collection stop");
+                return;
+            }
             Ok(Err(e)) => tracing::warn!(error = %e, "log truncation failed"),
             Err(e) => tracing::warn!(error = %e, "log truncation panicked"),
         }

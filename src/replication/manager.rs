@@ -133,11 +133,6 @@ impl PeerManager {
         &self.ctx
     }
 
-    /// The peers, in configuration order.
-    pub fn peers(&self) -> &[Arc<Peer>] {
-        &self.peers
-    }
-
     /// Becomes true after the first anti-entropy round with a peer.
     pub fn synced(&self) -> watch::Receiver<bool> {
         self.ctx.synced.subscribe()

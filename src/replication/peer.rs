@@ -136,6 +136,13 @@ impl Backoff {
         half + self.rng.random_range(Duration::ZERO..=step - half)
     }
 
+    /// `d` ± 25%, from the same seeded generator: spreads periodic rounds so
+    /// that peers do not all repair at once.
+    pub fn jittered(&mut self, d: Duration) -> Duration {
+        let quarter = d / 4;
+        d - quarter + self.rng.random_range(Duration::ZERO..=quarter * 2)
+    }
+
     /// Back to the shortest delay after a success.
     pub fn reset(&mut self) {
         self.next = self.min;
@@ -158,11 +165,12 @@ pub async fn run(
     let mut ae = AntiEntropyClient::new(channel)
         .max_encoding_message_size(ctx.max_peer_message)
         .max_decoding_message_size(ctx.max_peer_message * 4);
-    let seed = crate::storage::bucket_of(format!("{}->{}", ctx.node_id, peer.id).as_bytes());
+    // All of this task's randomness (backoff and round jitter) comes from
+    // this seed, so a simulation can replay it by fixing the seed.
     let mut backoff = Backoff::new(
         Duration::from_millis(cfg.backoff_min_ms),
         Duration::from_millis(cfg.backoff_max_ms),
-        u64::from(seed) ^ rand::random::<u64>(),
+        rand::random(),
     );
     let interval = Duration::from_secs(cfg.anti_entropy_interval_secs);
     // A round at start-up finds what was missed while this node was down.
@@ -217,7 +225,7 @@ pub async fn run(
                     crate::metrics::anti_entropy_round(&peer.id, stats.pushed + stats.pulled);
                     ctx.synced.send_replace(true);
                     backoff.reset();
-                    next_round = Instant::now() + jittered(interval);
+                    next_round = Instant::now() + backoff.jittered(interval);
                 }
                 Err(e) => {
                     tracing::warn!(peer = %peer.id, error = %e, "anti-entropy round failed");
@@ -374,12 +382,6 @@ fn persist_cursor(ctx: &Ctx, peer: &str, seq: u64) {
     }
 }
 
-/// Spreads periodic rounds so that peers do not all repair at once.
-fn jittered(d: Duration) -> Duration {
-    let quarter = d / 4;
-    d - quarter + rand::rng().random_range(Duration::ZERO..=quarter * 2)
-}
-
 /// Sleeps; true if shutdown came first.
 async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
@@ -430,8 +432,9 @@ mod tests {
 
     #[test]
     fn jitter_stays_within_a_quarter() {
+        let mut b = Backoff::new(Duration::from_millis(1), Duration::from_millis(2), 3);
         for _ in 0..100 {
-            let d = jittered(Duration::from_secs(40));
+            let d = b.jittered(Duration::from_secs(40));
             assert!(d >= Duration::from_secs(30) && d <= Duration::from_secs(50));
         }
     }

@@ -231,7 +231,7 @@ impl Writer {
             }
             let result = match &self.failed {
                 Some(why) => Err(why.clone()),
-                None => self.commit(&cmds).map_err(|e| e.to_string()),
+                None => self.commit(&mut cmds).map_err(|e| e.to_string()),
             };
             match result {
                 Ok(outcomes) => {
@@ -283,7 +283,10 @@ impl Writer {
         }
     }
 
-    fn commit(&mut self, cmds: &[Command]) -> Result<Vec<Outcome>> {
+    /// Commits `cmds` as one batch. Local values are moved out of the
+    /// commands (only their reply senders are needed afterwards), so the
+    /// write path does not copy them.
+    fn commit(&mut self, cmds: &mut [Command]) -> Result<Vec<Outcome>> {
         let store = Arc::clone(&self.store);
         let mut batch = store.db.batch();
         let mut overlay: HashMap<String, Option<Entry>> = HashMap::new();
@@ -300,14 +303,14 @@ impl Writer {
             match cmd {
                 Command::Local { writes, .. } => {
                     let mut versions = Vec::with_capacity(writes.len());
-                    for (key, value) in writes {
+                    for (key, value) in writes.iter_mut() {
                         let old = self.current(&overlay, key)?;
                         let entry = Entry {
                             version: Version {
                                 hlc: self.hlc.now(),
                                 node: self.opts.node_id.clone(),
                             },
-                            value: value.clone(),
+                            value: value.take(),
                         };
                         // The clock has seen every stored version, so a local write always wins.
                         debug_assert!(entry.wins_over(old.as_ref()));
@@ -669,7 +672,7 @@ mod tests {
             writes: vec![(k.into(), v.map(<[u8]>::to_vec))],
             reply: oneshot::channel().0,
         };
-        w.commit(&[
+        w.commit(&mut [
             local("k", Some(b"a")),
             local("k", None),
             local("other", Some(b"o")),
@@ -682,7 +685,7 @@ mod tests {
             tombstones: vec![("k".into(), tomb.version.clone())],
             reply: oneshot::channel().0,
         };
-        w.commit(&[purge, local("k", Some(b"b"))]).unwrap();
+        w.commit(&mut [purge, local("k", Some(b"b"))]).unwrap();
         assert_eq!(
             store.get("k").unwrap().unwrap().value.as_deref(),
             Some(&b"b"[..])
@@ -710,9 +713,10 @@ mod tests {
             reply: oneshot::channel().0,
         };
         // Long ago: a value, then its delete, both far older than the TTL.
-        w.commit(&[remote("old", at(1_000, Some(b"v")))]).unwrap();
+        w.commit(&mut [remote("old", at(1_000, Some(b"v")))])
+            .unwrap();
         assert!(store.get("old").unwrap().is_some());
-        w.commit(&[
+        w.commit(&mut [
             remote("old", at(2_000, None)),
             remote("never", at(2_000, None)),
         ])
@@ -732,7 +736,7 @@ mod tests {
         assert_eq!((store.key_count(), keys), (0, 0));
         // A recent tombstone is stored as usual.
         let now = SystemClock.now_ms();
-        w.commit(&[remote("fresh", at(now, None))]).unwrap();
+        w.commit(&mut [remote("fresh", at(now, None))]).unwrap();
         assert!(store.get("fresh").unwrap().unwrap().is_tombstone());
     }
 
