@@ -142,11 +142,7 @@ impl Node {
     }
 
     pub fn channel(&self) -> Channel {
-        Endpoint::from_shared(self.url())
-            .unwrap()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(20))
-            .connect_lazy()
+        channel_at(&self.url())
     }
 
     pub fn kv(&self) -> KvClient<Channel> {
@@ -264,10 +260,6 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-
-    pub fn is_running(&self) -> bool {
-        self.child.is_some()
-    }
 }
 
 impl Drop for Node {
@@ -282,14 +274,18 @@ impl Drop for Node {
     }
 }
 
-/// A KV client for a node URL.
-pub fn kv_at(url: &str) -> KvClient<Channel> {
-    let channel = Endpoint::from_shared(url.to_string())
+/// A lazily-connecting channel to a node URL.
+pub fn channel_at(url: &str) -> Channel {
+    Endpoint::from_shared(url.to_string())
         .unwrap()
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(20))
-        .connect_lazy();
-    KvClient::new(channel).max_decoding_message_size(64 << 20)
+        .connect_lazy()
+}
+
+/// A KV client for a node URL.
+pub fn kv_at(url: &str) -> KvClient<Channel> {
+    KvClient::new(channel_at(url)).max_decoding_message_size(64 << 20)
 }
 
 /// Runs `meshkv` with arguments to completion, returning (status, stdout, stderr).
