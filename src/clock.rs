@@ -24,6 +24,12 @@ pub trait PhysicalClock: Send + Sync + 'static {
     fn now_ms(&self) -> u64;
 }
 
+impl std::fmt::Debug for dyn PhysicalClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PhysicalClock")
+    }
+}
+
 /// The operating system's wall clock.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;

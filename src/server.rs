@@ -170,12 +170,12 @@ where
         max_peer_message: config.max_peer_message_bytes(),
         max_value_bytes: config.limits.max_value_bytes,
         synced,
+        clock: Arc::clone(&clock),
     });
     let manager = PeerManager::start(
         ctx,
         &config.peers,
         seq_rx,
-        Arc::clone(&clock),
         &tcp_channel,
         &shutdown,
         &tracker,
@@ -199,6 +199,7 @@ where
         Arc::clone(&members),
         writer.clone(),
         config.limits.max_value_bytes,
+        Arc::clone(&clock),
     ))
     .max_decoding_message_size(max_peer)
     .max_encoding_message_size(max_peer);

@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     api::validate::{self, Membership},
-    clock::{physical_ms, PhysicalClock, SystemClock},
+    clock::{physical_ms, PhysicalClock},
     error::Error,
     proto::{self, replication_server::Replication},
     storage::{codec::version_from_proto, WriterHandle},
@@ -19,15 +19,23 @@ pub struct ReplicationService {
     members: Arc<Membership>,
     writer: WriterHandle,
     max_value_bytes: usize,
+    clock: Arc<dyn PhysicalClock>,
 }
 
 impl ReplicationService {
-    /// A receiver trusting `members`, applying through `writer`.
-    pub fn new(members: Arc<Membership>, writer: WriterHandle, max_value_bytes: usize) -> Self {
+    /// A receiver trusting `members`, applying through `writer`; `clock` bounds
+    /// how far in the future an accepted version may be.
+    pub fn new(
+        members: Arc<Membership>,
+        writer: WriterHandle,
+        max_value_bytes: usize,
+        clock: Arc<dyn PhysicalClock>,
+    ) -> Self {
         Self {
             members,
             writer,
             max_value_bytes,
+            clock,
         }
     }
 }
@@ -80,7 +88,7 @@ impl Replication for ReplicationService {
     ) -> Result<Response<proto::ReplicateResponse>, Status> {
         let req = request.into_inner();
         self.members.check(&req.cluster_id, &req.origin)?;
-        let now_ms = SystemClock.now_ms();
+        let now_ms = self.clock.now_ms();
         let mutations = req
             .mutations
             .into_iter()

@@ -7,7 +7,6 @@ use tonic::transport::Channel;
 
 use crate::{
     api::replication::mutation_from_proto,
-    clock::{PhysicalClock, SystemClock},
     error::{Error, Result},
     proto::{self, anti_entropy_client::AntiEntropyClient, replication_client::ReplicationClient},
     replication::Ctx,
@@ -178,7 +177,7 @@ pub async fn round(
                 .map_err(Error::from_peer(peer))?
                 .into_inner();
             pull = &pull[progress(peer, answer.processed, ask.len())?..];
-            let now_ms = SystemClock.now_ms();
+            let now_ms = ctx.clock.now_ms();
             let entries = answer
                 .mutations
                 .into_iter()

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    clock::{from_physical_ms, physical_ms, PhysicalClock},
+    clock::{from_physical_ms, physical_ms},
     replication::PeerManager,
     version::{Entry, Version},
 };
@@ -45,12 +45,9 @@ pub fn purgeable(entry: &Entry, self_id: &str, cutoff_hlc: u64, safe_hlc: u64) -
 
 /// Runs retention every [`TICK`] and tombstone collection every
 /// `tombstone_ttl / 8` (at least every second, at most every 10 minutes).
-pub async fn run(
-    manager: Arc<PeerManager>,
-    clock: Arc<dyn PhysicalClock>,
-    shutdown: CancellationToken,
-) {
+pub async fn run(manager: Arc<PeerManager>, shutdown: CancellationToken) {
     let ctx = manager.ctx();
+    let clock = Arc::clone(&ctx.clock);
     let ttl = Duration::from_secs(ctx.config.tombstone_ttl_secs);
     let gc_every = (ttl / 8).clamp(Duration::from_secs(1), Duration::from_secs(600));
     let mut tick = tokio::time::interval(TICK);

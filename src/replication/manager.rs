@@ -37,6 +37,8 @@ pub struct Ctx {
     pub max_value_bytes: usize,
     /// Becomes true after the first anti-entropy round with any peer.
     pub synced: watch::Sender<bool>,
+    /// Wall-clock time for lag, retention, TTLs and the far-future check.
+    pub clock: Arc<dyn PhysicalClock>,
 }
 
 /// A peer's state plus the figures derived from the log.
@@ -62,13 +64,6 @@ pub struct PeerManager {
     ctx: Arc<Ctx>,
     peers: Vec<Arc<Peer>>,
     seq: watch::Receiver<u64>,
-    clock: Arc<dyn PhysicalClock>,
-}
-
-impl std::fmt::Debug for dyn PhysicalClock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PhysicalClock")
-    }
 }
 
 /// A lazily-connecting HTTP/2 channel to a peer, with keepalive so a dead
@@ -90,7 +85,6 @@ impl PeerManager {
         ctx: Arc<Ctx>,
         peers: &[PeerConfig],
         seq: watch::Receiver<u64>,
-        clock: Arc<dyn PhysicalClock>,
         connect: &dyn Fn(&str) -> Result<Channel>,
         shutdown: &CancellationToken,
         tracker: &TaskTracker,
@@ -106,7 +100,6 @@ impl PeerManager {
             ctx,
             peers: list,
             seq,
-            clock,
         });
         for (peer, channel) in manager.peers.iter().zip(channels) {
             tracker.spawn(peer::run(
@@ -117,11 +110,7 @@ impl PeerManager {
                 shutdown.clone(),
             ));
         }
-        tracker.spawn(log::run(
-            Arc::clone(&manager),
-            Arc::clone(&manager.clock),
-            shutdown.clone(),
-        ));
+        tracker.spawn(log::run(Arc::clone(&manager), shutdown.clone()));
         if manager.peers.is_empty() {
             manager.ctx.synced.send_replace(true);
         }
@@ -174,7 +163,7 @@ impl PeerManager {
         let first = store.log_first_seq().ok().flatten();
         let log_len = first.map_or(0, |f| last.saturating_sub(f) + 1);
         let mean = store.log_bytes().checked_div(log_len).unwrap_or(0);
-        let now_ms = self.clock.now_ms();
+        let now_ms = self.ctx.clock.now_ms();
         self.peers
             .iter()
             .map(|p| {
