@@ -128,11 +128,22 @@ impl Default for StorageConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
-    /// The largest value a write may carry, in bytes.
+    /// The largest value a client write may carry, in bytes. It guards the
+    /// client API only: entries from peers are accepted up to the cluster-wide
+    /// ceiling (64 MiB), since their origin already acknowledged them.
     pub max_value_bytes: usize,
-    /// Writes waiting for the writer. When full, writes get RESOURCE_EXHAUSTED.
+    /// Client write requests waiting for the writer. When full, client writes
+    /// get RESOURCE_EXHAUSTED; peer traffic has its own queue.
     pub write_queue_depth: usize,
-    /// The most writes one group commit takes from the queue.
+    /// Bytes (keys and values) of the client write requests waiting for the
+    /// writer. When full, client writes get RESOURCE_EXHAUSTED.
+    pub write_queue_bytes: usize,
+    /// Peer requests (replicated batches, repairs) waiting for the writer.
+    /// When full, a peer's request waits for room instead of failing.
+    pub peer_queue_depth: usize,
+    /// Bytes of the peer requests waiting for the writer.
+    pub peer_queue_bytes: usize,
+    /// The most requests one group commit takes from the queue.
     pub max_batch: usize,
 }
 
@@ -141,6 +152,9 @@ impl Default for LimitsConfig {
         Self {
             max_value_bytes: 1024 * 1024,
             write_queue_depth: 4096,
+            write_queue_bytes: 64 * 1024 * 1024,
+            peer_queue_depth: 64,
+            peer_queue_bytes: 128 * 1024 * 1024,
             max_batch: 1024,
         }
     }
@@ -154,7 +168,9 @@ pub struct ReplicationConfig {
     pub batch_max_entries: usize,
     /// The most bytes in one Replicate batch (one entry is always sent).
     pub batch_max_bytes: usize,
-    /// Deadline of every RPC to a peer, in milliseconds.
+    /// Deadline of every RPC to a peer, in milliseconds. Also the window in
+    /// which an entry counts as in flight: periodic anti-entropy leaves
+    /// entries younger than this to the log streams.
     pub rpc_timeout_ms: u64,
     /// First retry delay after a failed RPC, in milliseconds; it doubles per failure.
     pub backoff_min_ms: u64,
@@ -168,11 +184,14 @@ pub struct ReplicationConfig {
     pub max_log_age_secs: u64,
     /// Seconds between anti-entropy rounds with each peer.
     pub anti_entropy_interval_secs: u64,
-    /// Tombstones older than this (seconds) that every peer has are purged. A
-    /// node away for longer than this can bring deleted keys back.
+    /// Tombstones older than this (seconds) are purged once every peer is
+    /// known to hold them. A node whose data is older than this starts in
+    /// catch-up: pull-only, dropping old keys its peers no longer hold.
     pub tombstone_ttl_secs: u64,
     /// Remote versions further ahead of the local clock than this are logged
-    /// and counted (they are still applied), in milliseconds.
+    /// and counted, in milliseconds. They are applied all the same (see the
+    /// README's guarantees), and versions up to this far ahead still count as
+    /// in flight for anti-entropy.
     pub max_clock_skew_ms: u64,
 }
 
@@ -350,7 +369,8 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Res
     }
 }
 
-fn valid_id(id: &str) -> bool {
+/// Node and cluster ids: 1..=64 characters of `[A-Za-z0-9._-]`.
+pub fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
         && id
@@ -422,11 +442,21 @@ impl Config {
                 ),
             );
         }
-        if l.write_queue_depth == 0 || l.write_queue_depth > 1 << 20 {
-            return bad(
-                "limits.write_queue_depth",
-                format!("{} is outside 1..=1048576", l.write_queue_depth),
-            );
+        for (key, v) in [
+            ("limits.write_queue_depth", l.write_queue_depth),
+            ("limits.peer_queue_depth", l.peer_queue_depth),
+        ] {
+            if v == 0 || v > 1 << 20 {
+                return bad(key, format!("{v} is outside 1..=1048576"));
+            }
+        }
+        for (key, v) in [
+            ("limits.write_queue_bytes", l.write_queue_bytes),
+            ("limits.peer_queue_bytes", l.peer_queue_bytes),
+        ] {
+            if !(1024 * 1024..=1 << 31).contains(&v) {
+                return bad(key, format!("{v} is outside 1 MiB..=2 GiB"));
+            }
         }
         if l.max_batch == 0 || l.max_batch > 65_536 {
             return bad(
@@ -484,11 +514,6 @@ impl Config {
     /// `max_value_bytes` still decodes and gets a clear InvalidArgument.
     pub fn max_message_bytes(&self) -> usize {
         self.limits.max_value_bytes + MAX_KEY_BYTES + 64 * 1024
-    }
-
-    /// The largest replication message: a full batch plus one oversized entry.
-    pub fn max_peer_message_bytes(&self) -> usize {
-        self.replication.batch_max_bytes + self.max_message_bytes() + 64 * 1024
     }
 }
 

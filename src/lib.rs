@@ -19,6 +19,7 @@ pub mod replication;
 pub mod server;
 pub mod storage;
 pub mod version;
+pub mod wire;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -66,12 +66,27 @@ pub fn request(method: &'static str, took: Duration) {
         .record(took.as_secs_f64());
 }
 
-/// A batch received from a peer: how many entries came and how many won.
-pub fn replicated_in(origin: &str, received: u64, applied: u64) {
+/// A batch received from a peer: how many entries came, how many won, and
+/// how many were refused (skipped, never stalling the sender).
+pub fn replicated_in(origin: &str, received: u64, applied: u64, refused: u64) {
     metrics::counter!("meshkv_replicated_in_entries_total", "origin" => origin.to_string())
         .increment(received);
     metrics::counter!("meshkv_replicated_in_applied_total", "origin" => origin.to_string())
         .increment(applied);
+    if refused > 0 {
+        metrics::counter!("meshkv_replicated_in_refused_total", "origin" => origin.to_string())
+            .increment(refused);
+    }
+}
+
+/// Entries a peer refused from this node's stream or repairs.
+pub fn peer_refused(peer: &str, n: u64) {
+    metrics::counter!("meshkv_peer_refused_entries_total", "peer" => peer.to_string()).increment(n);
+}
+
+/// Expired tombstones that cannot be purged until `peer` is known to hold them.
+pub fn tombstones_waiting(peer: &str, n: u64) {
+    metrics::gauge!("meshkv_tombstones_waiting", "peer" => peer.to_string()).set(n as f64);
 }
 
 /// Entries a peer acknowledged.

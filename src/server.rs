@@ -18,7 +18,7 @@ use tonic_health::{server::HealthReporter, ServingStatus};
 
 use crate::{
     api::{AdminService, AntiEntropyService, KvService, Membership, ReplicationService},
-    clock::{physical_ms, PhysicalClock, SystemClock},
+    clock::{from_physical_ms, physical_ms, PhysicalClock, SystemClock},
     config::{Config, FsyncMode},
     error::{Error, Result},
     proto::{
@@ -26,12 +26,17 @@ use crate::{
         replication_server::ReplicationServer,
     },
     replication::{manager::tcp_channel, Ctx, PeerManager},
-    storage::{writer, Recovered, Store, WriterOptions},
+    storage::{admission::LaneLimits, writer, Recovered, Store, WriterOptions},
+    wire,
 };
 
 /// How long shutdown waits for connections to finish their requests and
 /// close. Past it the node stops waiting; writes already queued still commit.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Concurrent gRPC calls one connection may have open. Peers need a handful
+/// (two pipelined batches and a repair); load generators a few hundred.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
 /// Binds `config.listen` and runs the node until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
@@ -70,15 +75,37 @@ impl Health {
     }
 }
 
-/// True if the data dir cannot be trusted to be complete: empty, or last
-/// written before the peers' logs would have dropped what it missed.
-fn needs_initial_repair(config: &Config, recovered: &Recovered, clock: &dyn PhysicalClock) -> bool {
-    if config.peers.is_empty() {
-        return false;
+/// What the data dir says about how this node should start.
+struct StartKind {
+    /// Empty: a new or wiped node. It pulls everything.
+    fresh: bool,
+    /// Its newest version is older than the tombstone TTL: away too long or an
+    /// old copy. It catches up pull-only and never pushes what is that old.
+    stale: bool,
+    /// Last written before the peers' logs would have dropped what it missed:
+    /// it is not SERVING until its first repair.
+    past_log: bool,
+}
+
+impl StartKind {
+    fn of(config: &Config, recovered: &Recovered, clock: &dyn PhysicalClock) -> Self {
+        if config.peers.is_empty() {
+            return Self {
+                fresh: false,
+                stale: false,
+                past_log: false,
+            };
+        }
+        let newest_ms = physical_ms(recovered.high_water);
+        let now = clock.now_ms();
+        let r = &config.replication;
+        let older_than = |secs: u64| secs > 0 && newest_ms.saturating_add(secs * 1000) < now;
+        Self {
+            fresh: recovered.fresh,
+            stale: !recovered.fresh && older_than(r.tombstone_ttl_secs),
+            past_log: !recovered.fresh && older_than(r.max_log_age_secs),
+        }
     }
-    let age = config.replication.max_log_age_secs;
-    let stale = age > 0 && physical_ms(recovered.high_water) + age * 1000 < clock.now_ms();
-    recovered.fresh || stale
 }
 
 /// Runs the node on connections from `incoming` (a TCP listener in
@@ -136,6 +163,7 @@ where
     };
 
     let fatal = CancellationToken::new();
+    let limits = &config.limits;
     let (writer, seq_rx, writer_thread) = writer::spawn(
         Arc::clone(&store),
         &recovered,
@@ -143,22 +171,33 @@ where
         WriterOptions {
             node_id: config.node_id.as_str().into(),
             fsync: config.storage.fsync,
-            queue_depth: config.limits.write_queue_depth,
-            max_batch: config.limits.max_batch,
+            clients: LaneLimits {
+                requests: limits.write_queue_depth,
+                bytes: limits.write_queue_bytes,
+            },
+            peers: LaneLimits {
+                requests: limits.peer_queue_depth,
+                bytes: limits.peer_queue_bytes,
+            },
+            max_batch: limits.max_batch,
             max_clock_skew: Duration::from_millis(config.replication.max_clock_skew_ms),
             tombstone_ttl: Duration::from_secs(config.replication.tombstone_ttl_secs),
         },
         fatal.clone(),
     )?;
 
-    if config.storage.fsync == FsyncMode::Periodic {
-        tracker.spawn(writer::periodic_sync(
-            Arc::clone(&store),
+    // The periodic sync outlives the drain: it stops only once the writer
+    // has exited (the writer syncs a last time as it does).
+    let writer_done = CancellationToken::new();
+    let periodic = (config.storage.fsync == FsyncMode::Periodic).then(|| {
+        let s = Arc::clone(&store);
+        tokio::spawn(writer::periodic_sync(
+            move || s.sync(),
             Duration::from_millis(config.storage.fsync_interval_ms),
             fatal.clone(),
-            shutdown.clone(),
-        ));
-    }
+            writer_done.clone(),
+        ))
+    });
 
     let (synced, _) = watch::channel(false);
     let ctx = Arc::new(Ctx {
@@ -167,15 +206,32 @@ where
         store: Arc::clone(&store),
         writer: writer.clone(),
         config: config.replication.clone(),
-        max_peer_message: config.max_peer_message_bytes(),
-        max_value_bytes: config.limits.max_value_bytes,
         synced,
         clock: Arc::clone(&clock),
+        seq: seq_rx,
+        catching_up: Default::default(),
+    });
+    let start = StartKind::of(&config, &recovered, clock.as_ref());
+    if start.stale {
+        tracing::warn!(
+            tombstone_ttl_secs = config.replication.tombstone_ttl_secs,
+            "this node's data is older than the tombstone TTL (away too long, or an old \
+             copy): catching up pull-only with each peer; old entries they no longer \
+             hold are dropped, never pushed"
+        );
+    }
+    let skip_before_hlc = start.stale.then(|| {
+        from_physical_ms(
+            clock
+                .now_ms()
+                .saturating_sub(config.replication.tombstone_ttl_secs * 1000),
+        )
     });
     let manager = PeerManager::start(
-        ctx,
+        Arc::clone(&ctx),
         &config.peers,
-        seq_rx,
+        start.fresh || start.stale,
+        skip_before_hlc,
         &tcp_channel,
         &shutdown,
         &tracker,
@@ -187,28 +243,28 @@ where
         peers: config.peers.iter().map(|p| p.id.clone()).collect(),
     });
     let max_msg = config.max_message_bytes();
-    let max_peer = config.max_peer_message_bytes();
+    let max_peer = wire::PEER_MESSAGE_LIMIT;
     let kv = KvServer::new(KvService::new(
         Arc::clone(&store),
         writer.clone(),
         config.limits.max_value_bytes,
     ))
     .max_decoding_message_size(max_msg)
-    .max_encoding_message_size(max_msg);
+    // A stored value may exceed this node's own client limit (a peer with a
+    // larger one accepted it), and must still be readable here.
+    .max_encoding_message_size(max_peer);
     let replication = ReplicationServer::new(ReplicationService::new(
         Arc::clone(&members),
         writer.clone(),
-        config.limits.max_value_bytes,
-        Arc::clone(&clock),
     ))
     .max_decoding_message_size(max_peer)
     .max_encoding_message_size(max_peer);
     let anti_entropy = AntiEntropyServer::new(AntiEntropyService::new(
         Arc::clone(&members),
-        Arc::clone(&store),
+        Arc::clone(&ctx),
     ))
     .max_decoding_message_size(max_peer)
-    .max_encoding_message_size(max_peer * 4);
+    .max_encoding_message_size(max_peer);
     let admin = AdminServer::new(AdminService::new(Arc::clone(&manager), words_rx));
 
     let reflection = || {
@@ -224,7 +280,7 @@ where
         .map_err(|e| Error::Corrupt(format!("reflection descriptors: {e}")))?;
 
     // Health: SERVING now, or after the first repair for an empty or stale node.
-    if needs_initial_repair(&config, &recovered, clock.as_ref()) {
+    if start.fresh || start.stale || start.past_log {
         let why = "waiting for the first anti-entropy round with a peer";
         tracing::info!(fresh = recovered.fresh, "{why}; NOT_SERVING until then");
         health.set(false, why).await;
@@ -276,6 +332,8 @@ where
     };
     let server = Server::builder()
         .tcp_nodelay(true)
+        // One client cannot open unbounded concurrent requests on a connection.
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health_service)
@@ -303,8 +361,12 @@ where
     writer.close().await;
     drop(writer);
     drop(manager);
-    tokio::task::spawn_blocking(move || writer_thread.join())
-        .await
+    let joined = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+    writer_done.cancel();
+    if let Some(p) = periodic {
+        let _ = p.await;
+    }
+    joined
         .map_err(|e| Error::Unavailable(format!("writer join: {e}")))?
         .map_err(|_| Error::Unavailable("the writer thread panicked".into()))?;
     served?;

@@ -10,26 +10,21 @@ use std::{
 };
 
 use common::{
-    cluster::{self, check_acked, converge, dump, rss_kib, status, Load},
+    cluster::{self, check_acked, converge, dump, rss_kib, scrape, status, Load},
     free_addrs, run_cli, Node, PATIENCE,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn urls(nodes: &[&Node]) -> Vec<String> {
     nodes.iter().map(|n| n.url()).collect()
 }
 
-/// Polls `cond` every 50 ms until it holds.
-async fn wait_until<F, Fut>(what: &str, mut cond: F)
+/// Polls `cond` until it holds, for at most twice the usual patience.
+async fn wait_until<F, Fut>(what: &str, cond: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + PATIENCE * 2;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    cluster::wait_until(what, PATIENCE * 2, cond).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,21 +140,6 @@ async fn a_node_paused_for_20s_converges_after_sigcont_and_status_shows_its_back
         "pause: {} writes while node3 was stopped 20 s; {keys} keys identical on all 3 {took:?} after SIGCONT",
         out.acked.len()
     );
-}
-
-async fn scrape(node: &Node) -> String {
-    let addr = node.metrics_addr().expect("metrics address in the log");
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.unwrap();
-    assert!(
-        body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"),
-        "{body}"
-    );
-    body
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

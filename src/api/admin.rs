@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use xxhash_rust::xxh3::xxh3_64;
@@ -14,20 +14,63 @@ use crate::{
     storage::codec::to_mutation,
 };
 
-/// Entries buffered between the storage scan and a slow Dump client.
-const DUMP_BUFFER: usize = 256;
+/// Entries read from storage per step of a Dump, and buffered for its client.
+const DUMP_CHUNK: usize = 256;
+/// Dumps running at once on one node; more get RESOURCE_EXHAUSTED.
+pub const MAX_DUMPS: usize = 4;
 
 /// Serves ClusterStatus and Dump.
 #[derive(Debug)]
 pub struct AdminService {
     manager: Arc<PeerManager>,
     health: watch::Receiver<String>,
+    dumps: Arc<Semaphore>,
 }
 
 impl AdminService {
     /// `health` carries the node's health in words (SERVING, or why not).
     pub fn new(manager: Arc<PeerManager>, health: watch::Receiver<String>) -> Self {
-        Self { manager, health }
+        Self {
+            manager,
+            health,
+            dumps: Arc::new(Semaphore::new(MAX_DUMPS)),
+        }
+    }
+}
+
+/// Streams every entry in chunks: each chunk is read on the blocking pool and
+/// then sent from this async task, so a slow client holds a task and at most
+/// two chunks, never a blocking thread or an open storage iterator.
+async fn dump_chunks(
+    store: Arc<crate::storage::Store>,
+    tx: mpsc::Sender<Result<proto::Mutation, Status>>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let s = Arc::clone(&store);
+        let from = after.clone();
+        let chunk = tokio::task::spawn_blocking(move || s.scan_after(from.as_deref(), DUMP_CHUNK))
+            .await
+            .map_err(|e| Error::Unavailable(format!("dump read failed: {e}")))
+            .and_then(|r| r);
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = tx.send(Err(Status::from(e))).await;
+                return;
+            }
+        };
+        let last = chunk.len() < DUMP_CHUNK;
+        for (data_key, key, entry) in chunk {
+            if tx.send(Ok(to_mutation(&key, &entry))).await.is_err() {
+                return; // the client went away
+            }
+            after = Some(data_key);
+        }
+        if last {
+            return;
+        }
     }
 }
 
@@ -48,6 +91,7 @@ impl Admin for AdminService {
                 .collect();
             xxh3_64(&bytes)
         };
+        let now_ms = ctx.clock.now_ms();
         let peers = self
             .manager
             .views()
@@ -64,6 +108,14 @@ impl Admin for AdminService {
                 phase: v.state.phase.as_str().to_string(),
                 repair_rounds: v.state.repair_rounds,
                 keys_repaired: v.state.keys_repaired,
+                refused: v.state.refused,
+                last_refused: v.state.last_refused.unwrap_or_default(),
+                tombstones_waiting: v.state.tombstones_waiting,
+                catching_up: v.state.catching_up,
+                last_round_age_seconds: v
+                    .state
+                    .last_complete_round_ms
+                    .map_or(-1.0, |ms| now_ms.saturating_sub(ms) as f64 / 1e3),
             })
             .collect();
         Ok(Response::new(proto::ClusterStatusResponse {
@@ -84,17 +136,14 @@ impl Admin for AdminService {
         &self,
         _request: Request<proto::DumpRequest>,
     ) -> Result<Response<Self::DumpStream>, Status> {
-        let (tx, rx) = mpsc::channel(DUMP_BUFFER);
+        let permit = Arc::clone(&self.dumps).try_acquire_owned().map_err(|_| {
+            Error::Overloaded(format!(
+                "{MAX_DUMPS} dumps are already running on this node; retry later"
+            ))
+        })?;
+        let (tx, rx) = mpsc::channel(DUMP_CHUNK);
         let store = Arc::clone(&self.manager.ctx().store);
-        tokio::task::spawn_blocking(move || {
-            let scanned = store.for_each(|key, entry| {
-                tx.blocking_send(Ok(to_mutation(&key, &entry)))
-                    .map_err(|_| Error::Unavailable("dump client went away".into()))
-            });
-            if let Err(e) = scanned {
-                let _ = tx.blocking_send(Err(Status::from(e)));
-            }
-        });
+        tokio::spawn(dump_chunks(store, tx, permit));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

@@ -2,36 +2,32 @@
 
 use std::sync::Arc;
 
+use prost::Message;
 use tonic::{Request, Response, Status};
 
 use crate::{
     api::validate::{self, Membership},
     error::Error,
     proto::{self, anti_entropy_server::AntiEntropy},
+    replication::Ctx,
     storage::{
         codec::{to_mutation, version_to_proto},
-        Digests, Store, BUCKETS,
+        Digests, BUCKETS,
     },
+    wire::{self, ANSWER_BUDGET, MAX_FETCH_KEYS},
 };
-
-/// The most keys one Fetch may ask for.
-pub const MAX_FETCH_KEYS: usize = 1024;
-/// An answer stops growing past this many bytes (it always covers at least
-/// one bucket or key), so that it fits the peer's message limit whatever the
-/// size of the keyspace or the values.
-pub const ANSWER_BUDGET: usize = 4 * 1024 * 1024;
 
 /// Answers digest, bucket and fetch requests from configured peers.
 #[derive(Debug)]
 pub struct AntiEntropyService {
     members: Arc<Membership>,
-    store: Arc<Store>,
+    ctx: Arc<Ctx>,
 }
 
 impl AntiEntropyService {
-    /// A service over `store`, trusting `members`.
-    pub fn new(members: Arc<Membership>, store: Arc<Store>) -> Self {
-        Self { members, store }
+    /// A service over the node's replication context, trusting `members`.
+    pub fn new(members: Arc<Membership>, ctx: Arc<Ctx>) -> Self {
+        Self { members, ctx }
     }
 }
 
@@ -53,9 +49,10 @@ impl AntiEntropy for AntiEntropyService {
                 req.digests.len()
             ))
         })?;
-        let buckets = self.store.digests().diff(&theirs);
+        let buckets = self.ctx.store.digests().diff(&theirs);
         Ok(Response::new(proto::DigestResponse {
             buckets: buckets.into_iter().map(u32::from).collect(),
+            catching_up: self.ctx.catching_up(),
         }))
     }
 
@@ -82,29 +79,22 @@ impl AntiEntropy for AntiEntropyService {
                     })
             })
             .collect::<Result<Vec<u16>, Error>>()?;
-        let store = Arc::clone(&self.store);
-        let (entries, processed) = tokio::task::spawn_blocking(move || {
-            let (mut out, mut bytes, mut processed) = (Vec::new(), 0, 0u32);
-            for b in buckets {
-                if processed > 0 && bytes > ANSWER_BUDGET {
-                    break;
-                }
-                for (key, entry) in store.bucket(b)? {
-                    bytes += key.len() + entry.version.node.len() + 16;
-                    out.push(proto::KeyVersion {
-                        key,
-                        version: Some(version_to_proto(&entry.version)),
-                    });
-                }
-                processed += 1;
-            }
-            Ok::<_, Error>((out, processed))
-        })
-        .await
-        .map_err(blocking_err)??;
+        let store = Arc::clone(&self.ctx.store);
+        // Versions only: the values of a bucket are never loaded to compare it.
+        let (pairs, covered) =
+            tokio::task::spawn_blocking(move || store.bucket_versions(&buckets, ANSWER_BUDGET))
+                .await
+                .map_err(blocking_err)??;
+        let entries = pairs
+            .into_iter()
+            .map(|(key, version)| proto::KeyVersion {
+                key,
+                version: Some(version_to_proto(&version)),
+            })
+            .collect();
         Ok(Response::new(proto::BucketVersionsResponse {
             entries,
-            processed,
+            processed: covered as u32,
         }))
     }
 
@@ -122,16 +112,18 @@ impl AntiEntropy for AntiEntropyService {
         for key in &req.keys {
             validate::key(key)?;
         }
-        let store = Arc::clone(&self.store);
+        let store = Arc::clone(&self.ctx.store);
         let (mutations, processed) = tokio::task::spawn_blocking(move || {
             let (mut out, mut bytes, mut processed) = (Vec::new(), 0, 0u32);
             for key in req.keys {
-                if processed > 0 && bytes > ANSWER_BUDGET {
-                    break;
-                }
                 if let Some(entry) = store.get(&key)? {
-                    bytes += key.len() + entry.value.as_ref().map_or(0, Vec::len) + 32;
-                    out.push(to_mutation(&key, &entry));
+                    let m = to_mutation(&key, &entry);
+                    let len = wire::framed_len(m.encoded_len());
+                    if !wire::fits(out.len(), bytes, len, ANSWER_BUDGET) {
+                        break;
+                    }
+                    bytes += len;
+                    out.push(m);
                 }
                 processed += 1;
             }

@@ -1,9 +1,11 @@
 //! The gRPC services, one file each.
 //!
-//! Handlers only validate and translate: bad input is refused here with
-//! INVALID_ARGUMENT naming the limit, before it reaches the writer, so that
-//! nothing a client or peer sends can corrupt stored data. Reads go straight
-//! to the store; every mutation goes through the single writer.
+//! Handlers only validate and translate: a client's bad input is refused
+//! here with INVALID_ARGUMENT naming the limit, and a peer's bad entry is
+//! refused alone (reported in the response, the rest applied), before either
+//! reaches the writer, so that nothing a client or peer sends can corrupt
+//! stored data or stall replication. Reads go straight to the store; every
+//! mutation goes through the single writer.
 
 pub mod admin;
 pub mod anti_entropy;

@@ -2,10 +2,7 @@
 
 use std::collections::HashSet;
 
-use crate::{
-    config::MAX_KEY_BYTES,
-    error::{Error, Result},
-};
+use crate::error::{Error, Result};
 
 /// Who may send us peer traffic: the configured peers of our own cluster.
 #[derive(Debug, Clone)]
@@ -37,20 +34,9 @@ impl Membership {
     }
 }
 
-/// A key must be 1..=1024 bytes of UTF-8 (protobuf already guarantees UTF-8).
+/// A key must be 1..=1024 bytes of UTF-8; the same rule holds for peers.
 pub fn key(key: &str) -> Result<()> {
-    if key.is_empty() {
-        return Err(Error::InvalidArgument(format!(
-            "key is empty; keys must be 1..={MAX_KEY_BYTES} bytes"
-        )));
-    }
-    if key.len() > MAX_KEY_BYTES {
-        return Err(Error::InvalidArgument(format!(
-            "key is {} bytes; keys must be 1..={MAX_KEY_BYTES} bytes",
-            key.len()
-        )));
-    }
-    Ok(())
+    crate::wire::check_key(key)
 }
 
 /// A value must be at most `max` bytes (`limits.max_value_bytes`).
@@ -66,6 +52,8 @@ pub fn value(len: usize, max: usize) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::config::MAX_KEY_BYTES;
 
     #[test]
     fn key_bounds_are_inclusive() {

@@ -1,20 +1,27 @@
-//! One anti-entropy round against one peer, and the pure rule that decides
-//! what to push and what to pull.
+//! One anti-entropy round against one peer, and the pure rules that decide
+//! what to push, what to pull, what to leave to the log stream and what a
+//! node catching up must drop.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use tonic::transport::Channel;
 
 use crate::{
-    api::replication::mutation_from_proto,
+    clock::physical_ms,
     error::{Error, Result},
     proto::{self, anti_entropy_client::AntiEntropyClient, replication_client::ReplicationClient},
     replication::Ctx,
     storage::{
+        bucket_of,
         codec::{to_mutation, version_from_proto},
         BUCKETS,
     },
-    version::{Entry, Version},
+    version::Version,
+    wire::{self, ANSWER_BUDGET},
 };
 
 /// Buckets asked for per BucketVersions call. The peer may answer fewer (its
@@ -23,8 +30,128 @@ pub const BUCKETS_PER_CALL: usize = 64;
 /// Keys asked for per Fetch call; likewise the peer may cover fewer.
 pub const KEYS_PER_FETCH: usize = 256;
 
+/// Why a round runs, which decides what it may skip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The periodic round: repairs what neither stream delivered, and skips
+    /// what is merely in flight.
+    Periodic,
+    /// The log no longer holds what the peer needs: every differing entry of
+    /// ours goes, since the stream will resume after the round's start.
+    Repair,
+    /// This node started stale and must not push: pull what the peer has,
+    /// and drop old copies that an up-to-date peer no longer holds.
+    CatchUp,
+}
+
+/// What a round may skip and what counts as old.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// Why the round runs.
+    pub mode: Mode,
+    /// This node's id: its own entries travel by its log stream.
+    pub self_id: String,
+    /// Our own entries at or above this HLC are still in the log past the
+    /// peer's cursor: the stream will deliver them. `None`: nothing is.
+    pub own_streamed_from: Option<u64>,
+    /// Other entries whose physical time is within `(recent_from_ms,
+    /// recent_to_ms]` are in flight from their origins. A version further
+    /// ahead than `recent_to_ms` is treated as settled, so that a clock far
+    /// ahead never hides an entry from repair.
+    pub recent_from_ms: u64,
+    /// See `recent_from_ms`.
+    pub recent_to_ms: u64,
+    /// Entries older than this (physical ms) are past the tombstone horizon:
+    /// their tombstones may have been purged.
+    pub horizon_ms: u64,
+    /// The peer is fresh or catching up itself: its lack of an old key
+    /// proves nothing, and its old keys may be ones we deleted long ago.
+    pub peer_catching_up: bool,
+}
+
+impl Rules {
+    fn in_flight(&self, v: &Version) -> bool {
+        if *v.node == *self.self_id {
+            if self.mode == Mode::Repair {
+                return false;
+            }
+            if self.own_streamed_from.is_some_and(|h| v.hlc >= h) {
+                return true;
+            }
+        }
+        let ms = physical_ms(v.hlc);
+        ms > self.recent_from_ms && ms <= self.recent_to_ms
+    }
+
+    fn old(&self, v: &Version) -> bool {
+        physical_ms(v.hlc) < self.horizon_ms
+    }
+}
+
+/// What one step of a round does, decided from both sides' versions.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Ours wins and the peer should have it.
+    pub push: Vec<String>,
+    /// Theirs wins and we should have it.
+    pub pull: Vec<String>,
+    /// Old copies of ours that an up-to-date peer no longer holds (catch-up only).
+    pub forget: Vec<(String, Version)>,
+    /// Differences left to the log streams (in flight) or to the horizon.
+    pub skipped: u64,
+}
+
+/// Compares the `(key, version)` lists of the same buckets on both sides.
+pub fn plan(local: &[(String, Version)], remote: &[(String, Version)], rules: &Rules) -> Plan {
+    let theirs: HashMap<&str, &Version> = remote.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let ours: HashMap<&str, &Version> = local.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut p = Plan::default();
+    for (key, v) in local {
+        let missing = match theirs.get(key.as_str()) {
+            Some(t) if *t >= v => continue,
+            Some(_) => false,
+            None => true,
+        };
+        if rules.mode == Mode::CatchUp {
+            // Pull-only. An old key an up-to-date peer lacks was deleted there
+            // and its tombstone purged: keeping it would bring it back.
+            if missing && rules.old(v) && !rules.peer_catching_up {
+                p.forget.push((key.clone(), v.clone()));
+            } else {
+                p.skipped += 1;
+            }
+        } else if rules.in_flight(v) {
+            p.skipped += 1;
+        } else {
+            p.push.push(key.clone());
+        }
+    }
+    for (key, v) in remote {
+        let missing = match ours.get(key.as_str()) {
+            Some(o) if *o >= v => continue,
+            Some(_) => false,
+            None => true,
+        };
+        // Catching up pulls everything that wins, in flight or not: the node
+        // becomes SERVING on the strength of this round.
+        let skip = match rules.mode {
+            Mode::CatchUp => false,
+            _ => (missing && rules.old(v) && rules.peer_catching_up) || rules.in_flight(v),
+        };
+        if skip {
+            p.skipped += 1;
+        } else {
+            p.pull.push(key.clone());
+        }
+    }
+    p.push.sort();
+    p.pull.sort();
+    p.forget.sort();
+    p
+}
+
 /// What a round did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RoundStats {
     /// Buckets whose digests differed.
     pub differing_buckets: usize,
@@ -32,37 +159,31 @@ pub struct RoundStats {
     pub pushed: u64,
     /// Keys taken from the peer because theirs won.
     pub pulled: u64,
+    /// Differences left to the streams or the horizon.
+    pub skipped: u64,
+    /// Old local copies dropped while catching up.
+    pub forgotten: u64,
+    /// Entries either side refused.
+    pub refused: u64,
+    /// The last refusal, as "key: reason".
+    pub last_refused: Option<String>,
+    /// The peer said it is fresh or catching up.
+    pub peer_catching_up: bool,
+    /// Why pushing stopped, if it did; the pulls went on.
+    pub push_error: Option<String>,
 }
 
-/// Which keys of a set of buckets each side must receive.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Plan {
-    /// Ours is newer or theirs is missing.
-    pub push: Vec<String>,
-    /// Theirs is newer or ours is missing.
-    pub pull: Vec<String>,
-}
+impl RoundStats {
+    /// Every differing bucket was compared and every push was delivered.
+    pub fn finished(&self) -> bool {
+        self.push_error.is_none()
+    }
 
-/// Compares the `(key, version)` lists of the same buckets on both sides.
-pub fn plan(local: &[(String, Version)], remote: &[(String, Version)]) -> Plan {
-    let theirs: HashMap<&str, &Version> = remote.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let ours: HashMap<&str, &Version> = local.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let mut p = Plan::default();
-    for (key, v) in local {
-        match theirs.get(key.as_str()) {
-            Some(t) if *t >= v => {}
-            _ => p.push.push(key.clone()),
-        }
+    /// Finished, and nothing was refused: the peer now holds, or beats,
+    /// every settled entry this node held when the round started.
+    pub fn complete(&self) -> bool {
+        self.finished() && self.refused == 0
     }
-    for (key, v) in remote {
-        match ours.get(key.as_str()) {
-            Some(o) if *o >= v => {}
-            _ => p.pull.push(key.clone()),
-        }
-    }
-    p.push.sort();
-    p.pull.sort();
-    p
 }
 
 fn request<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
@@ -71,16 +192,18 @@ fn request<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
     r
 }
 
-/// Runs one round: digests, then per differing bucket push and pull.
+/// Runs one round: digests, then, a bounded step at a time, push and pull.
+/// `rules` is completed with what the peer says about itself.
 pub async fn round(
     ctx: &Ctx,
     peer: &str,
     ae: &mut AntiEntropyClient<Channel>,
     repl: &mut ReplicationClient<Channel>,
+    mut rules: Rules,
 ) -> Result<RoundStats> {
     let timeout = Duration::from_millis(ctx.config.rpc_timeout_ms);
     let digests = ctx.store.digests().as_slice().to_vec();
-    let differing = ae
+    let answer = ae
         .digest(request(
             proto::DigestRequest {
                 cluster_id: ctx.cluster_id.clone(),
@@ -91,13 +214,15 @@ pub async fn round(
         ))
         .await
         .map_err(Error::from_peer(peer))?
-        .into_inner()
-        .buckets;
+        .into_inner();
+    rules.peer_catching_up = answer.catching_up;
     let mut stats = RoundStats {
-        differing_buckets: differing.len(),
+        differing_buckets: answer.buckets.len(),
+        peer_catching_up: answer.catching_up,
         ..RoundStats::default()
     };
-    let differing: Vec<u16> = differing
+    let differing: Vec<u16> = answer
+        .buckets
         .into_iter()
         .filter(|b| (*b as usize) < BUCKETS)
         .map(|b| b as u16)
@@ -118,78 +243,131 @@ pub async fn round(
             .await
             .map_err(Error::from_peer(peer))?
             .into_inner();
-        let covered = progress(peer, answer.processed, ask.len())?;
-        let chunk = &rest[..covered];
+        let remote_covered = progress(peer, answer.processed, ask.len())?;
+        // The local side of the same buckets, bounded the same way.
+        let (local, local_covered) = {
+            let store = Arc::clone(&ctx.store);
+            let buckets = ask[..remote_covered].to_vec();
+            tokio::task::spawn_blocking(move || store.bucket_versions(&buckets, ANSWER_BUDGET))
+                .await
+                .map_err(|e| Error::Unavailable(format!("bucket scan panicked: {e}")))??
+        };
+        let covered = remote_covered.min(local_covered.max(1));
+        let chunk: HashSet<u16> = rest[..covered].iter().copied().collect();
         rest = &rest[covered..];
         let remote: Vec<(String, Version)> = answer
             .entries
             .into_iter()
             .filter_map(|kv| Some((kv.key, version_from_proto(kv.version?))))
+            .filter(|(k, _)| chunk.contains(&bucket_of(k.as_bytes())))
             .collect();
-        let local: HashMap<String, Entry> = {
+        let local: Vec<(String, Version)> = local
+            .into_iter()
+            .filter(|(k, _)| chunk.contains(&bucket_of(k.as_bytes())))
+            .collect();
+        let plan = plan(&local, &remote, &rules);
+        stats.skipped += plan.skipped;
+
+        if stats.push_error.is_none() && !plan.push.is_empty() {
+            if let Err(e) = push(ctx, peer, repl, &plan.push, timeout, &mut stats).await {
+                // A chunk that cannot be pushed never stops the pull.
+                tracing::warn!(peer, error = %e, "anti-entropy push failed; pulling on");
+                stats.push_error = Some(e.to_string());
+            }
+        }
+        if !plan.forget.is_empty() {
+            stats.forgotten += ctx.writer.forget(plan.forget).await?;
+        }
+        pull(ctx, peer, ae, &plan.pull, timeout, &mut stats).await?;
+    }
+    Ok(stats)
+}
+
+/// Sends our winning entries for `keys`, in batches sized by encoded length.
+async fn push(
+    ctx: &Ctx,
+    peer: &str,
+    repl: &mut ReplicationClient<Channel>,
+    keys: &[String],
+    timeout: Duration,
+    stats: &mut RoundStats,
+) -> Result<()> {
+    let budget = ctx.config.batch_max_bytes.min(wire::MAX_FILL);
+    // Values are loaded a fetch-sized slice of keys at a time.
+    for slice in keys.chunks(KEYS_PER_FETCH) {
+        let mutations = {
             let store = Arc::clone(&ctx.store);
-            let buckets = chunk.to_vec();
-            tokio::task::spawn_blocking(move || -> Result<HashMap<String, Entry>> {
-                let mut all = HashMap::new();
-                for b in buckets {
-                    all.extend(store.bucket(b)?);
+            let slice = slice.to_vec();
+            tokio::task::spawn_blocking(move || -> Result<Vec<proto::Mutation>> {
+                let mut out = Vec::with_capacity(slice.len());
+                for key in slice {
+                    if let Some(e) = store.get(&key)? {
+                        out.push(to_mutation(&key, &e));
+                    }
                 }
-                Ok(all)
+                Ok(out)
             })
             .await
-            .map_err(|e| Error::Unavailable(format!("bucket scan panicked: {e}")))??
+            .map_err(|e| Error::Unavailable(format!("push read panicked: {e}")))??
         };
-        let versions: Vec<(String, Version)> = local
-            .iter()
-            .map(|(k, e)| (k.clone(), e.version.clone()))
-            .collect();
-        let plan = plan(&versions, &remote);
-
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        for key in &plan.push {
-            let entry = &local[key];
-            let size = key.len() + entry.value.as_ref().map_or(0, Vec::len);
-            if !batch.is_empty() && bytes + size > ctx.config.batch_max_bytes {
-                stats.pushed += push(ctx, peer, repl, std::mem::take(&mut batch), timeout).await?;
-                bytes = 0;
-            }
-            bytes += size;
-            batch.push(to_mutation(key, entry));
-        }
-        if !batch.is_empty() {
-            stats.pushed += push(ctx, peer, repl, batch, timeout).await?;
-        }
-
-        let mut pull: &[String] = &plan.pull;
-        while !pull.is_empty() {
-            let ask = &pull[..pull.len().min(KEYS_PER_FETCH)];
-            let answer = ae
-                .fetch(request(
-                    proto::FetchRequest {
+        for batch in wire::chunk_by_size(mutations, budget) {
+            let resp = repl
+                .replicate(request(
+                    proto::ReplicateRequest {
                         cluster_id: ctx.cluster_id.clone(),
                         origin: ctx.node_id.clone(),
-                        keys: ask.to_vec(),
+                        mutations: batch,
                     },
                     timeout,
                 ))
                 .await
                 .map_err(Error::from_peer(peer))?
                 .into_inner();
-            pull = &pull[progress(peer, answer.processed, ask.len())?..];
-            let now_ms = ctx.clock.now_ms();
-            let entries = answer
-                .mutations
-                .into_iter()
-                .enumerate()
-                .map(|(i, m)| mutation_from_proto(i, m, ctx.max_value_bytes, now_ms))
-                .collect::<Result<Vec<_>>>()?;
-            if !entries.is_empty() {
-                stats.pulled += ctx.writer.apply_queued(entries).await?;
+            stats.pushed += resp.applied;
+            for r in resp.refused {
+                stats.refused += 1;
+                stats.last_refused = Some(format!("{}: {}", r.key, r.reason));
             }
         }
     }
-    Ok(stats)
+    Ok(())
+}
+
+/// Fetches the peer's winning entries for `keys` and applies them.
+async fn pull(
+    ctx: &Ctx,
+    peer: &str,
+    ae: &mut AntiEntropyClient<Channel>,
+    keys: &[String],
+    timeout: Duration,
+    stats: &mut RoundStats,
+) -> Result<()> {
+    let mut rest = keys;
+    while !rest.is_empty() {
+        let ask = &rest[..rest.len().min(KEYS_PER_FETCH)];
+        let answer = ae
+            .fetch(request(
+                proto::FetchRequest {
+                    cluster_id: ctx.cluster_id.clone(),
+                    origin: ctx.node_id.clone(),
+                    keys: ask.to_vec(),
+                },
+                timeout,
+            ))
+            .await
+            .map_err(Error::from_peer(peer))?
+            .into_inner();
+        rest = &rest[progress(peer, answer.processed, ask.len())?..];
+        let (entries, refused) = wire::split_batch(answer.mutations);
+        for r in refused {
+            stats.refused += 1;
+            stats.last_refused = Some(format!("{}: {}", r.key, r.reason));
+        }
+        if !entries.is_empty() {
+            stats.pulled += ctx.writer.apply(entries).await?;
+        }
+    }
+    Ok(())
 }
 
 /// How many requested items an answer covered: at least one, at most all.
@@ -203,30 +381,10 @@ fn progress(peer: &str, processed: u32, asked: usize) -> Result<usize> {
     }
 }
 
-async fn push(
-    ctx: &Ctx,
-    peer: &str,
-    repl: &mut ReplicationClient<Channel>,
-    mutations: Vec<proto::Mutation>,
-    timeout: Duration,
-) -> Result<u64> {
-    let resp = repl
-        .replicate(request(
-            proto::ReplicateRequest {
-                cluster_id: ctx.cluster_id.clone(),
-                origin: ctx.node_id.clone(),
-                mutations,
-            },
-            timeout,
-        ))
-        .await
-        .map_err(Error::from_peer(peer))?;
-    Ok(resp.into_inner().applied)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::from_physical_ms;
 
     fn v(hlc: u64, node: &str) -> Version {
         Version {
@@ -240,6 +398,23 @@ mod tests {
             .iter()
             .map(|(k, h, n)| (k.to_string(), v(*h, n)))
             .collect()
+    }
+
+    /// Rules that skip nothing: every difference moves.
+    fn eager() -> Rules {
+        Rules {
+            mode: Mode::Periodic,
+            self_id: "n1".into(),
+            own_streamed_from: None,
+            recent_from_ms: u64::MAX,
+            recent_to_ms: 0,
+            horizon_ms: 0,
+            peer_catching_up: false,
+        }
+    }
+
+    fn at_ms(ms: u64, node: &str) -> Version {
+        v(from_physical_ms(ms), node)
     }
 
     #[test]
@@ -256,11 +431,116 @@ mod tests {
             ("d", 1, "n3"),
             ("same", 2, "n2"),
         ]);
-        let p = plan(&local, &remote);
+        let p = plan(&local, &remote, &eager());
         // a: only ours. c: same hlc, node n1 > n0, ours wins.
         assert_eq!(p.push, vec!["a".to_string(), "c".to_string()]);
         // b: theirs is newer. d: only theirs.
         assert_eq!(p.pull, vec!["b".to_string(), "d".to_string()]);
+    }
+
+    #[test]
+    fn periodic_rounds_skip_what_is_in_flight_and_repair_what_is_settled() {
+        let now = 1_000_000;
+        let rules = Rules {
+            own_streamed_from: Some(from_physical_ms(now - 50_000)),
+            recent_from_ms: now - 5_000,
+            recent_to_ms: now + 60_000,
+            ..eager()
+        };
+        let local = vec![
+            // Ours, still in the log past the peer's cursor: the stream has it.
+            ("own-streamed".to_string(), at_ms(now - 40_000, "n1")),
+            // Ours, acknowledged long ago yet missing there: repair it.
+            ("own-settled".to_string(), at_ms(now - 90_000, "n1")),
+            // A third node's write that reached us a moment ago.
+            ("n3-recent".to_string(), at_ms(now - 1_000, "n3")),
+            // A third node's old write the peer never got.
+            ("n3-settled".to_string(), at_ms(now - 20_000, "n3")),
+            // A version from a clock far ahead is never "in flight" for long.
+            ("n3-far-future".to_string(), at_ms(now + 3_600_000, "n3")),
+        ];
+        let remote = vec![
+            ("n2-recent".to_string(), at_ms(now - 10, "n2")),
+            ("n2-settled".to_string(), at_ms(now - 10_000, "n2")),
+        ];
+        let p = plan(&local, &remote, &rules);
+        assert_eq!(p.push, ["n3-far-future", "n3-settled", "own-settled"]);
+        assert_eq!(p.pull, ["n2-settled"]);
+        assert_eq!(p.skipped, 3);
+    }
+
+    #[test]
+    fn a_repair_round_pushes_our_own_entries_even_if_recent() {
+        let now = 1_000_000;
+        let rules = Rules {
+            mode: Mode::Repair,
+            own_streamed_from: Some(0),
+            recent_from_ms: now - 5_000,
+            recent_to_ms: now + 60_000,
+            ..eager()
+        };
+        let local = vec![("own".to_string(), at_ms(now, "n1"))];
+        assert_eq!(plan(&local, &[], &rules).push, ["own"]);
+    }
+
+    #[test]
+    fn catching_up_pulls_only_and_drops_old_copies_an_up_to_date_peer_lacks() {
+        let now = 10_000_000;
+        let rules = Rules {
+            mode: Mode::CatchUp,
+            horizon_ms: now - 1_000_000,
+            ..eager()
+        };
+        let local = vec![
+            // Deleted everywhere long ago; the tombstones are gone.
+            ("deleted".to_string(), at_ms(now - 5_000_000, "n1")),
+            // A recent write of ours: not pushed now, kept for later rounds.
+            ("recent".to_string(), at_ms(now - 10, "n1")),
+            ("older-here".to_string(), at_ms(now - 4_000_000, "n1")),
+        ];
+        let remote = vec![
+            ("older-here".to_string(), at_ms(now - 100, "n2")),
+            ("theirs".to_string(), at_ms(now - 3_000_000, "n2")),
+            // Written a moment ago: pulled too, since the node will serve
+            // reads on the strength of this round.
+            ("in-flight".to_string(), at_ms(now, "n2")),
+        ];
+        let rules = Rules {
+            recent_from_ms: now - 5_000,
+            recent_to_ms: now + 60_000,
+            ..rules
+        };
+        let p = plan(&local, &remote, &rules);
+        assert!(p.push.is_empty(), "never pushes while catching up");
+        assert_eq!(p.pull, ["in-flight", "older-here", "theirs"]);
+        assert_eq!(
+            p.forget,
+            [("deleted".to_string(), at_ms(now - 5_000_000, "n1"))]
+        );
+
+        // A peer that is catching up too proves nothing by lacking a key.
+        let both = Rules {
+            peer_catching_up: true,
+            ..rules
+        };
+        assert!(plan(&local, &remote, &both).forget.is_empty());
+    }
+
+    #[test]
+    fn an_up_to_date_node_never_pulls_old_keys_it_lacks_from_a_peer_catching_up() {
+        let now = 10_000_000;
+        let rules = Rules {
+            horizon_ms: now - 1_000_000,
+            peer_catching_up: true,
+            ..eager()
+        };
+        let remote = vec![
+            ("resurrected".to_string(), at_ms(now - 5_000_000, "n3")),
+            ("fresh".to_string(), at_ms(now - 10, "n3")),
+        ];
+        let p = plan(&[], &remote, &rules);
+        assert_eq!(p.pull, ["fresh"]);
+        assert_eq!(p.skipped, 1);
     }
 
     #[test]
@@ -273,8 +553,8 @@ mod tests {
     #[test]
     fn identical_sides_need_nothing() {
         let both = kv(&[("a", 1, "n1"), ("b", 2, "n2")]);
-        assert_eq!(plan(&both, &both), Plan::default());
-        assert_eq!(plan(&[], &[]), Plan::default());
+        assert_eq!(plan(&both, &both, &eager()), Plan::default());
+        assert_eq!(plan(&[], &[], &eager()), Plan::default());
     }
 
     #[test]
@@ -289,7 +569,7 @@ mod tests {
                 m.iter().map(|(k, (h, n))| (k.clone(), v(*h, nodes[*n]))).collect()
             };
             let (l, r) = (to_vec(&local), to_vec(&remote));
-            let p = plan(&l, &r);
+            let p = plan(&l, &r, &eager());
             let mut lm: HashMap<String, Version> = l.iter().cloned().collect();
             let mut rm: HashMap<String, Version> = r.iter().cloned().collect();
             for k in &p.push {

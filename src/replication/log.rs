@@ -11,6 +11,10 @@ use crate::{
     version::{Entry, Version},
 };
 
+/// Expired tombstones found waiting in one collection, listed at most this
+/// many per pass; the rest wait for the next pass.
+const PURGE_SCAN_LIMIT: usize = 1 << 20;
+
 /// How often retention and the gauges run.
 pub const TICK: Duration = Duration::from_secs(1);
 /// Tombstones purged per writer request.
@@ -31,16 +35,56 @@ pub fn drop_record(
     seq <= min_acked || bytes_left > max_bytes || (cutoff_ms > 0 && record_ms < cutoff_ms)
 }
 
-/// Whether a tombstone may be purged.
+/// What tombstone collection knows about one peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerGc {
+    /// Our own log records with an HLC below this were acknowledged by the
+    /// peer (`u64::MAX`: all of them; 0: one it needs already left the log).
+    pub own_acked_below_hlc: u64,
+    /// When the last complete anti-entropy round with the peer started.
+    pub last_complete_round_ms: Option<u64>,
+}
+
+/// Whether `peer` is known to hold the tombstone `entry` (or something newer).
 ///
-/// It must be older than the TTL (`cutoff_hlc`). If this node issued it, every
-/// peer must also have acknowledged it, which holds when it is older than the
-/// oldest unacknowledged log record (`safe_hlc`). Remote tombstones were
-/// shipped to every peer by their own origin.
-pub fn purgeable(entry: &Entry, self_id: &str, cutoff_hlc: u64, safe_hlc: u64) -> bool {
-    entry.is_tombstone()
-        && entry.version.hlc < cutoff_hlc
-        && (&*entry.version.node != self_id || entry.version.hlc < safe_hlc)
+/// For our own delete: the peer acknowledged its log record. For a remote
+/// one: a complete anti-entropy round with the peer started after we applied
+/// it (`applied_ms`) and after its version left the in-flight window
+/// (`settle_ms`), so the round compared it and delivered it if needed.
+pub fn peer_holds(
+    entry: &Entry,
+    applied_ms: u64,
+    self_id: &str,
+    settle_ms: u64,
+    peer: &PeerGc,
+) -> bool {
+    if *entry.version.node == *self_id {
+        return entry.version.hlc < peer.own_acked_below_hlc;
+    }
+    let settled_ms = physical_ms(entry.version.hlc).saturating_add(settle_ms);
+    peer.last_complete_round_ms
+        .is_some_and(|r| r > applied_ms && r >= settled_ms)
+}
+
+/// Whether a tombstone may be purged: it is older than the TTL (`cutoff_hlc`)
+/// and every configured peer is known to hold it. Purging one a peer lacks
+/// would let the peer's older value come back through anti-entropy.
+pub fn purgeable(
+    entry: &Entry,
+    applied_ms: u64,
+    self_id: &str,
+    cutoff_hlc: u64,
+    settle_ms: u64,
+    peers: &[PeerGc],
+) -> bool {
+    expired(entry, cutoff_hlc)
+        && peers
+            .iter()
+            .all(|p| peer_holds(entry, applied_ms, self_id, settle_ms, p))
+}
+
+fn expired(entry: &Entry, cutoff_hlc: u64) -> bool {
+    entry.is_tombstone() && entry.version.hlc < cutoff_hlc
 }
 
 /// Runs retention every [`TICK`] and tombstone collection every
@@ -93,34 +137,66 @@ pub async fn run(manager: Arc<PeerManager>, shutdown: CancellationToken) {
         if last_gc.elapsed() >= gc_every {
             last_gc = tokio::time::Instant::now();
             let cutoff_hlc = from_physical_ms(now_ms.saturating_sub(ttl.as_millis() as u64));
-            let safe_hlc = manager.oldest_unacked_hlc();
-            collect_tombstones(&manager, cutoff_hlc, safe_hlc).await;
+            collect_tombstones(&manager, cutoff_hlc, &shutdown).await;
         }
     }
 }
 
-async fn collect_tombstones(manager: &PeerManager, cutoff_hlc: u64, safe_hlc: u64) {
+async fn collect_tombstones(manager: &PeerManager, cutoff_hlc: u64, shutdown: &CancellationToken) {
     let ctx = manager.ctx();
     let store = Arc::clone(&ctx.store);
     let self_id = ctx.node_id.clone();
+    let settle_ms = ctx.config.rpc_timeout_ms;
+    let peers: Vec<PeerGc> = manager
+        .peers()
+        .iter()
+        .map(|p| {
+            let s = p.state();
+            PeerGc {
+                own_acked_below_hlc: manager.own_acked_below_hlc(s.acked_seq),
+                last_complete_round_ms: s.last_complete_round_ms,
+            }
+        })
+        .collect();
+    let stop = shutdown.clone();
+    let n_peers = peers.len();
     let found = tokio::task::spawn_blocking(move || {
         let mut out: Vec<(String, Version)> = Vec::new();
-        store.for_each(|key, entry| {
-            if purgeable(&entry, &self_id, cutoff_hlc, safe_hlc) {
+        let mut waiting = vec![0u64; n_peers];
+        store.for_each(|key, entry, applied_ms| {
+            if !expired(&entry, cutoff_hlc) {
+                return Ok(true);
+            }
+            let mut all = true;
+            for (i, p) in peers.iter().enumerate() {
+                if !peer_holds(&entry, applied_ms, &self_id, settle_ms, p) {
+                    waiting[i] += 1;
+                    all = false;
+                }
+            }
+            if all {
                 out.push((key, entry.version));
             }
-            Ok(())
+            // A full scan can be long: shutdown and the batch bound end it early.
+            Ok(!stop.is_cancelled() && out.len() < PURGE_SCAN_LIMIT)
         })?;
-        Ok::<_, crate::Error>(out)
+        Ok::<_, crate::Error>((out, waiting))
     })
     .await;
-    let tombstones = match found {
+    let (tombstones, waiting) = match found {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => return tracing::warn!(error = %e, "tombstone scan failed"),
         Err(e) => return tracing::warn!(error = %e, "tombstone scan panicked"),
     };
+    for (peer, n) in manager.peers().iter().zip(waiting) {
+        peer.lock().tombstones_waiting = n;
+        crate::metrics::tombstones_waiting(&peer.id, n);
+    }
     let mut purged = 0;
     for chunk in tombstones.chunks(PURGE_CHUNK) {
+        if shutdown.is_cancelled() {
+            break;
+        }
         match ctx.writer.purge(chunk.to_vec()).await {
             Ok(n) => purged += n,
             Err(e) => return tracing::warn!(error = %e, "tombstone purge failed"),
@@ -165,19 +241,96 @@ mod tests {
         }
     }
 
-    #[test]
-    fn only_old_enough_tombstones_are_purged() {
-        assert!(purgeable(&tomb(10, "n2"), "n1", 11, 0));
-        assert!(!purgeable(&tomb(11, "n2"), "n1", 11, 0));
-        let mut live = tomb(1, "n2");
-        live.value = Some(vec![]);
-        assert!(!purgeable(&live, "n1", 11, u64::MAX));
+    fn peer(own_acked_below_hlc: u64, round: Option<u64>) -> PeerGc {
+        PeerGc {
+            own_acked_below_hlc,
+            last_complete_round_ms: round,
+        }
     }
 
     #[test]
-    fn own_tombstones_wait_for_every_peer() {
-        // Some peer has not acknowledged anything at or after hlc 5.
-        assert!(!purgeable(&tomb(7, "n1"), "n1", 100, 5));
-        assert!(purgeable(&tomb(4, "n1"), "n1", 100, 5));
+    fn only_expired_tombstones_are_purged() {
+        let all = [peer(u64::MAX, Some(u64::MAX))];
+        let t = tomb(from_physical_ms(10), "n2");
+        assert!(purgeable(&t, 0, "n1", from_physical_ms(11), 0, &all));
+        assert!(!purgeable(&t, 0, "n1", from_physical_ms(10), 0, &all));
+        let mut live = t.clone();
+        live.value = Some(vec![]);
+        assert!(!purgeable(&live, 0, "n1", u64::MAX, 0, &all));
+    }
+
+    #[test]
+    fn own_tombstones_wait_for_every_peer_to_acknowledge_them() {
+        let t = tomb(7, "n1");
+        assert!(!purgeable(
+            &t,
+            0,
+            "n1",
+            100,
+            0,
+            &[peer(u64::MAX, None), peer(5, None)]
+        ));
+        assert!(purgeable(
+            &t,
+            0,
+            "n1",
+            100,
+            0,
+            &[peer(u64::MAX, None), peer(8, None)]
+        ));
+    }
+
+    #[test]
+    fn a_remote_tombstone_waits_for_a_complete_round_with_every_peer_after_it_arrived() {
+        // Deleted on n3 at 1 000 ms; it reached us late, at 50 000 ms.
+        let t = tomb(from_physical_ms(1_000), "n3");
+        let cutoff = u64::MAX;
+        let settle = 5_000;
+        // The TTL alone is not enough: no round proves the peers hold it.
+        assert!(!purgeable(
+            &t,
+            50_000,
+            "n1",
+            cutoff,
+            settle,
+            &[peer(u64::MAX, None)]
+        ));
+        // A round that started before it arrived says nothing about it.
+        assert!(!purgeable(
+            &t,
+            50_000,
+            "n1",
+            cutoff,
+            settle,
+            &[peer(u64::MAX, Some(40_000))]
+        ));
+        // A round after it arrived, with every peer: now it may go.
+        assert!(purgeable(
+            &t,
+            50_000,
+            "n1",
+            cutoff,
+            settle,
+            &[peer(0, Some(60_000))]
+        ));
+        assert!(!purgeable(
+            &t,
+            50_000,
+            "n1",
+            cutoff,
+            settle,
+            &[peer(0, Some(60_000)), peer(0, Some(45_000))]
+        ));
+        // Its version must also have left the in-flight window by then, or
+        // the round may have skipped it.
+        let recent = tomb(from_physical_ms(58_000), "n3");
+        assert!(!purgeable(
+            &recent,
+            50_000,
+            "n1",
+            cutoff,
+            settle,
+            &[peer(0, Some(60_000))]
+        ));
     }
 }

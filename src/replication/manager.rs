@@ -1,7 +1,13 @@
 //! The peer manager: starts one task per peer plus retention, and answers
 //! questions about replication state (status, gauges, retention bounds).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -13,7 +19,8 @@ use crate::{
     error::{Error, Result},
     replication::{
         log,
-        peer::{self, Peer, PeerState},
+        peer::{Backoff, Peer, PeerState},
+        repair, stream,
     },
     storage::{Store, WriterHandle},
 };
@@ -31,14 +38,35 @@ pub struct Ctx {
     pub writer: WriterHandle,
     /// Replication settings.
     pub config: ReplicationConfig,
-    /// Largest message to or from a peer.
-    pub max_peer_message: usize,
-    /// Largest value accepted from a peer.
-    pub max_value_bytes: usize,
     /// Becomes true after the first anti-entropy round with any peer.
     pub synced: watch::Sender<bool>,
-    /// Wall-clock time for lag, retention, TTLs and the far-future check.
+    /// Wall-clock time for lag, retention, TTLs and the in-flight window.
     pub clock: Arc<dyn PhysicalClock>,
+    /// The seq of the last committed local write.
+    pub seq: watch::Receiver<u64>,
+    /// Peers this node is still catching up with (fresh or stale start).
+    pub catching_up: AtomicUsize,
+}
+
+impl Ctx {
+    /// The seq of the last committed local write.
+    pub fn last_seq(&self) -> u64 {
+        *self.seq.borrow()
+    }
+
+    /// Fresh, or stale and not yet caught up with every peer: peers must not
+    /// take this node's lack of an old key as proof it was deleted.
+    pub fn catching_up(&self) -> bool {
+        self.catching_up.load(Ordering::Relaxed) > 0
+    }
+
+    /// The first round with one more peer finished.
+    pub(crate) fn caught_up_with_one(&self) {
+        let left = self.catching_up.fetch_sub(1, Ordering::Relaxed);
+        if left == 1 {
+            tracing::info!("caught up with every peer");
+        }
+    }
 }
 
 /// A peer's state plus the figures derived from the log.
@@ -63,7 +91,6 @@ pub struct PeerView {
 pub struct PeerManager {
     ctx: Arc<Ctx>,
     peers: Vec<Arc<Peer>>,
-    seq: watch::Receiver<u64>,
 }
 
 /// A lazily-connecting HTTP/2 channel to a peer, with keepalive so a dead
@@ -80,33 +107,72 @@ pub fn tcp_channel(url: &str) -> Result<Channel> {
 }
 
 impl PeerManager {
-    /// Starts a task per peer (from its persisted cursor) and the retention task.
+    /// Starts a streamer and a repairer per peer (from its persisted cursor)
+    /// and the retention task. With `catch_up` (a fresh or stale start) every
+    /// peer begins in catch-up; `skip_before_hlc` keeps log records older than
+    /// the tombstone horizon from being streamed (stale starts only).
+    /// Cursors of peers no longer configured are dropped: removing a peer from
+    /// the config is how it is decommissioned.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         ctx: Arc<Ctx>,
         peers: &[PeerConfig],
-        seq: watch::Receiver<u64>,
+        catch_up: bool,
+        skip_before_hlc: Option<u64>,
         connect: &dyn Fn(&str) -> Result<Channel>,
         shutdown: &CancellationToken,
         tracker: &TaskTracker,
     ) -> Result<Arc<Self>> {
+        for old in ctx.store.cursor_peers()? {
+            if !peers.iter().any(|p| p.id == old) {
+                ctx.store.remove_cursor(&old)?;
+                tracing::info!(
+                    peer = %old,
+                    "peer decommissioned (no longer configured): its cursor is dropped; \
+                     it no longer holds back log retention or tombstone collection"
+                );
+            }
+        }
         let mut list = Vec::with_capacity(peers.len());
         let mut channels = Vec::with_capacity(peers.len());
         for p in peers {
             let cursor = ctx.store.cursor(&p.id)?;
-            list.push(Arc::new(Peer::new(p.id.clone(), p.url.clone(), cursor)));
+            list.push(Arc::new(Peer::new(
+                p.id.clone(),
+                p.url.clone(),
+                cursor,
+                catch_up,
+            )));
             channels.push(connect(&p.url)?);
         }
-        let manager = Arc::new(Self {
-            ctx,
-            peers: list,
-            seq,
-        });
+        if catch_up {
+            ctx.catching_up.store(list.len(), Ordering::Relaxed);
+        }
+        let manager = Arc::new(Self { ctx, peers: list });
+        let cfg = &manager.ctx.config;
+        let backoff = || {
+            // Each task draws its jitter from its own seeded generator.
+            Backoff::new(
+                Duration::from_millis(cfg.backoff_min_ms),
+                Duration::from_millis(cfg.backoff_max_ms),
+                rand::random(),
+            )
+        };
         for (peer, channel) in manager.peers.iter().zip(channels) {
-            tracker.spawn(peer::run(
+            tracker.spawn(stream::run(
+                Arc::clone(&manager.ctx),
+                Arc::clone(peer),
+                channel.clone(),
+                manager.ctx.seq.clone(),
+                skip_before_hlc,
+                backoff(),
+                shutdown.clone(),
+            ));
+            tracker.spawn(repair::run(
                 Arc::clone(&manager.ctx),
                 Arc::clone(peer),
                 channel,
-                manager.seq.clone(),
+                backoff(),
                 shutdown.clone(),
             ));
         }
@@ -115,6 +181,11 @@ impl PeerManager {
             manager.ctx.synced.send_replace(true);
         }
         Ok(manager)
+    }
+
+    /// The peers, for tombstone collection and status.
+    pub fn peers(&self) -> &[Arc<Peer>] {
+        &self.peers
     }
 
     /// The shared context.
@@ -129,7 +200,7 @@ impl PeerManager {
 
     /// The seq of the last committed local write.
     pub fn last_seq(&self) -> u64 {
-        *self.seq.borrow()
+        self.ctx.last_seq()
     }
 
     /// The highest seq every peer acknowledged: what retention may delete.
@@ -142,15 +213,15 @@ impl PeerManager {
             .unwrap_or_else(|| self.last_seq())
     }
 
-    /// The HLC of the oldest write some peer has not acknowledged
-    /// (`u64::MAX` if none; 0 if that write already left the log, so that
-    /// nothing of ours is purged until the lagging peer is repaired).
-    pub fn oldest_unacked_hlc(&self) -> u64 {
-        let min = self.min_acked();
-        if min >= self.last_seq() {
+    /// For a peer whose cursor is `acked_seq`: our own log records with an
+    /// HLC below the returned value were acknowledged by it (`u64::MAX` if it
+    /// has everything; 0 if a record it needs already left the log, so that
+    /// none of our tombstones is purged until the peer is repaired).
+    pub fn own_acked_below_hlc(&self, acked_seq: u64) -> u64 {
+        if acked_seq >= self.last_seq() {
             return u64::MAX;
         }
-        match self.ctx.store.log_entry(min + 1) {
+        match self.ctx.store.log_entry(acked_seq + 1) {
             Ok(Some(m)) => m.version.map_or(0, |v| v.hlc),
             _ => 0,
         }

@@ -1,47 +1,39 @@
 //! Replication: every node ships its own writes to every peer, and
-//! anti-entropy repairs whatever the log cannot.
+//! anti-entropy repairs whatever the log cannot. `docs/DESIGN.md` has the
+//! whole design; this is the map of the module.
 //!
-//! **Streaming.** The cluster is a full mesh with no forwarding: the `log`
-//! keyspace holds only the writes that originated on this node, keyed by a
-//! local sequence number, and each [`peer`] task ships them straight from
-//! disk. A peer task keeps a persisted cursor (the highest seq the peer
-//! acknowledged), reads a bounded batch after it, sends `Replicate`, advances
-//! the cursor on the ack, and sleeps on a `watch` of the last committed seq
-//! when it is caught up. The backlog of a peer that is away lives on disk,
-//! not in a queue, so memory does not grow with an outage. The receiver's
-//! merge is idempotent, so a batch re-sent after a lost ack or a crash is
-//! harmless and cursors are persisted lazily.
+//! **Two tasks per peer**, coordinating only through the peer's shared state
+//! ([`peer`]). The [`stream`]er ships the `log` keyspace (this node's own
+//! writes, by seq) from a persisted cursor, two batches in flight, and sleeps
+//! on a `watch` of the last committed seq when caught up. The backlog of a
+//! peer that is away lives on disk, so memory does not grow with an outage.
+//! The [`repair`]er runs anti-entropy rounds: at start-up, every interval
+//! whether or not the stream is busy, and at once when the streamer finds a
+//! gap (retention dropped what the peer needs) and pauses.
 //!
-//! **Retention** ([`log`]). Records every peer acknowledged are deleted. The
-//! log is also capped by `max_log_bytes` and `max_log_age_secs`; a peer whose
-//! cursor falls behind the log's start notices the gap on its next read and
-//! is repaired by anti-entropy instead. It is never left silently divergent.
+//! **Nothing a peer sends can stall a stream.** Entries are checked one by
+//! one ([`crate::wire`]); a refused entry is skipped and reported, never
+//! retried forever. Every peer message is sized by encoded length below one
+//! cluster-wide limit. Peer applies have their own lane into the writer, so
+//! clients filling theirs never shed replication.
 //!
-//! **Anti-entropy** ([`anti_entropy`]). Each node keeps XOR digests of 4096
-//! key buckets, updated on every apply. A round sends the digests to a peer,
-//! which answers with the buckets that differ; for those the two sides
-//! compare `(key, version)` lists and the initiator pushes what it has newer
-//! and pulls what the peer has newer. One round therefore repairs both sides.
-//! Rounds run at start-up, periodically, and at once for a peer marked for
-//! repair. A node with an empty disk, or restored from an old copy, becomes
-//! complete this way.
+//! **Anti-entropy** ([`anti_entropy`]) compares bucket digests, then the
+//! `(key, version)` lists of differing buckets, a bounded step at a time, and
+//! pushes and pulls what wins. The pure [`anti_entropy::plan`] decides, under
+//! [`anti_entropy::Rules`]: periodic rounds leave in-flight entries to the
+//! streams, repair rounds skip nothing, and catch-up rounds (a fresh or
+//! stale start) only pull, dropping old keys an up-to-date peer has purged.
 //!
-//! Answers to a round are bounded in bytes and say how much of the request
-//! they covered, so a round works the same for any keyspace or value size.
-//! Periodic rounds wait until the log stream to that peer is caught up:
-//! mid-stream every bucket differs, and a round would only resend what
-//! streaming is about to deliver.
-//!
-//! **Tombstones** are purged once older than `tombstone_ttl_secs` and, for
-//! this node's own deletes, acknowledged by every peer. A tombstone past its
-//! TTL that arrives from a peer deletes what it beats but is not stored, so
-//! a purge sticks even while peers purge at different moments. A node away
-//! longer than the TTL can resurrect deleted keys, as with Cassandra's
-//! `gc_grace_seconds`.
+//! **Retention and tombstones** ([`log`]). Acknowledged records leave the
+//! log; caps on bytes and age turn laggards over to repair. A tombstone is
+//! purged after its TTL only once every peer is known to hold it: by ack for
+//! our own deletes, by a complete round since it arrived for remote ones.
 
 pub mod anti_entropy;
 pub mod log;
 pub mod manager;
 pub mod peer;
+pub mod repair;
+pub mod stream;
 
 pub use manager::{Ctx, PeerManager, PeerView};

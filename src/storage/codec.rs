@@ -54,26 +54,47 @@ pub fn version_from_proto(v: proto::Version) -> Version {
     }
 }
 
-/// Encodes the value of a `data` entry.
-pub fn encode_entry(e: &Entry) -> Vec<u8> {
+/// Encodes the value of a `data` entry. `applied_ms` (when this node applied
+/// it) is kept for tombstones only: tombstone collection needs it, values not.
+pub fn encode_entry(e: &Entry, applied_ms: u64) -> Vec<u8> {
     proto::StoredEntry {
         version: Some(version_to_proto(&e.version)),
         value: e.value.clone(),
+        applied_ms: if e.is_tombstone() { applied_ms } else { 0 },
     }
     .encode_to_vec()
 }
 
 /// Decodes the value of a `data` entry.
 pub fn decode_entry(bytes: &[u8]) -> Result<Entry> {
+    decode_stored(bytes).map(|(e, _)| e)
+}
+
+/// Decodes a `data` entry with the moment it was applied (0 for values).
+pub fn decode_stored(bytes: &[u8]) -> Result<(Entry, u64)> {
     let stored = proto::StoredEntry::decode(bytes)
         .map_err(|e| Error::Corrupt(format!("data entry: {e}")))?;
     let version = stored
         .version
         .ok_or_else(|| Error::Corrupt("data entry without a version".into()))?;
-    Ok(Entry {
-        version: version_from_proto(version),
-        value: stored.value,
-    })
+    Ok((
+        Entry {
+            version: version_from_proto(version),
+            value: stored.value,
+        },
+        stored.applied_ms,
+    ))
+}
+
+/// Decodes only the version of a `data` entry; the value is skipped, never
+/// copied, so comparisons over many keys do not hold their values.
+pub fn decode_version(bytes: &[u8]) -> Result<Version> {
+    let stored = proto::StoredVersion::decode(bytes)
+        .map_err(|e| Error::Corrupt(format!("data entry: {e}")))?;
+    stored
+        .version
+        .map(version_from_proto)
+        .ok_or_else(|| Error::Corrupt("data entry without a version".into()))
 }
 
 /// A key and entry as the protobuf mutation shipped to peers and logged.
@@ -99,7 +120,11 @@ mod tests {
                 },
                 value,
             };
-            assert_eq!(decode_entry(&encode_entry(&e)).unwrap(), e);
+            let bytes = encode_entry(&e, 99);
+            assert_eq!(decode_entry(&bytes).unwrap(), e);
+            assert_eq!(decode_version(&bytes).unwrap(), e.version);
+            let applied = decode_stored(&bytes).unwrap().1;
+            assert_eq!(applied, if e.is_tombstone() { 99 } else { 0 });
         }
     }
 
@@ -122,5 +147,7 @@ mod tests {
     fn garbage_is_corrupt_not_a_panic() {
         assert!(decode_entry(&[0xff, 0xff, 0xff]).is_err());
         assert!(decode_entry(&[]).is_err()); // no version
+        assert!(decode_version(&[0xff, 0xff]).is_err());
+        assert!(decode_version(&[]).is_err());
     }
 }

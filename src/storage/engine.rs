@@ -15,13 +15,18 @@ use crate::{
     error::{Error, Result},
     proto,
     storage::{codec, digest::Digests, lock::DirLock},
-    version::Entry,
+    version::{Entry, Version},
 };
 
 const META_HLC: &[u8] = b"hlc";
 const META_LAST_SEQ: &[u8] = b"last_seq";
 const META_NODE_ID: &[u8] = b"node_id";
 const META_CLUSTER_ID: &[u8] = b"cluster_id";
+const CURSOR_PREFIX: &str = "cursor/";
+
+fn cursor_key(peer: &str) -> String {
+    format!("{CURSOR_PREFIX}{peer}")
+}
 
 /// The open storage of one node. Reads go straight to the engine (it is
 /// thread-safe); every write goes through the [`writer`](super::writer).
@@ -138,10 +143,10 @@ impl Store {
         let mut keys = 0u64;
         for kv in data.iter() {
             let (k, v) = kv.into_inner()?;
-            let entry = codec::decode_entry(&v)?;
+            let version = codec::decode_version(&v)?;
             let key = codec::user_key(&k)?;
-            high_water = high_water.max(entry.version.hlc);
-            digests.replace(key.as_bytes(), None, &entry.version);
+            high_water = high_water.max(version.hlc);
+            digests.replace(key.as_bytes(), None, &version);
             keys += 1;
         }
         db.persist(PersistMode::SyncAll)?;
@@ -190,10 +195,12 @@ impl Store {
             .max(self.log_start.load(Ordering::Acquire));
         for kv in self.log.range(codec::log_key(from)..) {
             let (k, v) = kv.into_inner()?;
-            if !out.is_empty() && (out.len() >= max_entries || bytes + v.len() > max_bytes) {
+            // As framed in a `repeated Mutation` field: tag, length, record.
+            let framed = 1 + prost::encoding::encoded_len_varint(v.len() as u64) + v.len();
+            if !out.is_empty() && (out.len() >= max_entries || bytes + framed > max_bytes) {
                 break;
             }
-            bytes += v.len();
+            bytes += framed;
             let m = proto::Mutation::decode(v.as_ref())
                 .map_err(|e| Error::Corrupt(format!("log record: {e}")))?;
             out.push((codec::log_seq(&k)?, m));
@@ -291,31 +298,92 @@ impl Store {
 
     /// The persisted cursor of a peer: the highest seq it acknowledged.
     pub fn cursor(&self, peer: &str) -> Result<u64> {
-        Ok(read_u64(&self.meta, format!("cursor/{peer}").as_bytes())?.unwrap_or(0))
+        Ok(read_u64(&self.meta, cursor_key(peer).as_bytes())?.unwrap_or(0))
     }
 
-    /// Persists a peer's cursor without a sync: replay after a crash is harmless.
-    pub fn set_cursor(&self, peer: &str, seq: u64) -> Result<()> {
-        Ok(self
-            .meta
-            .insert(format!("cursor/{peer}"), seq.to_be_bytes().to_vec())?)
+    /// Adds a peer's cursor to a writer batch. Cursors ride along with writes
+    /// (or in a batch of their own that is not synced): losing one to a crash
+    /// only means re-sending records the merge ignores.
+    pub(crate) fn batch_cursor(&self, batch: &mut fjall::OwnedWriteBatch, peer: &str, seq: u64) {
+        batch.insert(&self.meta, cursor_key(peer), seq.to_be_bytes().to_vec());
     }
 
-    /// Every entry in one anti-entropy bucket.
-    pub fn bucket(&self, bucket: u16) -> Result<Vec<(String, Entry)>> {
+    /// The peers that have a persisted cursor.
+    pub fn cursor_peers(&self) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        for kv in self.data.prefix(bucket.to_be_bytes()) {
-            let (k, v) = kv.into_inner()?;
-            out.push((codec::user_key(&k)?, codec::decode_entry(&v)?));
+        for kv in self.meta.prefix(CURSOR_PREFIX) {
+            let k = kv.key()?;
+            out.push(String::from_utf8_lossy(&k[CURSOR_PREFIX.len()..]).into_owned());
         }
         Ok(out)
     }
 
-    /// Every entry, in storage order: for dumps and tombstone collection.
-    pub fn for_each(&self, mut f: impl FnMut(String, Entry) -> Result<()>) -> Result<()> {
+    /// Forgets a decommissioned peer's cursor. Only at start-up, before the
+    /// writer runs.
+    pub fn remove_cursor(&self, peer: &str) -> Result<()> {
+        Ok(self.meta.remove(cursor_key(peer))?)
+    }
+
+    /// `(key, version)` of every entry in `buckets`, in order, bucket by bucket;
+    /// stops after the bucket where the pairs' encoded size passes `budget`.
+    /// Returns the pairs and how many buckets they cover (at least one, if
+    /// any were asked for). Values are never decoded.
+    pub fn bucket_versions(
+        &self,
+        buckets: &[u16],
+        budget: usize,
+    ) -> Result<(Vec<(String, Version)>, usize)> {
+        let (mut out, mut bytes, mut covered) = (Vec::new(), 0usize, 0usize);
+        for b in buckets {
+            if covered > 0 && bytes > budget {
+                break;
+            }
+            for kv in self.data.prefix(b.to_be_bytes()) {
+                let (k, v) = kv.into_inner()?;
+                let key = codec::user_key(&k)?;
+                let version = codec::decode_version(&v)?;
+                // Key, hlc, node id and framing, as a KeyVersion on the wire.
+                bytes += key.len() + version.node.len() + 24;
+                out.push((key, version));
+            }
+            covered += 1;
+        }
+        Ok((out, covered))
+    }
+
+    /// Up to `max` entries in storage order after the data key `after` (from
+    /// the start if `None`), each with its data key to resume from: a scan in
+    /// chunks that holds nothing open between them.
+    pub fn scan_after(
+        &self,
+        after: Option<&[u8]>,
+        max: usize,
+    ) -> Result<Vec<(Vec<u8>, String, Entry)>> {
+        use std::ops::Bound;
+        let lower = match after {
+            Some(k) => Bound::Excluded(k.to_vec()),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for kv in self.data.range::<Vec<u8>, _>((lower, Bound::Unbounded)) {
+            let (k, v) = kv.into_inner()?;
+            out.push((k.to_vec(), codec::user_key(&k)?, codec::decode_entry(&v)?));
+            if out.len() >= max {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every entry with the moment it was applied (tombstones only; 0 for
+    /// values), in storage order, until `f` returns `Ok(false)`.
+    pub fn for_each(&self, mut f: impl FnMut(String, Entry, u64) -> Result<bool>) -> Result<()> {
         for kv in self.data.iter() {
             let (k, v) = kv.into_inner()?;
-            f(codec::user_key(&k)?, codec::decode_entry(&v)?)?;
+            let (entry, applied_ms) = codec::decode_stored(&v)?;
+            if !f(codec::user_key(&k)?, entry, applied_ms)? {
+                break;
+            }
         }
         Ok(())
     }

@@ -11,16 +11,18 @@
 //! - `meta`: the HLC high-water mark, the last log seq, the node and cluster
 //!   ids the directory belongs to, and (with replication) the peer cursors.
 //!
-//! Every mutation goes through one [`writer`] thread. It drains all pending
-//! requests into one batch, stamps local writes with the HLC, merges remote
-//! ones with last-writer-wins, commits once and syncs once (group commit),
-//! then answers everyone. Having a single writer makes read-modify-write
+//! Every mutation goes through one [`writer`] thread, admitted through two
+//! [`admission`] lanes so that clients filling theirs never shed peers. It
+//! drains all pending requests into one batch, stamps local writes with the
+//! HLC, merges remote ones with last-writer-wins, commits once and syncs once
+//! (group commit), then answers everyone. Having a single writer makes read-modify-write
 //! merges race-free and lets the clock live without a lock.
 //!
 //! A storage failure poisons the engine. The writer then refuses every write
 //! with UNAVAILABLE and the node reports NOT_SERVING: it fails stop rather than
 //! carry on after a sync it cannot trust, but stays up to be inspected.
 
+pub mod admission;
 pub mod codec;
 pub mod digest;
 mod engine;

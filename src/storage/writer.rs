@@ -5,6 +5,11 @@
 //! all in one atomic batch, syncs once according to the fsync mode, and only
 //! then answers. Concurrent clients therefore share one fsync. It runs on its
 //! own OS thread because commits block on disk I/O.
+//!
+//! Admission goes through two [lanes](super::admission): clients are shed
+//! with RESOURCE_EXHAUSTED when theirs is full, peer traffic waits in its own.
+//! Peer cursors ride along in the batches (or in a batch of their own that is
+//! not synced), so no runtime worker ever waits on the journal for them.
 
 use std::{collections::HashMap, sync::Arc, thread, time::Duration};
 
@@ -17,7 +22,10 @@ use crate::{
     clock::{physical_ms, Hlc, PhysicalClock},
     config::FsyncMode,
     error::{Error, Result},
-    storage::{codec, Recovered, Store},
+    storage::{
+        admission::{Lane, LaneLimits, Permit},
+        codec, Recovered, Store,
+    },
     version::{Entry, NodeId, Version},
 };
 
@@ -28,8 +36,10 @@ pub struct WriterOptions {
     pub node_id: NodeId,
     /// When commits are synced.
     pub fsync: FsyncMode,
-    /// Capacity of the request channel.
-    pub queue_depth: usize,
+    /// Client writes admitted and not yet answered.
+    pub clients: LaneLimits,
+    /// Peer batches and repairs admitted and not yet answered.
+    pub peers: LaneLimits,
     /// The most requests in one group commit.
     pub max_batch: usize,
     /// Remote timestamps further ahead of our wall clock than this are logged.
@@ -38,9 +48,15 @@ pub struct WriterOptions {
     pub tombstone_ttl: Duration,
 }
 
+/// Room in the channel beyond the two lanes, for internal requests (purges,
+/// cursors, close), which are few and never shed.
+const INTERNAL_ROOM: usize = 64;
+
 /// What travels over the writer's channel.
 enum Msg {
     Request(Command),
+    /// Persist a peer's cursor with the next batch.
+    Cursor(String, u64),
     /// Stop taking requests; commit what is queued, sync and exit.
     Close,
 }
@@ -50,14 +66,18 @@ enum Command {
     Local {
         writes: Vec<(String, Option<Vec<u8>>)>,
         reply: oneshot::Sender<Result<Vec<Version>>>,
+        _permit: Option<Permit>,
     },
     Remote {
         mutations: Vec<(String, Entry)>,
         reply: oneshot::Sender<Result<u64>>,
+        _permit: Option<Permit>,
     },
-    /// Remove tombstones, each only if it is still the key's current version.
-    Purge {
-        tombstones: Vec<(String, Version)>,
+    /// Remove entries, each only if the key still holds exactly that version
+    /// (and, with `only_tombstones`, only if it is a tombstone).
+    Forget {
+        entries: Vec<(String, Version)>,
+        only_tombstones: bool,
         reply: oneshot::Sender<Result<u64>>,
     },
 }
@@ -66,68 +86,99 @@ enum Command {
 #[derive(Clone, Debug)]
 pub struct WriterHandle {
     tx: mpsc::Sender<Msg>,
-    queue_depth: usize,
+    clients: Lane,
+    peers: Lane,
+}
+
+/// Bytes a request holds in the queue, for the lanes: keys, values and a
+/// fixed overhead per item.
+fn local_bytes(writes: &[(String, Option<Vec<u8>>)]) -> usize {
+    writes
+        .iter()
+        .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 64)
+        .sum()
+}
+
+fn remote_bytes(mutations: &[(String, Entry)]) -> usize {
+    mutations
+        .iter()
+        .map(|(k, e)| k.len() + e.value.as_ref().map_or(0, Vec::len) + e.version.node.len() + 64)
+        .sum()
 }
 
 impl WriterHandle {
     /// Writes `value` (or a tombstone, for `None`) under a new local version,
     /// and returns once it is committed per the fsync mode.
     pub async fn write(&self, key: String, value: Option<Vec<u8>>) -> Result<Version> {
-        let writes = vec![(key, value)];
-        let mut versions = self
-            .call(false, |reply| Command::Local { writes, reply })
-            .await?;
+        let mut versions = self.write_batch(vec![(key, value)]).await?;
         versions
             .pop()
             .ok_or_else(|| Error::Corrupt("the writer answered a write with no version".into()))
     }
 
     /// Writes many keys in one group commit; one version per write, in order.
+    /// A full client lane is an immediate [`Error::Overloaded`].
     pub async fn write_batch(
         &self,
         writes: Vec<(String, Option<Vec<u8>>)>,
     ) -> Result<Vec<Version>> {
-        self.call(false, |reply| Command::Local { writes, reply })
-            .await
+        let permit = self.clients.try_admit(local_bytes(&writes))?;
+        self.call(|reply| Command::Local {
+            writes,
+            reply,
+            _permit: Some(permit),
+        })
+        .await
     }
 
     /// Merges remote entries with last-writer-wins; returns how many won.
+    /// Waits for room in the peer lane, which clients cannot fill.
     pub async fn apply(&self, mutations: Vec<(String, Entry)>) -> Result<u64> {
-        self.call(false, |reply| Command::Remote { mutations, reply })
-            .await
-    }
-
-    /// Like [`apply`](Self::apply), but waits for room in the queue instead of
-    /// failing: for internal repair traffic, which must not be shed.
-    pub async fn apply_queued(&self, mutations: Vec<(String, Entry)>) -> Result<u64> {
-        self.call(true, |reply| Command::Remote { mutations, reply })
-            .await
+        let permit = self.peers.admit(remote_bytes(&mutations)).await?;
+        self.call(|reply| Command::Remote {
+            mutations,
+            reply,
+            _permit: Some(permit),
+        })
+        .await
     }
 
     /// Purges tombstones that are still current; returns how many went.
     pub async fn purge(&self, tombstones: Vec<(String, Version)>) -> Result<u64> {
-        self.call(true, |reply| Command::Purge { tombstones, reply })
-            .await
+        self.call(|reply| Command::Forget {
+            entries: tombstones,
+            only_tombstones: true,
+            reply,
+        })
+        .await
     }
 
-    /// Sends a command and waits for its answer. Without `wait`, a full queue
-    /// is an immediate [`Error::Overloaded`] (client traffic is shed, never
-    /// queued without bound); with it, the caller waits for room.
-    async fn call<T>(
-        &self,
-        wait: bool,
-        make: impl FnOnce(oneshot::Sender<Result<T>>) -> Command,
-    ) -> Result<T> {
+    /// Drops entries (values or tombstones) still at these versions, with no
+    /// tombstone left behind: for a node catching up, whose old copies its
+    /// peers no longer hold. Returns how many went.
+    pub async fn forget(&self, entries: Vec<(String, Version)>) -> Result<u64> {
+        self.call(|reply| Command::Forget {
+            entries,
+            only_tombstones: false,
+            reply,
+        })
+        .await
+    }
+
+    /// Records a peer's cursor; it is persisted with the next batch. Never
+    /// waits: if the queue is full the next acknowledgement records it again.
+    pub fn save_cursor(&self, peer: &str, seq: u64) {
+        let _ = self.tx.try_send(Msg::Cursor(peer.to_string(), seq));
+    }
+
+    /// Sends a command and waits for its answer. Admission happened before:
+    /// the lanes bound what is queued, so this waits only for internal room.
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Command) -> Result<T> {
         let (reply, rx) = oneshot::channel();
-        let cmd = make(reply);
-        if wait {
-            self.tx
-                .send(Msg::Request(cmd))
-                .await
-                .map_err(|_| stopped())?;
-        } else {
-            self.submit(cmd)?;
-        }
+        self.tx
+            .send(Msg::Request(make(reply)))
+            .await
+            .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
 
@@ -136,16 +187,6 @@ impl WriterHandle {
     /// drained in time may still hold handles.
     pub async fn close(&self) {
         let _ = self.tx.send(Msg::Close).await;
-    }
-
-    fn submit(&self, cmd: Command) -> Result<()> {
-        self.tx.try_send(Msg::Request(cmd)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => Error::Overloaded(format!(
-                "write queue is full ({} pending, limits.write_queue_depth); retry with backoff",
-                self.queue_depth
-            )),
-            mpsc::error::TrySendError::Closed(_) => stopped(),
-        })
     }
 }
 
@@ -163,12 +204,11 @@ pub fn spawn(
     opts: WriterOptions,
     fatal: CancellationToken,
 ) -> Result<(WriterHandle, watch::Receiver<u64>, thread::JoinHandle<()>)> {
-    let (tx, rx) = mpsc::channel(opts.queue_depth);
+    let clients = Lane::new(opts.clients, "limits.write_queue_depth/write_queue_bytes");
+    let peers = Lane::new(opts.peers, "limits.peer_queue_depth/peer_queue_bytes");
+    let (tx, rx) = mpsc::channel(clients.max_requests() + peers.max_requests() + INTERNAL_ROOM);
     let (seq_tx, seq_rx) = watch::channel(recovered.last_seq);
-    let handle = WriterHandle {
-        tx,
-        queue_depth: opts.queue_depth,
-    };
+    let handle = WriterHandle { tx, clients, peers };
     let writer = Writer {
         hlc: Hlc::new(clock, recovered.high_water),
         last_seq: recovered.last_seq,
@@ -177,6 +217,7 @@ pub fn spawn(
         seq_tx,
         fatal,
         failed: None,
+        cursors: HashMap::new(),
     };
     let thread = thread::Builder::new()
         .name("meshkv-writer".into())
@@ -194,6 +235,8 @@ struct Writer {
     fatal: CancellationToken,
     /// Set after a failed commit: every later write is refused with this.
     failed: Option<String>,
+    /// Peer cursors to persist with the next batch.
+    cursors: HashMap<String, u64>,
 }
 
 /// How one key's state changed within a batch.
@@ -213,20 +256,27 @@ enum Outcome {
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         let mut cmds = Vec::with_capacity(self.opts.max_batch);
-        let take = |msg: Msg, cmds: &mut Vec<Command>, rx: &mut mpsc::Receiver<Msg>| match msg {
+        let take = |msg: Msg,
+                    cmds: &mut Vec<Command>,
+                    cursors: &mut HashMap<String, u64>,
+                    rx: &mut mpsc::Receiver<Msg>| match msg {
             // Later receives still return what is buffered, then None.
             Msg::Close => rx.close(),
+            Msg::Cursor(peer, seq) => {
+                let c = cursors.entry(peer).or_insert(seq);
+                *c = (*c).max(seq);
+            }
             Msg::Request(cmd) => cmds.push(cmd),
         };
         while let Some(first) = rx.blocking_recv() {
-            take(first, &mut cmds, &mut rx);
+            take(first, &mut cmds, &mut self.cursors, &mut rx);
             while cmds.len() < self.opts.max_batch {
                 match rx.try_recv() {
-                    Ok(c) => take(c, &mut cmds, &mut rx),
+                    Ok(c) => take(c, &mut cmds, &mut self.cursors, &mut rx),
                     Err(_) => break,
                 }
             }
-            if cmds.is_empty() {
+            if cmds.is_empty() && self.cursors.is_empty() {
                 continue;
             }
             let result = match &self.failed {
@@ -241,7 +291,7 @@ impl Writer {
                                 let _ = reply.send(Ok(v));
                             }
                             (Command::Remote { reply, .. }, Outcome::Count(n))
-                            | (Command::Purge { reply, .. }, Outcome::Count(n)) => {
+                            | (Command::Forget { reply, .. }, Outcome::Count(n)) => {
                                 let _ = reply.send(Ok(n));
                             }
                             _ => unreachable!("outcomes are built in command order"),
@@ -249,11 +299,12 @@ impl Writer {
                     }
                 }
                 Err(why) => {
+                    self.cursors.clear();
                     for cmd in cmds.drain(..) {
                         let err = || Error::Unavailable(why.clone());
                         match cmd {
                             Command::Local { reply, .. } => drop(reply.send(Err(err()))),
-                            Command::Remote { reply, .. } | Command::Purge { reply, .. } => {
+                            Command::Remote { reply, .. } | Command::Forget { reply, .. } => {
                                 drop(reply.send(Err(err())))
                             }
                         }
@@ -318,7 +369,7 @@ impl Writer {
                         batch.insert(
                             &store.data,
                             codec::data_key(key),
-                            codec::encode_entry(&entry),
+                            codec::encode_entry(&entry, now_ms),
                         );
                         let record = codec::to_mutation(key, &entry).encode_to_vec();
                         log_bytes += record.len() as u64;
@@ -335,13 +386,20 @@ impl Writer {
                 }
                 Command::Remote { mutations, .. } => {
                     let mut applied = 0;
+                    let mut warned = false;
                     for (key, entry) in mutations {
+                        // Applied and observed however far ahead it is (below
+                        // the wire's ceiling): refusing it would cut its origin
+                        // off for as long as its lead lasts. See DESIGN "Clock skew".
                         let ahead_ms = self.hlc.observe(entry.version.hlc);
                         if ahead_ms > self.opts.max_clock_skew.as_millis() as u64 {
-                            tracing::warn!(
-                                key = %key, version = %entry.version, ahead_ms,
-                                "remote version is far ahead of the local clock; applied anyway"
-                            );
+                            if !warned {
+                                tracing::warn!(
+                                    key = %key, version = %entry.version, ahead_ms,
+                                    "remote version is far ahead of the local clock; applied anyway"
+                                );
+                                warned = true;
+                            }
                             crate::metrics::clock_skew_event();
                         }
                         let old = self.current(&overlay, key)?;
@@ -365,7 +423,7 @@ impl Writer {
                         batch.insert(
                             &store.data,
                             codec::data_key(key),
-                            codec::encode_entry(entry),
+                            codec::encode_entry(entry, now_ms),
                         );
                         changes.push(DigestChange::Replace(
                             key.clone(),
@@ -377,11 +435,18 @@ impl Writer {
                     }
                     outcomes.push(Outcome::Count(applied));
                 }
-                Command::Purge { tombstones, .. } => {
+                Command::Forget {
+                    entries,
+                    only_tombstones,
+                    ..
+                } => {
                     let mut purged = 0;
-                    for (key, version) in tombstones {
+                    for (key, version) in entries {
                         let current = self.current(&overlay, key)?;
-                        if current.is_some_and(|c| c.is_tombstone() && &c.version == version) {
+                        let matches = current.is_some_and(|c| {
+                            &c.version == version && (c.is_tombstone() || !*only_tombstones)
+                        });
+                        if matches {
                             batch.remove(&store.data, codec::data_key(key));
                             changes.push(DigestChange::Remove(key.clone(), version.clone()));
                             overlay.insert(key.clone(), None);
@@ -394,7 +459,12 @@ impl Writer {
         }
 
         store.batch_meta(&mut batch, self.hlc.high_water(), seq);
+        for (peer, cursor) in self.cursors.drain() {
+            store.batch_cursor(&mut batch, &peer, cursor);
+        }
         let durability = match self.opts.fsync {
+            // A batch of cursors alone needs no sync: losing one re-sends records.
+            FsyncMode::Always if changes.is_empty() && outcomes.is_empty() => PersistMode::Buffer,
             FsyncMode::Always => PersistMode::SyncAll,
             // Hand the bytes to the OS so that a crash of the process alone loses nothing.
             FsyncMode::Periodic | FsyncMode::Never => PersistMode::Buffer,
@@ -434,23 +504,26 @@ impl Writer {
     }
 }
 
-/// Syncs every `interval` for `fsync = "periodic"` until `shutdown`.
+/// Syncs every `interval` for `fsync = "periodic"` until `stop`. The server
+/// cancels `stop` only after the writer thread has exited, so that writes
+/// committed while shutdown drains are synced on schedule too (the writer
+/// syncs once more as it exits).
 pub async fn periodic_sync(
-    store: Arc<Store>,
+    sync: impl Fn() -> Result<()> + Send + Sync + Clone + 'static,
     interval: Duration,
     fatal: CancellationToken,
-    shutdown: CancellationToken,
+    stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             _ = fatal.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let s = Arc::clone(&store);
-        match tokio::task::spawn_blocking(move || s.sync()).await {
+        let s = sync.clone();
+        match tokio::task::spawn_blocking(s).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "periodic sync failed: failing stop for writes");
@@ -475,7 +548,14 @@ mod tests {
         WriterOptions {
             node_id: "n1".into(),
             fsync: FsyncMode::Always,
-            queue_depth,
+            clients: LaneLimits {
+                requests: queue_depth,
+                bytes: 1 << 20,
+            },
+            peers: LaneLimits {
+                requests: queue_depth,
+                bytes: 1 << 20,
+            },
             max_batch: 64,
             max_clock_skew: Duration::from_secs(60),
             tombstone_ttl: Duration::from_secs(3600),
@@ -646,6 +726,7 @@ mod tests {
             seq_tx: watch::channel(0).0,
             fatal: CancellationToken::new(),
             failed: None,
+            cursors: HashMap::new(),
         }
     }
 
@@ -654,10 +735,10 @@ mod tests {
         let mut d = crate::storage::Digests::default();
         let mut n = 0;
         store
-            .for_each(|k, e| {
+            .for_each(|k, e, _| {
                 d.replace(k.as_bytes(), None, &e.version);
                 n += 1;
-                Ok(())
+                Ok(true)
             })
             .unwrap();
         (d, n)
@@ -671,6 +752,7 @@ mod tests {
         let local = |k: &str, v: Option<&[u8]>| Command::Local {
             writes: vec![(k.into(), v.map(<[u8]>::to_vec))],
             reply: oneshot::channel().0,
+            _permit: None,
         };
         w.commit(&mut [
             local("k", Some(b"a")),
@@ -681,8 +763,9 @@ mod tests {
         let tomb = store.get("k").unwrap().unwrap();
         assert!(tomb.is_tombstone());
         // In one batch: purge the tombstone, then write the key again.
-        let purge = Command::Purge {
-            tombstones: vec![("k".into(), tomb.version.clone())],
+        let purge = Command::Forget {
+            entries: vec![("k".into(), tomb.version.clone())],
+            only_tombstones: true,
             reply: oneshot::channel().0,
         };
         w.commit(&mut [purge, local("k", Some(b"b"))]).unwrap();
@@ -711,6 +794,7 @@ mod tests {
         let remote = |key: &str, e: Entry| Command::Remote {
             mutations: vec![(key.into(), e)],
             reply: oneshot::channel().0,
+            _permit: None,
         };
         // Long ago: a value, then its delete, both far older than the TTL.
         w.commit(&mut [remote("old", at(1_000, Some(b"v")))])
@@ -740,27 +824,126 @@ mod tests {
         assert!(store.get("fresh").unwrap().unwrap().is_tombstone());
     }
 
-    #[test]
-    fn a_full_queue_is_overload_not_a_wait() {
-        let (tx, _rx) = mpsc::channel(1);
-        let h = WriterHandle { tx, queue_depth: 1 };
-        let (r1, _k1) = oneshot::channel();
-        let (r2, _k2) = oneshot::channel();
-        h.submit(Command::Local {
-            writes: vec![("a".into(), None)],
-            reply: r1,
-        })
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_lane_full_of_writes_does_not_shed_peer_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, rec) = open(dir.path());
+        let mut o = opts(2);
+        o.clients.requests = 1;
+        let (w, _s, t) = spawn(
+            store.clone(),
+            &rec,
+            Arc::new(SystemClock),
+            o,
+            CancellationToken::new(),
+        )
         .unwrap();
-        let err = h
-            .submit(Command::Local {
-                writes: vec![("b".into(), None)],
-                reply: r2,
-            })
-            .unwrap_err();
+        // Hold the only client slot, as a flood of clients would.
+        let _held = w.clients.try_admit(1).unwrap();
+        let err = w.write("c".into(), Some(vec![1])).await.unwrap_err();
         assert!(matches!(err, Error::Overloaded(_)), "{err}");
         assert_eq!(
             tonic::Status::from(err).code(),
             tonic::Code::ResourceExhausted
         );
+        let remote = Entry {
+            version: Version {
+                hlc: 7,
+                node: "n2".into(),
+            },
+            value: Some(b"r".to_vec()),
+        };
+        let applied =
+            tokio::time::timeout(Duration::from_secs(10), w.apply(vec![("r".into(), remote)]))
+                .await
+                .expect("a peer batch waited on the client lane")
+                .unwrap();
+        assert_eq!(applied, 1);
+        drop(w);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_remote_version_years_ahead_is_applied_and_later_local_writes_still_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, rec) = open(dir.path());
+        let now = 1_800_000_000_000u64;
+        let clock = Arc::new(crate::clock::tests::ManualClock(
+            std::sync::atomic::AtomicU64::new(now),
+        ));
+        let mut w = bare_writer(store.clone(), &rec, clock.clone());
+        // A peer whose clock ran two years ahead, and was then fixed: its
+        // persisted high-water mark keeps its versions in the future.
+        let ahead = crate::clock::from_physical_ms(now + 2 * 365 * 24 * 3600 * 1000);
+        let remote = Entry {
+            version: Version {
+                hlc: ahead,
+                node: "n2".into(),
+            },
+            value: Some(b"future".to_vec()),
+        };
+        w.commit(&mut [Command::Remote {
+            mutations: vec![("k".into(), remote.clone())],
+            reply: oneshot::channel().0,
+            _permit: None,
+        }])
+        .unwrap();
+        assert_eq!(store.get("k").unwrap(), Some(remote.clone()));
+        let mut out = w
+            .commit(&mut [Command::Local {
+                writes: vec![("k".into(), Some(b"mine".to_vec()))],
+                reply: oneshot::channel().0,
+                _permit: None,
+            }])
+            .unwrap();
+        let Some(Outcome::Local(v)) = out.pop() else {
+            panic!("a local outcome")
+        };
+        assert!(
+            v[0] > remote.version,
+            "the clock observed the future version"
+        );
+        assert_eq!(
+            store.get("k").unwrap().unwrap().value.as_deref(),
+            Some(&b"mine"[..])
+        );
+    }
+
+    #[test]
+    fn cursors_ride_along_and_a_batch_of_cursors_alone_is_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, rec) = open(dir.path());
+        let mut w = bare_writer(store.clone(), &rec, Arc::new(SystemClock));
+        w.cursors.insert("n2".into(), 42);
+        w.commit(&mut []).unwrap();
+        assert_eq!(store.cursor("n2").unwrap(), 42);
+        assert!(w.cursors.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn periodic_sync_runs_until_stopped_not_until_shutdown_begins() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let syncs = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&syncs);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(periodic_sync(
+            move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            },
+            Duration::from_millis(100),
+            CancellationToken::new(),
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(1050)).await;
+        let before = syncs.load(Ordering::SeqCst);
+        assert!(before >= 5, "{before} syncs in a second");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert!(
+            syncs.load(Ordering::SeqCst) > before,
+            "still syncing until stopped"
+        );
+        stop.cancel();
+        task.await.unwrap();
     }
 }
