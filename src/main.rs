@@ -37,8 +37,12 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = config::load(args.config.as_deref(), std::env::vars(), args.overrides())?;
+    let config::Loaded { config, warnings } =
+        config::load(args.config.as_deref(), std::env::vars(), args.overrides())?;
     init_tracing(config.log_format);
+    for warning in &warnings {
+        tracing::warn!("{warning}");
+    }
     let rt = runtime()?;
     rt.block_on(async {
         let shutdown = CancellationToken::new();

@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{run_cli, Node};
+use common::{run_cli, run_cli_env, Node};
 use meshkv::proto;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -353,6 +353,44 @@ fn a_bad_config_fails_at_start_up_naming_file_key_and_reason() {
     let (status, _, err) = run_cli(&["serve", "--node-id", "n1", "--peer", "n1=http://x:1"]);
     assert_eq!(status.code(), Some(2));
     assert!(err.contains("itself"), "{err}");
+}
+
+#[tokio::test]
+async fn stray_meshkv_variables_are_logged_warnings_not_fatal() {
+    let tmp = tempfile::tempdir().unwrap();
+    // What a shell profile or a Kubernetes service named meshkv leaves behind.
+    let mut node = Node::new(tmp.path(), "node1")
+        .env("MESHKV_BIN", "/usr/local/bin/meshkv")
+        .env("MESHKV_PORT", "tcp://10.96.0.12:50051")
+        .env("MESHKV_SERVICE_HOST", "10.96.0.12")
+        .env("MESHKV_STORAGE__FSNYC", "never");
+    node.start().await;
+    still_serves(&node).await;
+    let log = node.log();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"level\":\"WARN\""))
+        .collect();
+    for name in ["MESHKV_BIN", "MESHKV_PORT", "MESHKV_SERVICE_HOST"] {
+        assert!(
+            warnings.iter().any(|l| l.contains(name)),
+            "no warning names {name}:\n{log}"
+        );
+    }
+    assert!(
+        warnings
+            .iter()
+            .any(|l| l.contains("MESHKV_STORAGE__FSNYC") && l.contains("MESHKV_STORAGE__FSYNC")),
+        "the typo's warning does not name the known key:\n{log}"
+    );
+
+    // A known variable with a bad value still stops start-up, by name.
+    let (status, _, err) = run_cli_env(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[("MESHKV_STORAGE__FSYNC", "sometimes")],
+    );
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("MESHKV_STORAGE__FSYNC"), "{err}");
 }
 
 #[tokio::test]

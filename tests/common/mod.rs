@@ -290,10 +290,16 @@ pub fn kv_at(url: &str) -> KvClient<Channel> {
 
 /// Runs `meshkv` with arguments to completion, returning (status, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (ExitStatus, String, String) {
+    run_cli_env(args, &[])
+}
+
+/// Like [`run_cli`], with extra environment variables.
+pub fn run_cli_env(args: &[&str], envs: &[(&str, &str)]) -> (ExitStatus, String, String) {
     let out = Command::new(BIN)
         .args(args)
         .env_remove("MESHKV_CONFIG")
         .env_remove("MESHKV_ENDPOINT")
+        .envs(envs.iter().copied())
         .output()
         .unwrap();
     (
