@@ -125,18 +125,68 @@ pub struct ClientArgs {
         default_value = "http://127.0.0.1:50051"
     )]
     pub endpoint: String,
-    /// Deadline for the request, in seconds.
-    #[arg(long, default_value_t = 10)]
-    pub timeout_secs: u64,
+    /// Deadline for the request: 500ms, 5s, 2m; a bare number is seconds.
+    #[arg(
+        long,
+        alias = "timeout-secs",
+        value_parser = parse_duration,
+        default_value = "10s"
+    )]
+    pub timeout: Duration,
+}
+
+/// Parses a duration flag: a number with a unit of `ms`, `s`, `m` or `h`
+/// (`500ms`, `5s`, `1.5m`, `1h`), or a bare number of seconds (`10`,
+/// `0.5`), so that flags that took seconds before keep their meaning.
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let bad = || {
+        format!(
+            "{s:?} is not a duration; write a number with a unit of ms, s, m or h \
+             (500ms, 5s, 2m, 1h), or a number of seconds"
+        )
+    };
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let unit_nanos: u64 = match unit.trim_start() {
+        "ms" => 1_000_000,
+        "" | "s" => 1_000_000_000,
+        "m" => 60 * 1_000_000_000,
+        "h" => 3600 * 1_000_000_000,
+        _ => return Err(bad()),
+    };
+    // Whole numbers stay in integers so that 1ms is exactly a millisecond.
+    let nanos = if number.contains('.') {
+        let n: f64 = number.parse().map_err(|_| bad())?;
+        let nanos = (n * unit_nanos as f64).round();
+        if !(0.0..u64::MAX as f64).contains(&nanos) {
+            return Err(format!("{s:?} is too long a duration"));
+        }
+        nanos as u64
+    } else {
+        number
+            .parse::<u64>()
+            .map_err(|_| bad())?
+            .checked_mul(unit_nanos)
+            .ok_or_else(|| format!("{s:?} is too long a duration"))?
+    };
+    Ok(Duration::from_nanos(nanos))
 }
 
 impl ClientArgs {
     /// A lazily-connecting channel to the node.
     pub fn channel(&self) -> Result<Channel> {
+        if self.timeout.is_zero() {
+            return Err(Error::InvalidArgument(
+                "--timeout must be more than 0".into(),
+            ));
+        }
         let endpoint = Endpoint::from_shared(self.endpoint.clone())
             .map_err(|e| Error::InvalidArgument(format!("--endpoint {:?}: {e}", self.endpoint)))?
             .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(self.timeout_secs));
+            .timeout(self.timeout);
         Ok(endpoint.connect_lazy())
     }
 
@@ -327,4 +377,60 @@ pub fn format_status(s: &proto::ClusterStatusResponse) -> String {
 fn show_version(v: Option<&proto::Version>) -> String {
     v.map(|v| format!("{}@{}", v.hlc, v.node_id))
         .unwrap_or_else(|| "(no version)".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units_and_bare_numbers_are_seconds() {
+        let ms = Duration::from_millis;
+        let cases = [
+            ("5s", ms(5_000)),
+            ("500ms", ms(500)),
+            ("1ms", ms(1)),
+            ("2m", ms(120_000)),
+            ("1h", ms(3_600_000)),
+            ("10", ms(10_000)),
+            ("0.5", ms(500)),
+            ("1.5s", ms(1_500)),
+            ("0.25m", ms(15_000)),
+            ("0", Duration::ZERO),
+            (" 3 s ", ms(3_000)),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_duration(text), Ok(want), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn bad_durations_are_refused_with_the_accepted_forms() {
+        for text in [
+            "", "s", "5x", "5sec", "-1s", "1e3", "1.2.3s", "5 m s", "1m30s", "ms5",
+        ] {
+            let err = parse_duration(text).unwrap_err();
+            assert!(err.contains(&format!("{text:?}")), "{err}");
+            assert!(err.contains("500ms, 5s, 2m"), "{err}");
+        }
+        let err = parse_duration("99999999999999999h").unwrap_err();
+        assert!(err.contains("too long"), "{err}");
+    }
+
+    #[test]
+    fn duration_flags_use_the_parser() {
+        let cli = Cli::try_parse_from(["meshkv", "get", "k", "--timeout", "250ms"]).unwrap();
+        let Some(Command::Get { conn, .. }) = cli.command else {
+            panic!("not get");
+        };
+        assert_eq!(conn.timeout, Duration::from_millis(250));
+        // The old spelling and its bare seconds still work.
+        let cli = Cli::try_parse_from(["meshkv", "health", "--timeout-secs", "2"]).unwrap();
+        let Some(Command::Health { conn }) = cli.command else {
+            panic!("not health");
+        };
+        assert_eq!(conn.timeout, Duration::from_secs(2));
+        let err = Cli::try_parse_from(["meshkv", "get", "k", "--timeout", "soon"]).unwrap_err();
+        assert!(err.to_string().contains("not a duration"), "{err}");
+    }
 }

@@ -123,7 +123,7 @@ async fn connect(args: &BenchArgs) -> Result<Vec<Vec<Channel>>> {
         let endpoint = Endpoint::from_shared(url.clone())
             .map_err(|e| Error::InvalidArgument(format!("--endpoint {url:?}: {e}")))?
             .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(args.timeout_secs))
+            .timeout(args.timeout)
             .tcp_nodelay(true);
         let mut chans = Vec::new();
         for _ in 0..args.connections {
@@ -155,7 +155,7 @@ pub async fn run(args: BenchArgs) -> Result<Report> {
     } else {
         match args.requests {
             Some(n) => ProgressBar::new(n),
-            None => ProgressBar::new((args.duration * 10.0).ceil() as u64),
+            None => ProgressBar::new((args.duration.as_secs_f64() * 10.0).ceil() as u64),
         }
     };
     bar.set_style(
@@ -170,16 +170,13 @@ pub async fn run(args: BenchArgs) -> Result<Report> {
         tokio::spawn(lag::probe(
             first,
             others,
-            Duration::from_millis(args.lag_interval_ms),
+            args.probe_interval(),
             stop.clone(),
         ))
     });
 
     let started = Instant::now();
-    let deadline = args
-        .requests
-        .is_none()
-        .then(|| started + Duration::from_secs_f64(args.duration));
+    let deadline = args.requests.is_none().then(|| started + args.duration);
     let pace = args
         .rate
         .map(|r| Duration::from_secs_f64(args.concurrency as f64 / r));
