@@ -215,6 +215,7 @@ pub async fn run_client(command: Command) -> Result<Outcome> {
                 .write(proto::WriteRequest {
                     key,
                     value: value.into_bytes(),
+                    ..Default::default()
                 })
                 .await
                 .map_err(Error::from_peer(&conn.endpoint))?
@@ -225,7 +226,10 @@ pub async fn run_client(command: Command) -> Result<Outcome> {
         Command::Get { key, conn } => {
             let resp = conn
                 .kv()?
-                .read(proto::ReadRequest { key: key.clone() })
+                .read(proto::ReadRequest {
+                    key: key.clone(),
+                    ..Default::default()
+                })
                 .await
                 .map_err(Error::from_peer(&conn.endpoint))?
                 .into_inner();

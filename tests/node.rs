@@ -82,6 +82,72 @@ async fn grpcurl_lists_services_and_drives_write_read_delete_read() {
 }
 
 #[tokio::test]
+async fn grpcurl_writes_and_reads_values_as_text() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = Node::new(tmp.path(), "node1");
+    node.start().await;
+    let addr = node.addr.unwrap().to_string();
+    let call = |method: &str, body: &str| grpcurl(&["-plaintext", "-d", body, &addr, method]);
+
+    let (ok, out) = call(
+        "meshkv.v1.KV/Write",
+        r#"{"key":"greeting","text":"hello, wörld"}"#,
+    );
+    assert!(ok && out.contains("\"nodeId\": \"node1\""), "{out}");
+    let (ok, out) = call("meshkv.v1.KV/Read", r#"{"key":"greeting","asText":true}"#);
+    assert!(ok && out.contains("\"found\": true"), "{out}");
+    assert!(out.contains("\"text\": \"hello, wörld\""), "{out}");
+    assert!(
+        !out.contains("\"value\"") && !out.contains("binary"),
+        "{out}"
+    );
+    // Stored as its UTF-8 bytes: the base64 form reads the same value.
+    let (ok, out) = call("meshkv.v1.KV/Read", r#"{"key":"greeting"}"#);
+    assert!(ok, "{out}");
+    assert!(out.contains("\"value\": \"aGVsbG8sIHfDtnJsZA==\""), "{out}");
+    assert!(!out.contains("\"text\""), "{out}");
+
+    // Both forms in one write is refused.
+    let (ok, out) = call(
+        "meshkv.v1.KV/Write",
+        r#"{"key":"both","value":"aGk=","text":"hi"}"#,
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("InvalidArgument") && out.contains("value and text"),
+        "{out}"
+    );
+
+    // A value that is not UTF-8 stays in value, flagged binary.
+    let (ok, out) = call("meshkv.v1.KV/Write", r#"{"key":"bin","value":"//4A"}"#);
+    assert!(ok, "{out}");
+    let (ok, out) = call("meshkv.v1.KV/Read", r#"{"key":"bin","asText":true}"#);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("\"binary\": true") && out.contains("\"value\": \"//4A\""),
+        "{out}"
+    );
+    assert!(!out.contains("\"text\""), "{out}");
+
+    // WriteBatch items take text too.
+    let (ok, out) = call(
+        "meshkv.v1.KV/WriteBatch",
+        r#"{"writes":[{"key":"b1","text":"one"},{"key":"b2","value":"dHdv"}]}"#,
+    );
+    assert!(ok, "{out}");
+    for (key, want) in [("b1", "one"), ("b2", "two")] {
+        let (ok, out) = call(
+            "meshkv.v1.KV/Read",
+            &format!(r#"{{"key":"{key}","asText":true}}"#),
+        );
+        assert!(
+            ok && out.contains(&format!("\"text\": \"{want}\"")),
+            "{out}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn the_cli_puts_gets_deletes_and_checks_health() {
     let tmp = tempfile::tempdir().unwrap();
     let mut node = Node::new(tmp.path(), "node1");
@@ -116,12 +182,14 @@ async fn still_serves(node: &Node) {
     kv.write(proto::WriteRequest {
         key: "alive".into(),
         value: b"yes".to_vec(),
+        ..Default::default()
     })
     .await
     .expect("node still takes writes");
     let r = kv
         .read(proto::ReadRequest {
             key: "alive".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -146,13 +214,17 @@ async fn bad_input_gets_a_clear_status_and_the_node_keeps_serving() {
         .write(proto::WriteRequest {
             key: String::new(),
             value: vec![],
+            ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(w.code(), Code::InvalidArgument);
     assert!(w.message().contains("1..=1024"), "{}", w.message());
     let r = kv
-        .read(proto::ReadRequest { key: String::new() })
+        .read(proto::ReadRequest {
+            key: String::new(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(r.code(), Code::InvalidArgument);
@@ -168,16 +240,24 @@ async fn bad_input_gets_a_clear_status_and_the_node_keeps_serving() {
         .write(proto::WriteRequest {
             key: long.clone(),
             value: vec![],
+            ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("1025 bytes"), "{}", e.message());
-    let e = kv.read(proto::ReadRequest { key: long }).await.unwrap_err();
+    let e = kv
+        .read(proto::ReadRequest {
+            key: long,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     kv.write(proto::WriteRequest {
         key: "k".repeat(1024),
         value: vec![],
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -187,6 +267,7 @@ async fn bad_input_gets_a_clear_status_and_the_node_keeps_serving() {
         .write(proto::WriteRequest {
             key: "big".into(),
             value: vec![7; (1 << 20) + 1],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -195,6 +276,7 @@ async fn bad_input_gets_a_clear_status_and_the_node_keeps_serving() {
     kv.write(proto::WriteRequest {
         key: "big".into(),
         value: vec![7; 1 << 20],
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -204,6 +286,7 @@ async fn bad_input_gets_a_clear_status_and_the_node_keeps_serving() {
         .write(proto::WriteRequest {
             key: "huge".into(),
             value: vec![7; 8 << 20],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -265,7 +348,10 @@ async fn bad_input_gets_a_clear_status_and_the_node_keeps_serving() {
     assert!(e.message().contains("mutation 1"), "{e:?}");
     // The rejected batch applied nothing, not even its valid first half.
     let r = kv
-        .read(proto::ReadRequest { key: "x".into() })
+        .read(proto::ReadRequest {
+            key: "x".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -296,6 +382,7 @@ async fn a_full_write_queue_answers_resource_exhausted() {
             kv.write(proto::WriteRequest {
                 key: format!("k{i}"),
                 value: vec![0; 64],
+                ..Default::default()
             })
             .await
         }));
@@ -405,6 +492,7 @@ async fn sigterm_drains_and_exits_zero_and_data_survives() {
         kv.write(proto::WriteRequest {
             key: format!("k{i}"),
             value: vec![i as u8],
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -426,6 +514,7 @@ async fn sigterm_drains_and_exits_zero_and_data_survives() {
         let r = kv
             .read(proto::ReadRequest {
                 key: format!("k{i}"),
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -62,6 +62,7 @@ impl Client {
                 .write(proto::WriteRequest {
                     key: key(keys[0]),
                     value: value.to_vec(),
+                    ..Default::default()
                 })
                 .await
                 .map(drop),
@@ -72,6 +73,7 @@ impl Client {
                         .map(|k| proto::WriteRequest {
                             key: key(*k),
                             value: value.to_vec(),
+                            ..Default::default()
                         })
                         .collect(),
                 })
@@ -91,7 +93,13 @@ impl Client {
 
     async fn read(&mut self, k: u64) -> Result<(), tonic::Status> {
         match self {
-            Client::Meshkv(c) => c.read(proto::ReadRequest { key: key(k) }).await.map(drop),
+            Client::Meshkv(c) => c
+                .read(proto::ReadRequest {
+                    key: key(k),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
             Client::Health(c) => health_check(c).await,
             Client::Etcd(c) => c
                 .range(RangeRequest {
