@@ -1,6 +1,10 @@
 //! Command-line interface: `meshkv serve` and the client commands.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    io::{IsTerminal, Read, Write},
+    path::PathBuf,
+    time::Duration,
+};
 
 use clap::{Args, Parser, Subcommand};
 use tonic::transport::{Channel, Endpoint};
@@ -30,12 +34,17 @@ pub enum Command {
     Put {
         /// The key (1..=1024 bytes).
         key: String,
-        /// The value, taken as UTF-8 text.
+        /// The value, as text; `-` reads it from stdin as raw bytes, for
+        /// binary or large values.
         value: String,
         #[command(flatten)]
         conn: ClientArgs,
     },
     /// Print a key's raw value; exit 1 if it is not found.
+    ///
+    /// The value's bytes go to stdout exactly as stored. Only on a terminal,
+    /// a text value that does not end in a newline gets one, so that the
+    /// prompt starts on its own line.
     Get {
         /// The key.
         key: String,
@@ -210,11 +219,21 @@ pub async fn run_client(command: Command) -> Result<Outcome> {
     match command {
         Command::Serve(_) => unreachable!("serve is not a client command"),
         Command::Put { key, value, conn } => {
+            let value = if value == "-" {
+                let mut bytes = Vec::new();
+                std::io::stdin()
+                    .lock()
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| Error::io("cannot read the value from stdin", e))?;
+                bytes
+            } else {
+                value.into_bytes()
+            };
             let resp = conn
                 .kv()?
                 .write(proto::WriteRequest {
                     key,
-                    value: value.into_bytes(),
+                    value,
                     ..Default::default()
                 })
                 .await
@@ -234,11 +253,12 @@ pub async fn run_client(command: Command) -> Result<Outcome> {
                 .map_err(Error::from_peer(&conn.endpoint))?
                 .into_inner();
             if resp.found {
-                use std::io::Write;
                 let mut out = std::io::stdout().lock();
+                let newline = needs_newline(&resp.value, out.is_terminal());
                 out.write_all(&resp.value)
-                    .and_then(|()| out.write_all(b"\n"))
-                    .map_err(|e| Error::io("stdout", e))?;
+                    .and_then(|()| out.write_all(if newline { b"\n" } else { b"" }))
+                    .and_then(|()| out.flush())
+                    .map_err(|e| Error::io("cannot write to stdout", e))?;
                 Ok(Outcome::Ok)
             } else {
                 eprintln!("key {key:?} not found");
@@ -378,6 +398,13 @@ pub fn format_status(s: &proto::ClusterStatusResponse) -> String {
     out
 }
 
+/// Whether `meshkv get` ends its output with a newline of its own: only on a
+/// terminal, and only after text that lacks one. Redirected output is the
+/// value byte for byte; binary data never gets a byte added.
+fn needs_newline(value: &[u8], terminal: bool) -> bool {
+    terminal && !value.is_empty() && !value.ends_with(b"\n") && std::str::from_utf8(value).is_ok()
+}
+
 fn show_version(v: Option<&proto::Version>) -> String {
     v.map(|v| format!("{}@{}", v.hlc, v.node_id))
         .unwrap_or_else(|| "(no version)".into())
@@ -386,6 +413,15 @@ fn show_version(v: Option<&proto::Version>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn get_adds_a_newline_only_to_text_on_a_terminal() {
+        assert!(needs_newline(b"hello", true));
+        assert!(!needs_newline(b"hello", false), "redirected: exact bytes");
+        assert!(!needs_newline(b"hello\n", true), "already ends in one");
+        assert!(!needs_newline(b"", true));
+        assert!(!needs_newline(&[0xff, 0xfe, 0x00], true), "binary");
+    }
 
     #[test]
     fn durations_take_units_and_bare_numbers_are_seconds() {

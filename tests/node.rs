@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{run_cli, run_cli_env, Node};
+use common::{run_cli, run_cli_bytes, run_cli_env, Node};
 use meshkv::proto;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -159,7 +159,7 @@ async fn the_cli_puts_gets_deletes_and_checks_health() {
     assert!(s.success() && out.starts_with("OK "), "{out}{err}");
     let (s, out, _) = run_cli(&[&["get", "k"][..], &e].concat());
     assert!(s.success());
-    assert_eq!(out, "v1\n");
+    assert_eq!(out, "v1", "redirected output is the value, byte for byte");
     let (s, _, _) = run_cli(&[&["delete", "k"][..], &e].concat());
     assert!(s.success());
     let (s, out, err) = run_cli(&[&["get", "k"][..], &e].concat());
@@ -175,6 +175,35 @@ async fn the_cli_puts_gets_deletes_and_checks_health() {
     assert_eq!(s.code(), Some(2), "{err}");
     let (s, _, _) = run_cli(&[&["health"][..], &e].concat());
     assert_ne!(s.code(), Some(0));
+}
+
+#[tokio::test]
+async fn a_binary_value_put_from_stdin_reads_back_byte_for_byte() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = Node::new(tmp.path(), "node1");
+    node.start().await;
+    let url = node.url();
+    let e = ["--endpoint", url.as_str()];
+
+    // Every byte value, in 64 KiB, with no newline at the end.
+    let value: Vec<u8> = (0..64 * 1024u32)
+        .map(|i| (i * 7 + i / 256) as u8)
+        .chain([0xff, 0x00])
+        .collect();
+    assert!((0..=255u8).all(|b| value.contains(&b)));
+    let (s, out, err) = run_cli_bytes(&[&["put", "blob", "-"][..], &e].concat(), &value);
+    assert!(s.success(), "{err}");
+    assert!(String::from_utf8_lossy(&out).starts_with("OK "), "{err}");
+    let (s, out, err) = run_cli_bytes(&[&["get", "blob"][..], &e].concat(), b"");
+    assert!(s.success(), "{err}");
+    assert_eq!(out.len(), value.len(), "{err}");
+    assert!(out == value, "the value came back changed");
+
+    // An empty stdin stores an empty value, which is still found.
+    let (s, _, err) = run_cli_bytes(&[&["put", "empty", "-"][..], &e].concat(), b"");
+    assert!(s.success(), "{err}");
+    let (s, out, err) = run_cli_bytes(&[&["get", "empty"][..], &e].concat(), b"");
+    assert!(s.success() && out.is_empty(), "{err}");
 }
 
 async fn still_serves(node: &Node) {

@@ -309,6 +309,33 @@ pub fn run_cli_env(args: &[&str], envs: &[(&str, &str)]) -> (ExitStatus, String,
     )
 }
 
+/// Runs `meshkv` with `stdin` as its standard input, returning (status,
+/// raw stdout, stderr): for values that are not text.
+pub fn run_cli_bytes(args: &[&str], stdin: &[u8]) -> (ExitStatus, Vec<u8>, String) {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("MESHKV_CONFIG")
+        .env_remove("MESHKV_ENDPOINT")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    // Write from a thread: a large input would fill the pipe while the
+    // child's own output fills the other one.
+    let feeder = std::thread::spawn(move || input.write_all(&stdin));
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap().unwrap();
+    (
+        out.status,
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Free loopback ports for nodes that must know each other's addresses
 /// before they start.
 pub fn free_addrs(n: usize) -> Vec<SocketAddr> {
