@@ -12,7 +12,7 @@ use tonic_health::pb::{health_check_response::ServingStatus, health_client::Heal
 
 use crate::{
     config::{parse_peer, FsyncMode, LogFormat, Overrides, PeerConfig},
-    error::{Error, Result},
+    error::{self, Error, Result},
     proto::{self, admin_client::AdminClient, kv_client::KvClient},
 };
 
@@ -131,7 +131,8 @@ pub struct ClientArgs {
     #[arg(
         long,
         env = "MESHKV_ENDPOINT",
-        default_value = "http://127.0.0.1:50051"
+        default_value = "http://127.0.0.1:50051",
+        value_parser = parse_endpoint
     )]
     pub endpoint: String,
     /// Deadline for the request: 500ms, 5s, 2m; a bare number is seconds.
@@ -184,6 +185,130 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     Ok(Duration::from_nanos(nanos))
 }
 
+/// Checks an `--endpoint` flag: an http:// or https:// URL with a host.
+pub fn parse_endpoint(s: &str) -> std::result::Result<String, String> {
+    let uri = s.parse::<tonic::transport::Uri>().ok();
+    let usable = uri.is_some_and(|u| {
+        matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some_and(|h| !h.is_empty())
+    });
+    if usable {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a node URL; expected http://HOST:PORT, e.g. http://127.0.0.1:50051"
+        ))
+    }
+}
+
+/// How long a client waits for the TCP connection to a node.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// For `map_err` in the client commands: a failed request as one sentence
+/// that says what went wrong at `endpoint` and what to try. The status
+/// itself, with its causes, goes to the debug log (`RUST_LOG=debug`).
+pub fn request_error(endpoint: &str, timeout: Duration) -> impl Fn(tonic::Status) -> Error + '_ {
+    move |status| {
+        tracing::debug!(endpoint, ?status, "request failed");
+        Error::Client(describe_status(endpoint, timeout, &status))
+    }
+}
+
+/// For `map_err` when connecting eagerly (`meshkv bench`): like
+/// [`request_error`], for a transport error.
+pub fn connect_error(endpoint: &str) -> impl Fn(tonic::transport::Error) -> Error + '_ {
+    move |err| {
+        tracing::debug!(endpoint, error = ?err, "connect failed");
+        let reason = connect_failure(&err).unwrap_or_else(|| error::one_line(&err));
+        Error::Client(format!("cannot connect to {endpoint}: {reason}"))
+    }
+}
+
+/// The sentence for a failed request, by what failed: the connection, the
+/// deadline, or the node's answer.
+fn describe_status(endpoint: &str, timeout: Duration, status: &tonic::Status) -> String {
+    use tonic::Code;
+    if let Some(reason) = connect_failure(status) {
+        return format!("cannot connect to {endpoint}: {reason}");
+    }
+    let msg = status.message();
+    // Neither meshkv nor gRPC answered: something else listens there.
+    if msg.contains("grpc-status header missing") || msg.contains("h2 protocol error") {
+        return format!(
+            "{endpoint} does not answer like a meshkv node; is the address right? ({msg})"
+        );
+    }
+    match status.code() {
+        Code::OutOfRange if msg.contains("message length too large") => format!(
+            "{endpoint} refused the request as too large; a value must fit the node's \
+             limits.max_value_bytes ({msg})"
+        ),
+        // tonic reports its own client deadline as Cancelled.
+        Code::DeadlineExceeded | Code::Cancelled
+            if msg.to_ascii_lowercase().contains("timeout") =>
+        {
+            format!(
+                "{endpoint} did not answer within {timeout:?} (is the node overloaded? raise --timeout)"
+            )
+        }
+        Code::InvalidArgument
+        | Code::OutOfRange
+        | Code::FailedPrecondition
+        | Code::PermissionDenied
+        | Code::NotFound
+        | Code::AlreadyExists => format!("{endpoint} refused the request: {msg}"),
+        Code::ResourceExhausted => {
+            format!("{endpoint} is overloaded and refused the request: {msg} (retry later)")
+        }
+        Code::Unavailable => format!("{endpoint} cannot serve the request now: {msg}"),
+        Code::Unimplemented => {
+            format!("{endpoint} does not serve this call; is it a meshkv node? ({msg})")
+        }
+        code => format!("{endpoint} failed the request ({code:?}): {msg}"),
+    }
+}
+
+/// Why the connection to a node failed, when that is what `err` (a status
+/// or a transport error) comes down to, with a hint for what to do.
+fn connect_failure(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use std::io::ErrorKind;
+    let mut transport = false;
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return Some(match io.kind() {
+                ErrorKind::ConnectionRefused => {
+                    "connection refused (is a node running there? set --endpoint)".into()
+                }
+                ErrorKind::TimedOut => format!(
+                    "no answer within {CONNECT_TIMEOUT:?} (is the address right? set --endpoint)"
+                ),
+                _ => format!("{} (set --endpoint)", plain_io(io)),
+            });
+        }
+        transport |= e.is::<tonic::transport::Error>();
+        // tonic's connect timeout is an error of its own, not an io::Error.
+        if transport && e.to_string().contains("timed out") {
+            return Some(format!(
+                "no answer within {CONNECT_TIMEOUT:?} (is the address right? set --endpoint)"
+            ));
+        }
+        cause = e.source();
+    }
+    None
+}
+
+/// An io::Error's text without the `(os error N)` suffix, lower-cased like
+/// the rest of the sentence.
+fn plain_io(err: &std::io::Error) -> String {
+    let text = err.to_string();
+    let text = text.split(" (os error").next().unwrap_or(&text);
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map(|c| c.to_lowercase().chain(chars).collect())
+        .unwrap_or_default()
+}
+
 impl ClientArgs {
     /// A lazily-connecting channel to the node.
     pub fn channel(&self) -> Result<Channel> {
@@ -194,7 +319,7 @@ impl ClientArgs {
         }
         let endpoint = Endpoint::from_shared(self.endpoint.clone())
             .map_err(|e| Error::InvalidArgument(format!("--endpoint {:?}: {e}", self.endpoint)))?
-            .connect_timeout(Duration::from_secs(3))
+            .connect_timeout(CONNECT_TIMEOUT)
             .timeout(self.timeout);
         Ok(endpoint.connect_lazy())
     }
@@ -237,7 +362,7 @@ pub async fn run_client(command: Command) -> Result<Outcome> {
                     ..Default::default()
                 })
                 .await
-                .map_err(Error::from_peer(&conn.endpoint))?
+                .map_err(request_error(&conn.endpoint, conn.timeout))?
                 .into_inner();
             println!("OK {}", show_version(resp.version.as_ref()));
             Ok(Outcome::Ok)
@@ -250,7 +375,7 @@ pub async fn run_client(command: Command) -> Result<Outcome> {
                     ..Default::default()
                 })
                 .await
-                .map_err(Error::from_peer(&conn.endpoint))?
+                .map_err(request_error(&conn.endpoint, conn.timeout))?
                 .into_inner();
             if resp.found {
                 let mut out = std::io::stdout().lock();
@@ -270,7 +395,7 @@ pub async fn run_client(command: Command) -> Result<Outcome> {
                 .kv()?
                 .delete(proto::DeleteRequest { key })
                 .await
-                .map_err(Error::from_peer(&conn.endpoint))?
+                .map_err(request_error(&conn.endpoint, conn.timeout))?
                 .into_inner();
             println!("OK {}", show_version(resp.version.as_ref()));
             Ok(Outcome::Ok)
@@ -281,8 +406,9 @@ pub async fn run_client(command: Command) -> Result<Outcome> {
             if json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&report)
-                        .map_err(|e| Error::Corrupt(format!("report: {e}")))?
+                    serde_json::to_string_pretty(&report).map_err(|e| Error::Client(format!(
+                        "cannot render the report as JSON: {e}"
+                    )))?
                 );
             } else {
                 print!("{}", report.table());
@@ -297,7 +423,7 @@ pub async fn run_client(command: Command) -> Result<Outcome> {
             let status = AdminClient::new(conn.channel()?)
                 .cluster_status(proto::ClusterStatusRequest {})
                 .await
-                .map_err(Error::from_peer(&conn.endpoint))?
+                .map_err(request_error(&conn.endpoint, conn.timeout))?
                 .into_inner();
             if raw {
                 println!("{status:#?}");
@@ -312,7 +438,7 @@ pub async fn run_client(command: Command) -> Result<Outcome> {
                     service: String::new(),
                 })
                 .await
-                .map_err(Error::from_peer(&conn.endpoint))?
+                .map_err(request_error(&conn.endpoint, conn.timeout))?
                 .into_inner()
                 .status();
             println!("{}", status.as_str_name());
@@ -413,6 +539,54 @@ fn show_version(v: Option<&proto::Version>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_requests_read_as_one_sentence() {
+        use tonic::{Code, Status};
+        let ep = "http://n1:50051";
+        let t = Duration::from_secs(10);
+        let say = |s: Status| describe_status(ep, t, &s);
+        let refused = Status::from_error(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )));
+        assert_eq!(
+            say(refused),
+            "cannot connect to http://n1:50051: connection refused \
+             (is a node running there? set --endpoint)"
+        );
+        let line = say(Status::cancelled("Timeout expired"));
+        assert!(line.contains("did not answer within 10s"), "{line}");
+        let line = say(Status::invalid_argument("key is empty"));
+        assert_eq!(line, "http://n1:50051 refused the request: key is empty");
+        let line = say(Status::resource_exhausted("overloaded: queue full"));
+        assert!(line.contains("retry later"), "{line}");
+        let line = say(Status::new(
+            Code::Unimplemented,
+            "grpc-status header missing, mapped from HTTP status code 404",
+        ));
+        assert!(
+            line.contains("does not answer like a meshkv node"),
+            "{line}"
+        );
+        for s in [
+            Status::internal("x"),
+            Status::unavailable("shutting down"),
+            Status::out_of_range("decoded message length too large"),
+        ] {
+            let line = say(s);
+            assert!(line.starts_with(ep) && !line.contains('\n'), "{line}");
+        }
+    }
+
+    #[test]
+    fn endpoints_must_be_http_urls() {
+        assert!(parse_endpoint("http://127.0.0.1:50051").is_ok());
+        assert!(parse_endpoint("https://node2:443").is_ok());
+        for bad in ["foo", "127.0.0.1:50051", "ftp://h:1", "http://", ""] {
+            let err = parse_endpoint(bad).unwrap_err();
+            assert!(err.contains("http://HOST:PORT"), "{bad:?}: {err}");
+        }
+    }
 
     #[test]
     fn get_adds_a_newline_only_to_text_on_a_terminal() {

@@ -206,6 +206,56 @@ async fn a_binary_value_put_from_stdin_reads_back_byte_for_byte() {
     assert!(s.success() && out.is_empty(), "{err}");
 }
 
+#[test]
+fn every_client_command_says_in_one_line_that_nothing_listens() {
+    // Bound and released: nothing listens there now.
+    let addr = common::free_addrs(1)[0];
+    let url = format!("http://{addr}");
+    let commands: [&[&str]; 6] = [
+        &["get", "k"],
+        &["put", "k", "v"],
+        &["delete", "k"],
+        &["status"],
+        &["health"],
+        &["bench", "--duration", "1s", "--quiet"],
+    ];
+    for command in commands {
+        let (status, out, err) = run_cli(&[command, &["--endpoint", &url]].concat());
+        assert_eq!(status.code(), Some(2), "{command:?}: {out}{err}");
+        assert_eq!(
+            err,
+            format!(
+                "meshkv: cannot connect to {url}: connection refused \
+                 (is a node running there? set --endpoint)\n"
+            ),
+            "{command:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn serve_on_a_busy_port_says_so_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = Node::new(tmp.path(), "node1");
+    node.start().await;
+    let addr = node.addr.unwrap().to_string();
+    let other = tmp.path().join("other");
+    let (status, _, err) = run_cli(&[
+        "serve",
+        "--listen",
+        &addr,
+        "--data-dir",
+        other.to_str().unwrap(),
+    ]);
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(&format!("meshkv: cannot listen on {addr}: ")),
+        "{err}"
+    );
+    assert_eq!(err.matches("in use").count(), 1, "{err}");
+}
+
 async fn still_serves(node: &Node) {
     let mut kv = node.kv();
     kv.write(proto::WriteRequest {

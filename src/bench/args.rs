@@ -6,7 +6,7 @@ use clap::{Args, ValueEnum};
 
 use crate::{
     api::kv::MAX_WRITE_BATCH,
-    cli::parse_duration,
+    cli::{parse_duration, parse_endpoint},
     error::{Error, Result},
 };
 
@@ -36,7 +36,11 @@ pub enum KeyPattern {
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// A node's gRPC URL; repeat for a cluster. Workers spread over all of them.
-    #[arg(long = "endpoint", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long = "endpoint",
+        default_value = "http://127.0.0.1:50051",
+        value_parser = parse_endpoint
+    )]
     pub endpoints: Vec<String>,
     /// What to drive.
     #[arg(long, value_enum, default_value_t = Target::Meshkv)]

@@ -130,7 +130,7 @@ async fn connect(args: &BenchArgs) -> Result<Vec<Vec<Channel>>> {
     for url in &args.endpoints {
         let endpoint = Endpoint::from_shared(url.clone())
             .map_err(|e| Error::InvalidArgument(format!("--endpoint {url:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(3))
+            .connect_timeout(crate::cli::CONNECT_TIMEOUT)
             .timeout(args.timeout)
             .tcp_nodelay(true);
         let mut chans = Vec::new();
@@ -139,7 +139,7 @@ async fn connect(args: &BenchArgs) -> Result<Vec<Vec<Channel>>> {
                 endpoint
                     .connect()
                     .await
-                    .map_err(|e| Error::Unavailable(format!("cannot connect to {url}: {e}")))?,
+                    .map_err(crate::cli::connect_error(url))?,
             );
         }
         all.push(chans);
