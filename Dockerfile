@@ -23,6 +23,6 @@ VOLUME ["/var/lib/meshkv"]
 # gRPC (clients, peers, health, reflection) and Prometheus metrics.
 EXPOSE 50051 9090
 HEALTHCHECK --interval=2s --timeout=3s --start-period=10s --retries=3 \
-  CMD ["meshkv", "health", "--timeout-secs", "2"]
+  CMD ["meshkv", "health", "--timeout", "2s"]
 ENTRYPOINT ["meshkv"]
 CMD ["serve", "--config", "/etc/meshkv/meshkv.toml"]

@@ -76,7 +76,7 @@ for i in 1 2 3; do wait_for "meshkv node$i" "$BIN" health --endpoint "${MK[$((i 
 ALL=(--endpoint "${MK[0]}" --endpoint "${MK[1]}" --endpoint "${MK[2]}")
 
 say "meshkv: writes at consistency ONE (3 endpoints)"
-bench "${SHAPE[@]}" "${ALL[@]}" --duration "$DURATION" --lag-interval-ms 0 >"$WORK/mk_write.json"
+bench "${SHAPE[@]}" "${ALL[@]}" --duration "$DURATION" --lag-interval 0 >"$WORK/mk_write.json"
 say "meshkv: reads"
 bench "${SHAPE[@]}" "${ALL[@]}" --duration "$DURATION" --read-ratio 1 >"$WORK/mk_read.json"
 say "meshkv: writes vs. the health check on one node (transport overhead)"
@@ -107,7 +107,7 @@ python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); keys=r["writes_per_
 half=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["writes_per_sec"] / 2)' "$WORK/mk_write.json")
 say "meshkv: replication lag at half of the maximum write rate ($half writes/s)"
 wait_level 300
-bench "${SHAPE[@]}" "${ALL[@]}" --duration "$DURATION" --rate "$half" --lag-interval-ms 5 >"$WORK/mk_lag.json"
+bench "${SHAPE[@]}" "${ALL[@]}" --duration "$DURATION" --rate "$half" --lag-interval 5ms >"$WORK/mk_lag.json"
 
 # Catch-up: node3 down while 200,000 writes flow, then the time until it is level.
 backlog() { # of node3, as node1 sees it

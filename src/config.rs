@@ -4,10 +4,12 @@
 //! Environment variables name a key by its path, upper-cased, with `__`
 //! between a table and its key: `MESHKV_NODE_ID`, `MESHKV_STORAGE__FSYNC`.
 //! `MESHKV_PEERS` takes `id=url,id=url`. Every error names its source (the
-//! file, the variable or the flag), the key and the reason.
+//! file, the variable or the flag), the key and the reason. Unknown keys in
+//! the file are errors; unknown `MESHKV_*` variables are only warnings (see
+//! [`load`]).
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashSet},
     net::SocketAddr,
     path::{Path, PathBuf},
 };
@@ -247,12 +249,29 @@ pub fn parse_peer(s: &str) -> std::result::Result<PeerConfig, String> {
 /// Environment variables the CLI reads itself; they are not config keys.
 const CLI_ONLY_ENV: &[&str] = &["MESHKV_ENDPOINT", "MESHKV_CONFIG"];
 
+/// A loaded configuration and what was wrong with the environment but not
+/// fatal. The warnings are returned rather than printed because loading runs
+/// before logging is set up, and they belong in the node's log.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The configuration, validated.
+    pub config: Config,
+    /// One sentence per ignored `MESHKV_*` variable, for the log.
+    pub warnings: Vec<String>,
+}
+
 /// Builds the configuration from all layers and validates it.
+///
+/// The file is strict: an unknown key is an error. The environment is not,
+/// because orchestrators put their own `MESHKV_*` variables there (Kubernetes
+/// adds `MESHKV_PORT`, `MESHKV_SERVICE_HOST`, ... for a service named
+/// meshkv): an unknown variable becomes a warning that names the nearest
+/// known one. A known variable with a bad value is still an error.
 pub fn load(
     file: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
     overrides: Overrides,
-) -> Result<Config> {
+) -> Result<Loaded> {
     let mut table = toml::Table::new();
     if let Some(path) = file {
         let text = std::fs::read_to_string(path)
@@ -266,40 +285,49 @@ pub fn load(
             .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
     }
 
-    let mut env_names = Vec::new();
+    let known = env_keys();
+    let mut warnings = Vec::new();
+    let mut env: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("MESHKV_") && !CLI_ONLY_ENV.contains(&name.as_str()))
+        .collect();
+    // The process environment has no order; sort so that errors and warnings do.
+    env.sort();
     for (name, raw) in env {
-        let Some(rest) = name.strip_prefix("MESHKV_") else {
+        let Some(default) = known.get(&name.to_ascii_uppercase()) else {
+            warnings.push(unknown_env_warning(&name, known.keys()));
             continue;
         };
-        if CLI_ONLY_ENV.contains(&name.as_str()) {
-            continue;
-        }
-        let value = if rest == "PEERS" {
+        // One line: serde puts the key's path on a line of its own.
+        let in_var = |e: String| {
+            Error::Config(format!(
+                "environment variable {name}: {}",
+                e.replace('\n', " ")
+            ))
+        };
+        let value = if name.eq_ignore_ascii_case("MESHKV_PEERS") {
             let peers = raw
                 .split(',')
                 .filter(|s| !s.trim().is_empty())
                 .map(|s| parse_peer(s).map(|p| toml::Value::try_from(p).expect("plain struct")))
                 .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| Error::Config(format!("environment variable {name}: {e}")))?;
+                .map_err(in_var)?;
             toml::Value::Array(peers)
         } else {
-            env_value(&raw)
+            env_value(&raw, default)
         };
-        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
-        set_path(&mut table, &path, value)
-            .map_err(|e| Error::Config(format!("environment variable {name}: {e}")))?;
-        env_names.push(name);
+        let path: Vec<String> = name["MESHKV_".len()..]
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect();
+        set_path(&mut table, &path, value).map_err(in_var)?;
+        // Deserialize after each variable so that an error names the one at fault.
+        table
+            .clone()
+            .try_into::<Config>()
+            .map_err(|e| in_var(e.to_string()))?;
     }
-    let mut config: Config = table.try_into().map_err(|e| {
-        Error::Config(format!(
-            "environment ({}): {e}",
-            if env_names.is_empty() {
-                "defaults".to_string()
-            } else {
-                env_names.join(", ")
-            }
-        ))
-    })?;
+    let mut config: Config = table.try_into().map_err(|e| Error::Config(e.to_string()))?;
 
     let Overrides {
         node_id,
@@ -336,17 +364,97 @@ pub fn load(
         config.storage.fsync = v;
     }
     config.validate()?;
-    Ok(config)
+    Ok(Loaded { config, warnings })
 }
 
-/// An environment value as TOML: numbers and booleans typed, anything else a string.
-fn env_value(raw: &str) -> toml::Value {
-    if let Ok(i) = raw.parse::<i64>() {
-        toml::Value::Integer(i)
-    } else if let Ok(b) = raw.parse::<bool>() {
-        toml::Value::Boolean(b)
-    } else {
-        toml::Value::String(raw.to_string())
+/// Every config key as its environment variable name, with its default.
+///
+/// Derived from `Config::default()` so that it cannot drift from the structs.
+/// JSON rather than TOML because TOML drops keys whose default is `None`.
+fn env_keys() -> BTreeMap<String, serde_json::Value> {
+    fn walk(
+        prefix: &str,
+        map: &serde_json::Map<String, serde_json::Value>,
+        out: &mut BTreeMap<String, serde_json::Value>,
+    ) {
+        for (key, value) in map {
+            let name = format!("{prefix}{}", key.to_ascii_uppercase());
+            match value {
+                serde_json::Value::Object(table) => walk(&format!("{name}__"), table, out),
+                leaf => {
+                    out.insert(name, leaf.clone());
+                }
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    match serde_json::to_value(Config::default()) {
+        Ok(serde_json::Value::Object(map)) => walk("MESHKV_", &map, &mut out),
+        other => unreachable!("Config serializes to a JSON object, not {other:?}"),
+    }
+    out
+}
+
+/// The warning for a `MESHKV_*` variable that is no config key, naming the
+/// nearest known variable when it looks like a typo of one.
+fn unknown_env_warning<'a>(name: &str, known: impl Iterator<Item = &'a String>) -> String {
+    let upper = name.to_ascii_uppercase();
+    let rest = &upper["MESHKV_".len()..];
+    // A third of the name may differ, and at most two edits: closer than
+    // that is a typo, further is someone else's variable.
+    let limit = (rest.len() / 3).min(2);
+    let nearest = known
+        .map(|k| (edit_distance(rest, &k["MESHKV_".len()..]), k))
+        .filter(|(d, _)| *d <= limit)
+        .min();
+    match nearest {
+        Some((_, k)) => {
+            format!("ignoring unknown environment variable {name}; did you mean {k}?")
+        }
+        None => format!("ignoring unknown environment variable {name}: it is no meshkv config key"),
+    }
+}
+
+/// Edits (insert, delete, substitute, swap two neighbours) that turn `a`
+/// into `b`: the optimal string alignment distance, over bytes.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    // d[i][j]: the distance between a[..i] and b[..j].
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+/// An environment value as TOML, typed like the key's default: a string key
+/// (or one unset by default, such as an address) takes the text as it is, so
+/// that `MESHKV_NODE_ID=7` is the id "7" and not a number.
+fn env_value(raw: &str, default: &serde_json::Value) -> toml::Value {
+    let text = || toml::Value::String(raw.to_string());
+    match default {
+        serde_json::Value::Number(_) => raw
+            .parse::<i64>()
+            .map_or_else(|_| text(), toml::Value::Integer),
+        serde_json::Value::Bool(_) => raw
+            .parse::<bool>()
+            .map_or_else(|_| text(), toml::Value::Boolean),
+        _ => text(),
     }
 }
 
@@ -537,7 +645,7 @@ mod tests {
 
     #[test]
     fn defaults_run_a_single_node() {
-        let c = load(None, env(&[]), Overrides::default()).unwrap();
+        let c = load(None, env(&[]), Overrides::default()).unwrap().config;
         assert_eq!(c.node_id, "node1");
         assert_eq!(c.listen.to_string(), "127.0.0.1:50051");
         assert_eq!(c.data_dir, PathBuf::from("./data"));
@@ -563,7 +671,8 @@ mod tests {
                 ..Default::default()
             },
         )
-        .unwrap();
+        .unwrap()
+        .config;
         assert_eq!(c.node_id, "from-flag");
         assert_eq!(c.cluster_id, "c1");
         assert_eq!(c.storage.fsync, FsyncMode::Never);
@@ -592,12 +701,139 @@ mod tests {
     }
 
     #[test]
-    fn bad_env_names_the_variable() {
-        let err = load(None, env(&[("MESHKV_NO_SUCH", "1")]), Overrides::default())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("MESHKV_NO_SUCH"), "{err}");
-        assert!(err.contains("no_such"), "{err}");
+    fn bad_env_value_names_the_variable() {
+        let err = load(
+            None,
+            env(&[("MESHKV_STORAGE__FSYNC", "sometimes")]),
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("MESHKV_STORAGE__FSYNC"), "{err}");
+        assert!(err.contains("sometimes"), "{err}");
+
+        let err = load(
+            None,
+            env(&[
+                ("MESHKV_NODE_ID", "fine"),
+                ("MESHKV_LIMITS__MAX_BATCH", "many"),
+            ]),
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("MESHKV_LIMITS__MAX_BATCH"), "{err}");
+        assert!(
+            !err.contains("MESHKV_NODE_ID"),
+            "blames the wrong one: {err}"
+        );
+    }
+
+    #[test]
+    fn unknown_env_only_warns_and_suggests_the_nearest_key() {
+        let loaded = load(
+            None,
+            env(&[
+                ("MESHKV_NO_SUCH", "1"),
+                ("MESHKV_BIN", "/usr/bin/meshkv"),
+                ("MESHKV_PORT", "tcp://10.96.0.12:50051"),
+                ("MESHKV_SERVICE_HOST", "10.96.0.12"),
+                ("MESHKV_STORAGE__FSNYC", "never"),
+                ("MESHKV_ENDPOINT", "http://x:1"),
+                ("MESHKV_CONFIG", "/nowhere.toml"),
+                ("MESHKV_NODE_ID", "n2"),
+            ]),
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(loaded.config.node_id, "n2");
+        assert_eq!(loaded.config.storage.fsync, FsyncMode::Always);
+        assert_eq!(loaded.config.listen.port(), 50051);
+        let w = loaded.warnings.join("\n");
+        assert_eq!(loaded.warnings.len(), 5, "{w}");
+        for name in [
+            "MESHKV_NO_SUCH",
+            "MESHKV_BIN",
+            "MESHKV_PORT",
+            "MESHKV_SERVICE_HOST",
+        ] {
+            assert!(w.contains(name), "{name} not warned about: {w}");
+        }
+        assert!(
+            w.contains("MESHKV_STORAGE__FSNYC; did you mean MESHKV_STORAGE__FSYNC?"),
+            "{w}"
+        );
+        // Not a typo of anything: no misleading suggestion.
+        let port = loaded.warnings.iter().find(|l| l.contains("MESHKV_PORT"));
+        assert!(!port.unwrap().contains("did you mean"), "{w}");
+        assert!(
+            !w.contains("MESHKV_ENDPOINT") && !w.contains("MESHKV_CONFIG"),
+            "{w}"
+        );
+    }
+
+    #[test]
+    fn env_values_take_the_type_of_their_key() {
+        let c = load(
+            None,
+            env(&[
+                ("MESHKV_NODE_ID", "7"),
+                ("MESHKV_METRICS_LISTEN", "127.0.0.1:9999"),
+                ("MESHKV_REPLICATION__RPC_TIMEOUT_MS", "250"),
+            ]),
+            Overrides::default(),
+        )
+        .unwrap()
+        .config;
+        assert_eq!(c.node_id, "7");
+        assert_eq!(c.metrics_listen.map(|a| a.port()), Some(9999));
+        assert_eq!(c.replication.rpc_timeout_ms, 250);
+    }
+
+    #[test]
+    fn env_keys_cover_every_config_key() {
+        let keys = env_keys();
+        for name in [
+            "MESHKV_NODE_ID",
+            "MESHKV_LISTEN",
+            "MESHKV_PEERS",
+            "MESHKV_METRICS_LISTEN",
+            "MESHKV_STORAGE__FSYNC",
+            "MESHKV_LIMITS__MAX_VALUE_BYTES",
+            "MESHKV_REPLICATION__MAX_CLOCK_SKEW_MS",
+        ] {
+            assert!(keys.contains_key(name), "{name} missing: {keys:?}");
+        }
+        assert!(!keys.contains_key("MESHKV_STORAGE"), "a table is no key");
+        // Every key of the example file, which documents them all.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/meshkv.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let example: toml::Table = toml::from_str(&text).unwrap();
+        for (key, value) in &example {
+            let name = format!("MESHKV_{}", key.to_ascii_uppercase());
+            match value {
+                toml::Value::Table(t) => {
+                    for sub in t.keys() {
+                        let name = format!("{name}__{}", sub.to_ascii_uppercase());
+                        assert!(keys.contains_key(&name), "{name} missing");
+                    }
+                }
+                _ => assert!(keys.contains_key(&name), "{name} missing"),
+            }
+        }
+    }
+
+    #[test]
+    fn edit_distance_counts_single_edits() {
+        assert_eq!(edit_distance("", ""), 0);
+        assert_eq!(edit_distance("FSYNC", "FSYNC"), 0);
+        assert_eq!(edit_distance("FSNYC", "FSYNC"), 1, "a swap is one edit");
+        assert_eq!(edit_distance("LISTN", "LISTEN"), 1);
+        assert_eq!(edit_distance("LISTENN", "LISTEN"), 1);
+        assert_eq!(edit_distance("LISTEM", "LISTEN"), 1);
+        assert_eq!(edit_distance("", "ABC"), 3);
+        assert_eq!(edit_distance("PORT", "PEERS"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
     #[test]

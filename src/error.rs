@@ -53,6 +53,10 @@ pub enum Error {
     /// A transport-level failure (binding, connecting).
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// A client command's request failed; the message is one sentence for
+    /// the person who ran it (see `cli::request_error`).
+    #[error("{0}")]
+    Client(String),
 }
 
 impl Error {
@@ -73,6 +77,23 @@ impl Error {
     }
 }
 
+/// An error and its causes on one line, each cause once: many messages
+/// already end with their source's text, which a plain walk down the chain
+/// would print twice.
+pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
+}
+
 /// Result with the meshkv [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -85,7 +106,7 @@ impl From<Error> for tonic::Status {
             Error::Storage(_) | Error::Unavailable(_) | Error::Transport(_) | Error::Io { .. } => {
                 Code::Unavailable
             }
-            Error::Peer { .. } => Code::Unavailable,
+            Error::Peer { .. } | Error::Client(_) => Code::Unavailable,
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Locked { .. } | Error::Config(_) | Error::Corrupt(_) => Code::Internal,
         };
@@ -114,5 +135,20 @@ mod tests {
             assert_eq!(status.code(), code, "{msg}");
             assert_eq!(status.message(), msg);
         }
+    }
+
+    #[test]
+    fn one_line_names_each_cause_once() {
+        let busy = || std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let err = Error::io("cannot listen on 127.0.0.1:1", busy());
+        let line = one_line(&err);
+        assert_eq!(line, format!("cannot listen on 127.0.0.1:1: {}", busy()));
+
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] std::io::Error);
+        let line = one_line(&Outer(busy()));
+        assert_eq!(line, format!("outer: {}", busy()));
+        assert!(!line.contains('\n'));
     }
 }

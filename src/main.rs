@@ -6,6 +6,7 @@ use clap::Parser;
 use meshkv::{
     cli::{run_client, Cli, Command, Outcome, ServeArgs},
     config::{self, LogFormat},
+    error::one_line,
     server,
 };
 use tokio_util::sync::CancellationToken;
@@ -18,13 +19,20 @@ fn main() -> ExitCode {
         .unwrap_or_else(|| Command::Serve(ServeArgs::default()));
     let result = match command {
         Command::Serve(args) => serve(args).map(|()| Outcome::Ok),
-        client => runtime().and_then(|rt| Ok(rt.block_on(run_client(client))?)),
+        client => {
+            // Client commands print one sentence per error; the details
+            // behind it are debug logs, shown only when asked for.
+            if std::env::var_os("RUST_LOG").is_some() {
+                init_tracing(LogFormat::Pretty);
+            }
+            runtime().and_then(|rt| Ok(rt.block_on(run_client(client))?))
+        }
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Negative) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("meshkv: {e:#}");
+            eprintln!("meshkv: {}", one_line(&*e));
             ExitCode::from(2)
         }
     }
@@ -37,8 +45,12 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = config::load(args.config.as_deref(), std::env::vars(), args.overrides())?;
+    let config::Loaded { config, warnings } =
+        config::load(args.config.as_deref(), std::env::vars(), args.overrides())?;
     init_tracing(config.log_format);
+    for warning in &warnings {
+        tracing::warn!("{warning}");
+    }
     let rt = runtime()?;
     rt.block_on(async {
         let shutdown = CancellationToken::new();

@@ -61,6 +61,7 @@ async fn acknowledged_writes_survive_kill_9_under_concurrent_load() {
                             .write(proto::WriteRequest {
                                 key: key.clone(),
                                 value: value.clone(),
+                                ..Default::default()
                             })
                             .await
                             .map(drop);
@@ -112,7 +113,10 @@ async fn acknowledged_writes_survive_kill_9_under_concurrent_load() {
         let (mut checked, mut unknown) = (0, 0);
         for (key, want) in &expected {
             let got = kv
-                .read(proto::ReadRequest { key: key.clone() })
+                .read(proto::ReadRequest {
+                    key: key.clone(),
+                    ..Default::default()
+                })
                 .await
                 .unwrap()
                 .into_inner();

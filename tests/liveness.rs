@@ -24,6 +24,7 @@ async fn write(node: &Node, key: &str, value: Vec<u8>) -> proto::Version {
         .write(proto::WriteRequest {
             key: key.into(),
             value,
+            ..Default::default()
         })
         .await
         .unwrap_or_else(|e| panic!("write {key} to {}: {e}", node.id))
@@ -35,7 +36,10 @@ async fn write(node: &Node, key: &str, value: Vec<u8>) -> proto::Version {
 async fn read(node: &Node, key: &str) -> Option<Vec<u8>> {
     let r = node
         .kv()
-        .read(proto::ReadRequest { key: key.into() })
+        .read(proto::ReadRequest {
+            key: key.into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -88,6 +92,7 @@ async fn a_value_over_a_peers_client_limit_never_blocks_later_writes() {
             .write(proto::WriteRequest {
                 key: "big2".into(),
                 value: big.clone(),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -180,6 +185,7 @@ async fn replication_keeps_flowing_into_a_node_whose_client_queue_is_full() {
                     .write(proto::WriteRequest {
                         key: format!("flood-{c}-{}", i % 50),
                         value: vec![0; 512],
+                        ..Default::default()
                     })
                     .await;
                 if matches!(&r, Err(s) if s.code() == tonic::Code::ResourceExhausted) {
@@ -301,6 +307,7 @@ async fn anti_entropy_rounds_complete_under_a_steady_half_load() {
                     .write(proto::WriteRequest {
                         key: format!("steady-{}", (i * 7 + w as u64) % 20_000),
                         value: format!("{w}-{i}").into_bytes(),
+                        ..Default::default()
                     })
                     .await;
                 if r.is_ok() {
@@ -520,6 +527,7 @@ async fn stalled_dumps_are_bounded() {
         .map(|i| proto::WriteRequest {
             key: format!("k{i}"),
             value: vec![0; 64],
+            ..Default::default()
         })
         .collect();
     node.kv()

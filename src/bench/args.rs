@@ -1,9 +1,12 @@
 //! The options of `meshkv bench`.
 
+use std::time::Duration;
+
 use clap::{Args, ValueEnum};
 
 use crate::{
     api::kv::MAX_WRITE_BATCH,
+    cli::{parse_duration, parse_endpoint},
     error::{Error, Result},
 };
 
@@ -33,7 +36,11 @@ pub enum KeyPattern {
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// A node's gRPC URL; repeat for a cluster. Workers spread over all of them.
-    #[arg(long = "endpoint", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long = "endpoint",
+        default_value = "http://127.0.0.1:50051",
+        value_parser = parse_endpoint
+    )]
     pub endpoints: Vec<String>,
     /// What to drive.
     #[arg(long, value_enum, default_value_t = Target::Meshkv)]
@@ -44,9 +51,9 @@ pub struct BenchArgs {
     /// HTTP/2 connections per endpoint; workers share them round-robin.
     #[arg(long, default_value_t = 4)]
     pub connections: usize,
-    /// How long to run, in seconds (unless --requests is given).
-    #[arg(long, default_value_t = 10.0)]
-    pub duration: f64,
+    /// How long to run (unless --requests is given): 30s, 2m; a bare number is seconds.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub duration: Duration,
     /// Stop after this many requests instead of after --duration.
     #[arg(long)]
     pub requests: Option<u64>,
@@ -68,12 +75,21 @@ pub struct BenchArgs {
     /// Target requests per second over all workers (default: as fast as possible).
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Replication-lag probe interval in ms (0: off). Needs 2+ meshkv endpoints.
-    #[arg(long, default_value_t = 20)]
-    pub lag_interval_ms: u64,
-    /// Deadline of each request, in seconds.
-    #[arg(long, default_value_t = 10)]
-    pub timeout_secs: u64,
+    /// Replication-lag probe interval, e.g. 5ms (0: off). Needs 2+ meshkv endpoints.
+    #[arg(long, value_parser = parse_duration, default_value = "20ms")]
+    pub lag_interval: Duration,
+    /// The probe interval as a number of milliseconds: the older spelling of
+    /// --lag-interval, kept for scripts that use it.
+    #[arg(long, hide = true, conflicts_with = "lag_interval")]
+    pub lag_interval_ms: Option<u64>,
+    /// Deadline of each request: 500ms, 5s; a bare number is seconds.
+    #[arg(
+        long,
+        alias = "timeout-secs",
+        value_parser = parse_duration,
+        default_value = "10s"
+    )]
+    pub timeout: Duration,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -107,11 +123,11 @@ impl BenchArgs {
         if self.keyspace == 0 {
             return bad("--keyspace must be at least 1".into());
         }
-        if self.requests.is_none() && !(self.duration > 0.0 && self.duration.is_finite()) {
-            return bad(format!(
-                "--duration {} must be a positive number of seconds",
-                self.duration
-            ));
+        if self.requests.is_none() && self.duration.is_zero() {
+            return bad("--duration must be more than 0".into());
+        }
+        if self.timeout.is_zero() {
+            return bad("--timeout must be more than 0".into());
         }
         if self.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
             return bad("--rate must be positive".into());
@@ -119,11 +135,81 @@ impl BenchArgs {
         Ok(())
     }
 
+    /// The lag probe's interval, from whichever flag gave it.
+    pub fn probe_interval(&self) -> Duration {
+        self.lag_interval_ms
+            .map_or(self.lag_interval, Duration::from_millis)
+    }
+
     /// True if the lag probe runs.
     pub fn measures_lag(&self) -> bool {
         self.target == Target::Meshkv
             && self.endpoints.len() > 1
-            && self.lag_interval_ms > 0
+            && !self.probe_interval().is_zero()
             && self.read_ratio < 1.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command};
+
+    fn bench(args: &[&str]) -> Result<super::BenchArgs, clap::Error> {
+        let cli = Cli::try_parse_from([&["meshkv", "bench"][..], args].concat())?;
+        match cli.command {
+            Some(Command::Bench(b)) => Ok(b),
+            other => panic!("not bench: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn duration_flags_take_units() {
+        let b = bench(&[
+            "--duration",
+            "5s",
+            "--lag-interval",
+            "5ms",
+            "--timeout",
+            "2m",
+        ])
+        .unwrap();
+        assert_eq!(b.duration, Duration::from_secs(5));
+        assert_eq!(b.probe_interval(), Duration::from_millis(5));
+        assert_eq!(b.timeout, Duration::from_secs(120));
+        b.validate().unwrap();
+
+        // The defaults, and bare numbers as before: seconds, and the old
+        // millisecond flag.
+        let b = bench(&[]).unwrap();
+        assert_eq!(b.duration, Duration::from_secs(10));
+        assert_eq!(b.probe_interval(), Duration::from_millis(20));
+        let b = bench(&[
+            "--duration",
+            "8",
+            "--lag-interval-ms",
+            "5",
+            "--timeout-secs",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(b.duration, Duration::from_secs(8));
+        assert_eq!(b.probe_interval(), Duration::from_millis(5));
+        assert_eq!(b.timeout, Duration::from_secs(3));
+
+        let err = bench(&["--duration", "5 seconds"]).unwrap_err().to_string();
+        assert!(
+            err.contains("--duration") && err.contains("not a duration"),
+            "{err}"
+        );
+        assert!(bench(&["--lag-interval", "5ms", "--lag-interval-ms", "5"]).is_err());
+        let zero = bench(&["--duration", "0s"])
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(zero.to_string().contains("--duration"), "{zero}");
     }
 }

@@ -62,6 +62,7 @@ impl Client {
                 .write(proto::WriteRequest {
                     key: key(keys[0]),
                     value: value.to_vec(),
+                    ..Default::default()
                 })
                 .await
                 .map(drop),
@@ -72,6 +73,7 @@ impl Client {
                         .map(|k| proto::WriteRequest {
                             key: key(*k),
                             value: value.to_vec(),
+                            ..Default::default()
                         })
                         .collect(),
                 })
@@ -91,7 +93,13 @@ impl Client {
 
     async fn read(&mut self, k: u64) -> Result<(), tonic::Status> {
         match self {
-            Client::Meshkv(c) => c.read(proto::ReadRequest { key: key(k) }).await.map(drop),
+            Client::Meshkv(c) => c
+                .read(proto::ReadRequest {
+                    key: key(k),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
             Client::Health(c) => health_check(c).await,
             Client::Etcd(c) => c
                 .range(RangeRequest {
@@ -122,8 +130,8 @@ async fn connect(args: &BenchArgs) -> Result<Vec<Vec<Channel>>> {
     for url in &args.endpoints {
         let endpoint = Endpoint::from_shared(url.clone())
             .map_err(|e| Error::InvalidArgument(format!("--endpoint {url:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(args.timeout_secs))
+            .connect_timeout(crate::cli::CONNECT_TIMEOUT)
+            .timeout(args.timeout)
             .tcp_nodelay(true);
         let mut chans = Vec::new();
         for _ in 0..args.connections {
@@ -131,7 +139,7 @@ async fn connect(args: &BenchArgs) -> Result<Vec<Vec<Channel>>> {
                 endpoint
                     .connect()
                     .await
-                    .map_err(|e| Error::Unavailable(format!("cannot connect to {url}: {e}")))?,
+                    .map_err(crate::cli::connect_error(url))?,
             );
         }
         all.push(chans);
@@ -155,7 +163,7 @@ pub async fn run(args: BenchArgs) -> Result<Report> {
     } else {
         match args.requests {
             Some(n) => ProgressBar::new(n),
-            None => ProgressBar::new((args.duration * 10.0).ceil() as u64),
+            None => ProgressBar::new((args.duration.as_secs_f64() * 10.0).ceil() as u64),
         }
     };
     bar.set_style(
@@ -170,16 +178,13 @@ pub async fn run(args: BenchArgs) -> Result<Report> {
         tokio::spawn(lag::probe(
             first,
             others,
-            Duration::from_millis(args.lag_interval_ms),
+            args.probe_interval(),
             stop.clone(),
         ))
     });
 
     let started = Instant::now();
-    let deadline = args
-        .requests
-        .is_none()
-        .then(|| started + Duration::from_secs_f64(args.duration));
+    let deadline = args.requests.is_none().then(|| started + args.duration);
     let pace = args
         .rate
         .map(|r| Duration::from_secs_f64(args.concurrency as f64 / r));

@@ -39,6 +39,7 @@ pub async fn probe(
             .write(proto::WriteRequest {
                 key: key.clone(),
                 value: b"lag".to_vec(),
+                ..Default::default()
             })
             .await;
         if wrote.is_err() {
@@ -70,7 +71,10 @@ pub async fn probe(
 async fn visible(mut client: KvClient<Channel>, key: String, since: Instant) -> Option<Duration> {
     loop {
         let found = client
-            .read(proto::ReadRequest { key: key.clone() })
+            .read(proto::ReadRequest {
+                key: key.clone(),
+                ..Default::default()
+            })
             .await
             .map(|r| r.into_inner().found)
             .unwrap_or(false);

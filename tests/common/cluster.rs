@@ -197,6 +197,7 @@ impl Load {
                             kv.write(proto::WriteRequest {
                                 key: key.clone(),
                                 value: value.clone(),
+                                ..Default::default()
                             })
                             .await
                             .map(|r| (ver(&r.into_inner().version), Some(value)))

@@ -290,15 +290,48 @@ pub fn kv_at(url: &str) -> KvClient<Channel> {
 
 /// Runs `meshkv` with arguments to completion, returning (status, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (ExitStatus, String, String) {
+    run_cli_env(args, &[])
+}
+
+/// Like [`run_cli`], with extra environment variables.
+pub fn run_cli_env(args: &[&str], envs: &[(&str, &str)]) -> (ExitStatus, String, String) {
     let out = Command::new(BIN)
         .args(args)
         .env_remove("MESHKV_CONFIG")
         .env_remove("MESHKV_ENDPOINT")
+        .envs(envs.iter().copied())
         .output()
         .unwrap();
     (
         out.status,
         String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs `meshkv` with `stdin` as its standard input, returning (status,
+/// raw stdout, stderr): for values that are not text.
+pub fn run_cli_bytes(args: &[&str], stdin: &[u8]) -> (ExitStatus, Vec<u8>, String) {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("MESHKV_CONFIG")
+        .env_remove("MESHKV_ENDPOINT")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    // Write from a thread: a large input would fill the pipe while the
+    // child's own output fills the other one.
+    let feeder = std::thread::spawn(move || input.write_all(&stdin));
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap().unwrap();
+    (
+        out.status,
+        out.stdout,
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
