@@ -352,9 +352,46 @@ async fn anti_entropy_rounds_complete_under_a_steady_half_load() {
         w.await.unwrap();
     }
     let rate = acked.load(Ordering::Relaxed) as f64 / load_started.elapsed().as_secs_f64();
+
+    // Saturated: the streams are never caught up, and rounds still run.
+    let rounds = |s: &proto::ClusterStatusResponse| -> Vec<u64> {
+        s.peers.iter().map(|p| p.repair_rounds).collect()
+    };
+    let mut before = Vec::new();
+    for n in &refs {
+        before.push(rounds(&status(n).await));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let full = {
+        let (urls, stop) = (urls.clone(), stop.clone());
+        tokio::spawn(async move {
+            Load {
+                keyspace: 20_000,
+                ..Load::default()
+            }
+            .run(urls, stop)
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let mut saturated = Vec::new();
+    for (n, b) in refs.iter().zip(&before) {
+        let now = rounds(&status(n).await);
+        for (i, (a, b)) in now.iter().zip(b).enumerate() {
+            saturated.push(a - b);
+            assert!(
+                a - b >= 2,
+                "{} peer {i}: {} rounds in 20 s of saturation",
+                n.id,
+                a - b
+            );
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let full_rate = full.await.unwrap().acked.len() as f64 / 20.0;
     converge(&refs).await;
     println!(
-        "steady load: max {max:.0} writes/s, ran {rate:.0}/s for 60 s; {}",
+        "steady load: max {max:.0} writes/s, ran {rate:.0}/s for 60 s; {}; saturated at {full_rate:.0}/s for 20 s: rounds per peer {saturated:?}",
         rows.join("; ")
     );
 }

@@ -37,3 +37,6 @@ pub mod repair;
 pub mod stream;
 
 pub use manager::{Ctx, PeerManager, PeerView};
+
+#[cfg(test)]
+mod round_tests;

@@ -1,0 +1,251 @@
+//! One anti-entropy round against a scripted peer on loopback: what a round
+//! sends, and what it does when the peer misbehaves.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+use tonic::{transport::Server, Request, Response, Status};
+
+use crate::{
+    clock::{from_physical_ms, SystemClock},
+    config::{FsyncMode, ReplicationConfig},
+    proto::{
+        self,
+        anti_entropy_client::AntiEntropyClient,
+        anti_entropy_server::{AntiEntropy, AntiEntropyServer},
+        replication_client::ReplicationClient,
+        replication_server::{Replication, ReplicationServer},
+    },
+    replication::{
+        anti_entropy::{round, Mode, Rules},
+        Ctx,
+    },
+    storage::{admission::LaneLimits, bucket_of, writer, Store, WriterOptions},
+};
+
+/// A peer that holds the given `(key, hlc)` entries (all issued by "n2"),
+/// says every bucket differs, and either fails or records every Replicate.
+#[derive(Clone, Default)]
+struct ScriptedPeer {
+    holds: Vec<(String, u64)>,
+    fail_pushes: bool,
+    /// Encoded length and entry count of each Replicate it received.
+    pushes: Arc<Mutex<Vec<(usize, usize)>>>,
+}
+
+fn version(hlc: u64) -> proto::Version {
+    proto::Version {
+        hlc,
+        node_id: "n2".into(),
+    }
+}
+
+#[tonic::async_trait]
+impl AntiEntropy for ScriptedPeer {
+    async fn digest(
+        &self,
+        _: Request<proto::DigestRequest>,
+    ) -> Result<Response<proto::DigestResponse>, Status> {
+        Ok(Response::new(proto::DigestResponse {
+            buckets: (0..crate::storage::BUCKETS as u32).collect(),
+            catching_up: false,
+        }))
+    }
+
+    async fn bucket_versions(
+        &self,
+        r: Request<proto::BucketVersionsRequest>,
+    ) -> Result<Response<proto::BucketVersionsResponse>, Status> {
+        let asked = r.into_inner().buckets;
+        let entries = self
+            .holds
+            .iter()
+            .filter(|(k, _)| asked.contains(&u32::from(bucket_of(k.as_bytes()))))
+            .map(|(k, h)| proto::KeyVersion {
+                key: k.clone(),
+                version: Some(version(*h)),
+            })
+            .collect();
+        Ok(Response::new(proto::BucketVersionsResponse {
+            entries,
+            processed: asked.len() as u32,
+        }))
+    }
+
+    async fn fetch(
+        &self,
+        r: Request<proto::FetchRequest>,
+    ) -> Result<Response<proto::FetchResponse>, Status> {
+        let keys = r.into_inner().keys;
+        let mutations = self
+            .holds
+            .iter()
+            .filter(|(k, _)| keys.contains(k))
+            .map(|(k, h)| proto::Mutation {
+                key: k.clone(),
+                version: Some(version(*h)),
+                value: Some(b"theirs".to_vec()),
+            })
+            .collect();
+        Ok(Response::new(proto::FetchResponse {
+            mutations,
+            processed: keys.len() as u32,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Replication for ScriptedPeer {
+    async fn replicate(
+        &self,
+        r: Request<proto::ReplicateRequest>,
+    ) -> Result<Response<proto::ReplicateResponse>, Status> {
+        if self.fail_pushes {
+            return Err(Status::unavailable("scripted: pushes fail"));
+        }
+        let req = r.into_inner();
+        let n = req.mutations.len();
+        self.pushes.lock().unwrap().push((req.encoded_len(), n));
+        Ok(Response::new(proto::ReplicateResponse {
+            applied: n as u64,
+            refused: Vec::new(),
+        }))
+    }
+}
+
+async fn serve(peer: ScriptedPeer) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        Server::builder()
+            .add_service(AntiEntropyServer::new(peer.clone()))
+            .add_service(ReplicationServer::new(peer))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    addr
+}
+
+/// A node "n1" with its own store and writer, configured by `config`.
+fn node(dir: &std::path::Path, config: ReplicationConfig) -> Arc<Ctx> {
+    let (store, rec) = Store::open(dir, "n1", "c", 8, 4).unwrap();
+    let lane = LaneLimits {
+        requests: 64,
+        bytes: 1 << 26,
+    };
+    let (writer, seq, _thread) = writer::spawn(
+        Arc::clone(&store),
+        &rec,
+        Arc::new(SystemClock),
+        WriterOptions {
+            node_id: "n1".into(),
+            fsync: FsyncMode::Never,
+            clients: lane,
+            peers: lane,
+            max_batch: 64,
+            max_clock_skew: std::time::Duration::from_secs(60),
+            tombstone_ttl: std::time::Duration::from_secs(3600),
+        },
+        CancellationToken::new(),
+    )
+    .unwrap();
+    Arc::new(Ctx {
+        node_id: "n1".into(),
+        cluster_id: "c".into(),
+        store,
+        writer,
+        config,
+        synced: tokio::sync::watch::channel(false).0,
+        clock: Arc::new(SystemClock),
+        seq,
+        catching_up: Default::default(),
+    })
+}
+
+/// Rules under which every difference moves.
+fn eager() -> Rules {
+    Rules {
+        mode: Mode::Periodic,
+        self_id: "n1".into(),
+        own_streamed_from: None,
+        recent_from_ms: u64::MAX,
+        recent_to_ms: 0,
+        horizon_ms: 0,
+        peer_catching_up: false,
+    }
+}
+
+async fn clients(
+    addr: SocketAddr,
+) -> (
+    AntiEntropyClient<tonic::transport::Channel>,
+    ReplicationClient<tonic::transport::Channel>,
+) {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    (
+        AntiEntropyClient::new(ch.clone()),
+        ReplicationClient::new(ch),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_that_fails_does_not_stop_the_pull() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = node(dir.path(), ReplicationConfig::default());
+    ctx.writer
+        .write("push-me".into(), Some(b"ours".to_vec()))
+        .await
+        .unwrap();
+    let addr = serve(ScriptedPeer {
+        holds: vec![("pull-me".into(), from_physical_ms(1_000))],
+        fail_pushes: true,
+        ..ScriptedPeer::default()
+    })
+    .await;
+    let (mut ae, mut repl) = clients(addr).await;
+    let stats = round(&ctx, "n2", &mut ae, &mut repl, eager())
+        .await
+        .expect("the round goes on past a failed push");
+    assert!(stats.push_error.is_some(), "{stats:?}");
+    assert!(!stats.finished() && !stats.complete());
+    assert_eq!(stats.pulled, 1, "{stats:?}");
+    let pulled = ctx.store.get("pull-me").unwrap().expect("pulled");
+    assert_eq!(pulled.value.as_deref(), Some(&b"theirs"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_of_many_tiny_keys_fit_a_small_batch_limit_by_encoded_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let budget = 512;
+    let ctx = node(
+        dir.path(),
+        ReplicationConfig {
+            batch_max_bytes: budget,
+            ..ReplicationConfig::default()
+        },
+    );
+    let writes: Vec<(String, Option<Vec<u8>>)> = (0..2_000)
+        .map(|i| (format!("{i}"), Some(Vec::new())))
+        .collect();
+    ctx.writer.write_batch(writes).await.unwrap();
+    let peer = ScriptedPeer::default();
+    let pushes = Arc::clone(&peer.pushes);
+    let addr = serve(peer).await;
+    let (mut ae, mut repl) = clients(addr).await;
+    let stats = round(&ctx, "n2", &mut ae, &mut repl, eager())
+        .await
+        .unwrap();
+    assert!(stats.complete(), "{stats:?}");
+    assert_eq!(stats.pushed, 2_000);
+    let pushes = pushes.lock().unwrap();
+    assert!(pushes.len() > 10, "{} pushes", pushes.len());
+    for (len, n) in pushes.iter() {
+        // The envelope (cluster id, origin) comes on top of the budget.
+        assert!(*len <= budget + 16, "a push of {n} entries is {len} bytes");
+    }
+}
