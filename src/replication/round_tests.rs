@@ -33,6 +33,8 @@ use crate::{
 struct ScriptedPeer {
     holds: Vec<(String, u64)>,
     fail_pushes: bool,
+    /// Never answer a Replicate: the stream to this peer never drains.
+    hang_pushes: bool,
     /// Encoded length and entry count of each Replicate it received.
     pushes: Arc<Mutex<Vec<(usize, usize)>>>,
 }
@@ -106,6 +108,9 @@ impl Replication for ScriptedPeer {
     ) -> Result<Response<proto::ReplicateResponse>, Status> {
         if self.fail_pushes {
             return Err(Status::unavailable("scripted: pushes fail"));
+        }
+        if self.hang_pushes {
+            std::future::pending::<()>().await;
         }
         let req = r.into_inner();
         let n = req.mutations.len();
@@ -248,4 +253,69 @@ async fn pushes_of_many_tiny_keys_fit_a_small_batch_limit_by_encoded_length() {
         // The envelope (cluster id, origin) comes on top of the budget.
         assert!(*len <= budget + 16, "a push of {n} entries is {len} bytes");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_rounds_run_while_the_stream_never_catches_up() {
+    use crate::replication::{
+        peer::{Backoff, Peer},
+        repair, stream,
+    };
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = node(
+        dir.path(),
+        ReplicationConfig {
+            anti_entropy_interval_secs: 1,
+            rpc_timeout_ms: 600_000,
+            ..ReplicationConfig::default()
+        },
+    );
+    for i in 0..10 {
+        ctx.writer
+            .write(format!("k{i}"), Some(b"v".to_vec()))
+            .await
+            .unwrap();
+    }
+    let addr = serve(ScriptedPeer {
+        hang_pushes: true,
+        ..ScriptedPeer::default()
+    })
+    .await;
+    let url = format!("http://{addr}");
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .unwrap()
+        .connect_lazy();
+    let peer = Arc::new(Peer::new("n2".into(), url, 0, false));
+    let shutdown = CancellationToken::new();
+    let backoff = || Backoff::new(Duration::from_millis(10), Duration::from_millis(100), 1);
+    let tasks = [
+        tokio::spawn(stream::run(
+            Arc::clone(&ctx),
+            Arc::clone(&peer),
+            channel.clone(),
+            ctx.seq.clone(),
+            None,
+            backoff(),
+            shutdown.clone(),
+        )),
+        tokio::spawn(repair::run(
+            Arc::clone(&ctx),
+            Arc::clone(&peer),
+            channel,
+            backoff(),
+            shutdown.clone(),
+        )),
+    ];
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let s = peer.state();
+    shutdown.cancel();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // The stream is stuck with all ten writes in flight, and the rounds
+    // (which leave those writes to it) go on regardless.
+    assert_eq!(s.acked_seq, 0);
+    assert!(s.repair_rounds >= 2, "{} rounds in 4 s", s.repair_rounds);
+    assert!(s.last_complete_round_ms.is_some());
 }
