@@ -13,7 +13,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::{wrappers::TcpListenerStream, Stream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::transport::{server::Connected, Server};
+use tonic::transport::{server::Connected, Channel, Server};
 use tonic_health::{server::HealthReporter, ServingStatus};
 
 use crate::{
@@ -26,7 +26,7 @@ use crate::{
         replication_server::ReplicationServer,
     },
     replication::{manager::tcp_channel, Ctx, PeerManager},
-    storage::{admission::LaneLimits, writer, Recovered, Store, WriterOptions},
+    storage::{admission::LaneLimits, blocking::Blocking, writer, Recovered, Store, WriterOptions},
     wire,
 };
 
@@ -108,8 +108,47 @@ impl StartKind {
     }
 }
 
+/// Builds the channel to a peer from its URL.
+pub type Connector = dyn Fn(&str) -> Result<Channel> + Send + Sync;
+
+/// What a node takes from its environment, so that a simulation can supply
+/// all of it: wall-clock time, connections to peers, randomness, and where
+/// blocking storage work runs.
+#[derive(Clone)]
+pub struct Seams {
+    /// Wall-clock time (versions, TTLs, lag).
+    pub clock: Arc<dyn PhysicalClock>,
+    /// Builds the channel to a peer URL.
+    pub connect: Arc<Connector>,
+    /// Seeds the peer tasks' randomness; `None` draws from the OS.
+    pub seed: Option<u64>,
+    /// Where blocking storage work runs.
+    pub blocking: Blocking,
+}
+
+impl Seams {
+    /// The real world: the system clock, TCP, OS randomness, threads.
+    pub fn production() -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+            connect: Arc::new(tcp_channel),
+            seed: None,
+            blocking: Blocking::Pool,
+        }
+    }
+}
+
+impl std::fmt::Debug for Seams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Seams")
+            .field("seed", &self.seed)
+            .field("blocking", &self.blocking)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Runs the node on connections from `incoming` (a TCP listener in
-/// production, a simulated network in tests). `addr` is only logged.
+/// production). `addr` is only logged.
 pub async fn serve<I, IO, IE>(
     config: Config,
     incoming: I,
@@ -121,7 +160,24 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Connected + Unpin + Send + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let clock: Arc<dyn PhysicalClock> = Arc::new(SystemClock);
+    serve_with(config, incoming, addr, shutdown, Seams::production()).await
+}
+
+/// [`serve`] with every seam supplied: how a simulation runs a node.
+pub async fn serve_with<I, IO, IE>(
+    config: Config,
+    incoming: I,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    seams: Seams,
+) -> Result<()>
+where
+    I: Stream<Item = std::result::Result<IO, IE>>,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Connected + Unpin + Send + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let clock = Arc::clone(&seams.clock);
+    let blocking = seams.blocking;
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let (words, words_rx) = watch::channel(String::new());
     let health = Health {
@@ -138,9 +194,11 @@ where
             config.storage.cache_mb,
             config.storage.memtable_mb,
         );
-        tokio::task::spawn_blocking(move || Store::open(&dir, &node, &cluster, cache, memtable))
-            .await
-            .map_err(|e| Error::Unavailable(format!("storage open panicked: {e}")))??
+        blocking
+            .run("storage open", move || {
+                Store::open(&dir, &node, &cluster, cache, memtable)
+            })
+            .await??
     };
     tracing::info!(
         data_dir = %config.data_dir.display(),
@@ -164,7 +222,7 @@ where
 
     let fatal = CancellationToken::new();
     let limits = &config.limits;
-    let (writer, seq_rx, writer_thread) = writer::spawn(
+    let (writer, seq_rx, writer_join) = writer::spawn(
         Arc::clone(&store),
         &recovered,
         Arc::clone(&clock),
@@ -184,6 +242,7 @@ where
             tombstone_ttl: Duration::from_secs(config.replication.tombstone_ttl_secs),
         },
         fatal.clone(),
+        blocking,
     )?;
 
     // The periodic sync outlives the drain: it stops only once the writer
@@ -196,6 +255,7 @@ where
             Duration::from_millis(config.storage.fsync_interval_ms),
             fatal.clone(),
             writer_done.clone(),
+            blocking,
         ))
     });
 
@@ -210,6 +270,8 @@ where
         clock: Arc::clone(&clock),
         seq: seq_rx,
         catching_up: Default::default(),
+        blocking,
+        seed: seams.seed,
     });
     let start = StartKind::of(&config, &recovered, clock.as_ref());
     if start.stale {
@@ -232,7 +294,7 @@ where
         &config.peers,
         start.fresh || start.stale,
         skip_before_hlc,
-        &tcp_channel,
+        seams.connect.as_ref(),
         &shutdown,
         &tracker,
     )?;
@@ -361,14 +423,12 @@ where
     writer.close().await;
     drop(writer);
     drop(manager);
-    let joined = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+    let joined = writer_join.join().await;
     writer_done.cancel();
     if let Some(p) = periodic {
         let _ = p.await;
     }
-    joined
-        .map_err(|e| Error::Unavailable(format!("writer join: {e}")))?
-        .map_err(|_| Error::Unavailable("the writer thread panicked".into()))?;
+    joined?;
     served?;
     if fatal.is_cancelled() {
         return Err(Error::Unavailable("stopped after a storage failure".into()));

@@ -406,26 +406,31 @@ async fn bad_input_gets_a_clear_status_and_the_node_keeps_serving() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // A malformed entry is refused alone: the batch is not an error, the
+    // refusal names the entry, and the rest of the batch applies.
     let no_version = proto::Mutation {
+        key: "no-version".into(),
         version: None,
         ..m.clone()
     };
-    let e = repl
-        .replicate(req("meshkv", "node2", vec![no_version]))
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     let bad_key = proto::Mutation {
         key: String::new(),
         ..m.clone()
     };
-    let e = repl
-        .replicate(req("meshkv", "node2", vec![m.clone(), bad_key]))
+    let resp = repl
+        .replicate(req("meshkv", "node2", vec![no_version, m.clone(), bad_key]))
         .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    assert!(e.message().contains("mutation 1"), "{e:?}");
-    // The rejected batch applied nothing, not even its valid first half.
+        .expect("refusals are reported, not an error")
+        .into_inner();
+    assert_eq!(resp.applied, 1);
+    let refused: Vec<(u32, &str)> = resp
+        .refused
+        .iter()
+        .map(|r| (r.index, r.key.as_str()))
+        .collect();
+    assert_eq!(refused, [(0, "no-version"), (2, "")], "{resp:?}");
+    assert!(resp.refused[0].reason.contains("no version"), "{resp:?}");
+    assert!(resp.refused[1].reason.contains("1..=1024"), "{resp:?}");
     let r = kv
         .read(proto::ReadRequest {
             key: "x".into(),
@@ -434,14 +439,14 @@ async fn bad_input_gets_a_clear_status_and_the_node_keeps_serving() {
         .await
         .unwrap()
         .into_inner();
-    assert!(!r.found);
-    // A valid batch from a configured peer applies.
-    let ok = repl
+    assert!(r.found, "the valid entry of the batch applied");
+    // Replaying it changes nothing.
+    let again = repl
         .replicate(req("meshkv", "node2", vec![m]))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(ok.applied, 1);
+    assert_eq!(again.applied, 0);
 
     still_serves(&node).await;
 }

@@ -43,6 +43,7 @@ impl AdminService {
 /// two chunks, never a blocking thread or an open storage iterator.
 async fn dump_chunks(
     store: Arc<crate::storage::Store>,
+    blocking: crate::storage::blocking::Blocking,
     tx: mpsc::Sender<Result<proto::Mutation, Status>>,
     _permit: OwnedSemaphorePermit,
 ) {
@@ -50,9 +51,11 @@ async fn dump_chunks(
     loop {
         let s = Arc::clone(&store);
         let from = after.clone();
-        let chunk = tokio::task::spawn_blocking(move || s.scan_after(from.as_deref(), DUMP_CHUNK))
+        let chunk = blocking
+            .run("dump read", move || {
+                s.scan_after(from.as_deref(), DUMP_CHUNK)
+            })
             .await
-            .map_err(|e| Error::Unavailable(format!("dump read failed: {e}")))
             .and_then(|r| r);
         let chunk = match chunk {
             Ok(c) => c,
@@ -142,8 +145,13 @@ impl Admin for AdminService {
             ))
         })?;
         let (tx, rx) = mpsc::channel(DUMP_CHUNK);
-        let store = Arc::clone(&self.manager.ctx().store);
-        tokio::spawn(dump_chunks(store, tx, permit));
+        let ctx = self.manager.ctx();
+        tokio::spawn(dump_chunks(
+            Arc::clone(&ctx.store),
+            ctx.blocking,
+            tx,
+            permit,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

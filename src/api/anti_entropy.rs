@@ -31,10 +31,6 @@ impl AntiEntropyService {
     }
 }
 
-fn blocking_err(e: tokio::task::JoinError) -> Status {
-    Status::from(Error::Unavailable(format!("storage task failed: {e}")))
-}
-
 #[tonic::async_trait]
 impl AntiEntropy for AntiEntropyService {
     async fn digest(
@@ -81,10 +77,13 @@ impl AntiEntropy for AntiEntropyService {
             .collect::<Result<Vec<u16>, Error>>()?;
         let store = Arc::clone(&self.ctx.store);
         // Versions only: the values of a bucket are never loaded to compare it.
-        let (pairs, covered) =
-            tokio::task::spawn_blocking(move || store.bucket_versions(&buckets, ANSWER_BUDGET))
-                .await
-                .map_err(blocking_err)??;
+        let (pairs, covered) = self
+            .ctx
+            .blocking
+            .run("bucket scan", move || {
+                store.bucket_versions(&buckets, ANSWER_BUDGET)
+            })
+            .await??;
         let entries = pairs
             .into_iter()
             .map(|(key, version)| proto::KeyVersion {
@@ -113,24 +112,26 @@ impl AntiEntropy for AntiEntropyService {
             validate::key(key)?;
         }
         let store = Arc::clone(&self.ctx.store);
-        let (mutations, processed) = tokio::task::spawn_blocking(move || {
-            let (mut out, mut bytes, mut processed) = (Vec::new(), 0, 0u32);
-            for key in req.keys {
-                if let Some(entry) = store.get(&key)? {
-                    let m = to_mutation(&key, &entry);
-                    let len = wire::framed_len(m.encoded_len());
-                    if !wire::fits(out.len(), bytes, len, ANSWER_BUDGET) {
-                        break;
+        let (mutations, processed) = self
+            .ctx
+            .blocking
+            .run("fetch", move || {
+                let (mut out, mut bytes, mut processed) = (Vec::new(), 0, 0u32);
+                for key in req.keys {
+                    if let Some(entry) = store.get(&key)? {
+                        let m = to_mutation(&key, &entry);
+                        let len = wire::framed_len(m.encoded_len());
+                        if !wire::fits(out.len(), bytes, len, ANSWER_BUDGET) {
+                            break;
+                        }
+                        bytes += len;
+                        out.push(m);
                     }
-                    bytes += len;
-                    out.push(m);
+                    processed += 1;
                 }
-                processed += 1;
-            }
-            Ok::<_, Error>((out, processed))
-        })
-        .await
-        .map_err(blocking_err)??;
+                Ok::<_, Error>((out, processed))
+            })
+            .await??;
         Ok(Response::new(proto::FetchResponse {
             mutations,
             processed,

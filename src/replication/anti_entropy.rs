@@ -248,9 +248,11 @@ pub async fn round(
         let (local, local_covered) = {
             let store = Arc::clone(&ctx.store);
             let buckets = ask[..remote_covered].to_vec();
-            tokio::task::spawn_blocking(move || store.bucket_versions(&buckets, ANSWER_BUDGET))
-                .await
-                .map_err(|e| Error::Unavailable(format!("bucket scan panicked: {e}")))??
+            ctx.blocking
+                .run("bucket scan", move || {
+                    store.bucket_versions(&buckets, ANSWER_BUDGET)
+                })
+                .await??
         };
         let covered = remote_covered.min(local_covered.max(1));
         let chunk: HashSet<u16> = rest[..covered].iter().copied().collect();
@@ -298,17 +300,17 @@ async fn push(
         let mutations = {
             let store = Arc::clone(&ctx.store);
             let slice = slice.to_vec();
-            tokio::task::spawn_blocking(move || -> Result<Vec<proto::Mutation>> {
-                let mut out = Vec::with_capacity(slice.len());
-                for key in slice {
-                    if let Some(e) = store.get(&key)? {
-                        out.push(to_mutation(&key, &e));
+            ctx.blocking
+                .run("push read", move || -> Result<Vec<proto::Mutation>> {
+                    let mut out = Vec::with_capacity(slice.len());
+                    for key in slice {
+                        if let Some(e) = store.get(&key)? {
+                            out.push(to_mutation(&key, &e));
+                        }
                     }
-                }
-                Ok(out)
-            })
-            .await
-            .map_err(|e| Error::Unavailable(format!("push read panicked: {e}")))??
+                    Ok(out)
+                })
+                .await??
         };
         for batch in wire::chunk_by_size(mutations, budget) {
             let resp = repl

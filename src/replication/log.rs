@@ -111,27 +111,29 @@ pub async fn run(manager: Arc<PeerManager>, shutdown: CancellationToken) {
             age => now_ms.saturating_sub(age * 1000),
         };
         let store = Arc::clone(&ctx.store);
-        let truncated = tokio::task::spawn_blocking(move || {
-            store.truncate_log(|seq, m, left| {
-                let ms = m.version.as_ref().map_or(0, |v| physical_ms(v.hlc));
-                drop_record(seq, min_acked, left, max_bytes, ms, cutoff_ms)
+        let truncated = ctx
+            .blocking
+            .run("log truncation", move || {
+                store.truncate_log(|seq, m, left| {
+                    let ms = m.version.as_ref().map_or(0, |v| physical_ms(v.hlc));
+                    drop_record(seq, min_acked, left, max_bytes, ms, cutoff_ms)
+                })
             })
-        })
-        .await;
+            .await
+            .and_then(|r| r);
         match truncated {
-            Ok(Ok((0, _))) => {}
-            Ok(Ok((n, bytes))) => {
+            Ok((0, _)) => {}
+            Ok((n, bytes)) => {
                 tracing::debug!(records = n, bytes, min_acked, "log truncated");
                 crate::metrics::log_truncated(n);
             }
-            Ok(Err(crate::Error::Storage(fjall::Error::Poisoned))) => {
+            Err(crate::Error::Storage(fjall::Error::Poisoned)) => {
                 // Storage failed and the node refuses writes until restarted;
                 // retrying every tick would only repeat the same error.
                 tracing::error!("storage failed: log retention and tombstone collection stop");
                 return;
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "log truncation failed"),
-            Err(e) => tracing::warn!(error = %e, "log truncation panicked"),
+            Err(e) => tracing::warn!(error = %e, "log truncation failed"),
         }
 
         if last_gc.elapsed() >= gc_every {
@@ -160,33 +162,35 @@ async fn collect_tombstones(manager: &PeerManager, cutoff_hlc: u64, shutdown: &C
         .collect();
     let stop = shutdown.clone();
     let n_peers = peers.len();
-    let found = tokio::task::spawn_blocking(move || {
-        let mut out: Vec<(String, Version)> = Vec::new();
-        let mut waiting = vec![0u64; n_peers];
-        store.for_each(|key, entry, applied_ms| {
-            if !expired(&entry, cutoff_hlc) {
-                return Ok(true);
-            }
-            let mut all = true;
-            for (i, p) in peers.iter().enumerate() {
-                if !peer_holds(&entry, applied_ms, &self_id, settle_ms, p) {
-                    waiting[i] += 1;
-                    all = false;
+    let found = ctx
+        .blocking
+        .run("tombstone scan", move || {
+            let mut out: Vec<(String, Version)> = Vec::new();
+            let mut waiting = vec![0u64; n_peers];
+            store.for_each(|key, entry, applied_ms| {
+                if !expired(&entry, cutoff_hlc) {
+                    return Ok(true);
                 }
-            }
-            if all {
-                out.push((key, entry.version));
-            }
-            // A full scan can be long: shutdown and the batch bound end it early.
-            Ok(!stop.is_cancelled() && out.len() < PURGE_SCAN_LIMIT)
-        })?;
-        Ok::<_, crate::Error>((out, waiting))
-    })
-    .await;
+                let mut all = true;
+                for (i, p) in peers.iter().enumerate() {
+                    if !peer_holds(&entry, applied_ms, &self_id, settle_ms, p) {
+                        waiting[i] += 1;
+                        all = false;
+                    }
+                }
+                if all {
+                    out.push((key, entry.version));
+                }
+                // A full scan can be long: shutdown and the batch bound end it early.
+                Ok(!stop.is_cancelled() && out.len() < PURGE_SCAN_LIMIT)
+            })?;
+            Ok::<_, crate::Error>((out, waiting))
+        })
+        .await
+        .and_then(|r| r);
     let (tombstones, waiting) = match found {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => return tracing::warn!(error = %e, "tombstone scan failed"),
-        Err(e) => return tracing::warn!(error = %e, "tombstone scan panicked"),
+        Ok(t) => t,
+        Err(e) => return tracing::warn!(error = %e, "tombstone scan failed"),
     };
     for (peer, n) in manager.peers().iter().zip(waiting) {
         peer.lock().tombstones_waiting = n;

@@ -22,7 +22,7 @@ use crate::{
         peer::{Backoff, Peer, PeerState},
         repair, stream,
     },
-    storage::{Store, WriterHandle},
+    storage::{blocking::Blocking, Store, WriterHandle},
 };
 
 /// What every replication task needs.
@@ -46,6 +46,10 @@ pub struct Ctx {
     pub seq: watch::Receiver<u64>,
     /// Peers this node is still catching up with (fresh or stale start).
     pub catching_up: AtomicUsize,
+    /// Where blocking storage reads run (inline only in simulation).
+    pub blocking: Blocking,
+    /// Seeds every peer task's randomness; `None` draws from the OS.
+    pub seed: Option<u64>,
 }
 
 impl Ctx {
@@ -150,12 +154,17 @@ impl PeerManager {
         }
         let manager = Arc::new(Self { ctx, peers: list });
         let cfg = &manager.ctx.config;
-        let backoff = || {
-            // Each task draws its jitter from its own seeded generator.
+        let seed = manager.ctx.seed;
+        let backoff = |peer: &str, task: u64| {
+            // Each task draws its jitter from its own seeded generator: from
+            // the simulation's seed when it has one, so that a run replays.
+            let seed = seed.map_or_else(rand::random, |s| {
+                xxhash_rust::xxh3::xxh3_64_with_seed(peer.as_bytes(), s ^ task)
+            });
             Backoff::new(
                 Duration::from_millis(cfg.backoff_min_ms),
                 Duration::from_millis(cfg.backoff_max_ms),
-                rand::random(),
+                seed,
             )
         };
         for (peer, channel) in manager.peers.iter().zip(channels) {
@@ -165,14 +174,14 @@ impl PeerManager {
                 channel.clone(),
                 manager.ctx.seq.clone(),
                 skip_before_hlc,
-                backoff(),
+                backoff(&peer.id, 1),
                 shutdown.clone(),
             ));
             tracker.spawn(repair::run(
                 Arc::clone(&manager.ctx),
                 Arc::clone(peer),
                 channel,
-                backoff(),
+                backoff(&peer.id, 2),
                 shutdown.clone(),
             ));
         }

@@ -24,7 +24,7 @@ use crate::{
         anti_entropy::{round, Mode, Rules},
         Ctx,
     },
-    storage::{admission::LaneLimits, bucket_of, writer, Store, WriterOptions},
+    storage::{admission::LaneLimits, blocking::Blocking, bucket_of, writer, Store, WriterOptions},
 };
 
 /// A peer that holds the given `(key, hlc)` entries (all issued by "n2"),
@@ -155,6 +155,7 @@ fn node(dir: &std::path::Path, config: ReplicationConfig) -> Arc<Ctx> {
             tombstone_ttl: std::time::Duration::from_secs(3600),
         },
         CancellationToken::new(),
+        Blocking::Pool,
     )
     .unwrap();
     Arc::new(Ctx {
@@ -167,6 +168,8 @@ fn node(dir: &std::path::Path, config: ReplicationConfig) -> Arc<Ctx> {
         clock: Arc::new(SystemClock),
         seq,
         catching_up: Default::default(),
+        blocking: Blocking::Pool,
+        seed: Some(7),
     })
 }
 

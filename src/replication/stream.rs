@@ -96,22 +96,20 @@ pub async fn run(
                     cfg.batch_max_entries,
                     cfg.batch_max_bytes.min(wire::MAX_FILL),
                 );
-                tokio::task::spawn_blocking(move || store.log_after(read_from, n, b)).await
+                ctx.blocking
+                    .run("log read", move || store.log_after(read_from, n, b))
+                    .await
+                    .and_then(|r| r)
             };
             let batch = match batch {
-                Ok(Ok(b)) => b,
-                Ok(Err(e)) => {
+                Ok(b) => b,
+                Err(e) => {
                     tracing::error!(peer = %peer.id, error = %e, "cannot read the log");
                     abort_all(&mut pending);
                     if sleep_or_shutdown(backoff.next_delay(), &shutdown).await {
                         return;
                     }
                     continue;
-                }
-                Err(e) => {
-                    tracing::error!(peer = %peer.id, error = %e, "log reader panicked");
-                    abort_all(&mut pending);
-                    return;
                 }
             };
             // Records must follow without a hole: retention may delete from

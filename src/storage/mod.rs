@@ -23,6 +23,7 @@
 //! carry on after a sync it cannot trust, but stays up to be inspected.
 
 pub mod admission;
+pub mod blocking;
 pub mod codec;
 pub mod digest;
 mod engine;

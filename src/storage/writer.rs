@@ -24,6 +24,7 @@ use crate::{
     error::{Error, Result},
     storage::{
         admission::{Lane, LaneLimits, Permit},
+        blocking::Blocking,
         codec, Recovered, Store,
     },
     version::{Entry, NodeId, Version},
@@ -194,16 +195,40 @@ fn stopped() -> Error {
     Error::Unavailable("the writer has stopped (node shutting down)".into())
 }
 
-/// Starts the writer thread. It runs until every [`WriterHandle`] is dropped,
-/// then syncs and exits. `seq` receives the last committed log seq; `fatal` is
-/// cancelled if storage fails.
+/// The running writer: an OS thread, or a task in simulation.
+#[derive(Debug)]
+pub enum WriterJoin {
+    /// Production: commits block on disk, so they get a thread of their own.
+    Thread(thread::JoinHandle<()>),
+    /// Simulation: the same loop inline on a task ([`Blocking::Inline`]).
+    Task(tokio::task::JoinHandle<()>),
+}
+
+impl WriterJoin {
+    /// Waits for the writer to finish (after every handle is gone or closed).
+    pub async fn join(self) -> Result<()> {
+        let panicked = || Error::Unavailable("the writer panicked".into());
+        match self {
+            WriterJoin::Thread(t) => tokio::task::spawn_blocking(move || t.join())
+                .await
+                .map_err(|_| panicked())?
+                .map_err(|_| panicked()),
+            WriterJoin::Task(t) => t.await.map_err(|_| panicked()),
+        }
+    }
+}
+
+/// Starts the writer (a thread, or with [`Blocking::Inline`] a task). It runs
+/// until every [`WriterHandle`] is dropped, then syncs and exits. `seq`
+/// receives the last committed log seq; `fatal` is cancelled if storage fails.
 pub fn spawn(
     store: Arc<Store>,
     recovered: &Recovered,
     clock: Arc<dyn PhysicalClock>,
     opts: WriterOptions,
     fatal: CancellationToken,
-) -> Result<(WriterHandle, watch::Receiver<u64>, thread::JoinHandle<()>)> {
+    blocking: Blocking,
+) -> Result<(WriterHandle, watch::Receiver<u64>, WriterJoin)> {
     let clients = Lane::new(opts.clients, "limits.write_queue_depth/write_queue_bytes");
     let peers = Lane::new(opts.peers, "limits.peer_queue_depth/peer_queue_bytes");
     let (tx, rx) = mpsc::channel(clients.max_requests() + peers.max_requests() + INTERNAL_ROOM);
@@ -219,11 +244,16 @@ pub fn spawn(
         failed: None,
         cursors: HashMap::new(),
     };
-    let thread = thread::Builder::new()
-        .name("meshkv-writer".into())
-        .spawn(move || writer.run(rx))
-        .map_err(|e| Error::io("cannot start the writer thread", e))?;
-    Ok((handle, seq_rx, thread))
+    let join = match blocking {
+        Blocking::Inline => WriterJoin::Task(tokio::spawn(writer.run_inline(rx))),
+        Blocking::Pool => WriterJoin::Thread(
+            thread::Builder::new()
+                .name("meshkv-writer".into())
+                .spawn(move || writer.run(rx))
+                .map_err(|e| Error::io("cannot start the writer thread", e))?,
+        ),
+    };
+    Ok((handle, seq_rx, join))
 }
 
 struct Writer {
@@ -254,64 +284,84 @@ enum Outcome {
 }
 
 impl Writer {
+    /// The production loop, on its own OS thread.
     fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         let mut cmds = Vec::with_capacity(self.opts.max_batch);
-        let take = |msg: Msg,
-                    cmds: &mut Vec<Command>,
-                    cursors: &mut HashMap<String, u64>,
-                    rx: &mut mpsc::Receiver<Msg>| match msg {
+        while let Some(first) = rx.blocking_recv() {
+            self.step(first, &mut rx, &mut cmds);
+        }
+        self.finish();
+    }
+
+    /// The same loop as a task, committing inline: for simulation, where
+    /// another thread would make runs irreproducible.
+    async fn run_inline(mut self, mut rx: mpsc::Receiver<Msg>) {
+        let mut cmds = Vec::with_capacity(self.opts.max_batch);
+        while let Some(first) = rx.recv().await {
+            self.step(first, &mut rx, &mut cmds);
+        }
+        self.finish();
+    }
+
+    fn take(&mut self, msg: Msg, cmds: &mut Vec<Command>, rx: &mut mpsc::Receiver<Msg>) {
+        match msg {
             // Later receives still return what is buffered, then None.
             Msg::Close => rx.close(),
             Msg::Cursor(peer, seq) => {
-                let c = cursors.entry(peer).or_insert(seq);
+                let c = self.cursors.entry(peer).or_insert(seq);
                 *c = (*c).max(seq);
             }
             Msg::Request(cmd) => cmds.push(cmd),
+        }
+    }
+
+    /// One group commit: `first` and whatever else is already queued.
+    fn step(&mut self, first: Msg, rx: &mut mpsc::Receiver<Msg>, cmds: &mut Vec<Command>) {
+        self.take(first, cmds, rx);
+        while cmds.len() < self.opts.max_batch {
+            match rx.try_recv() {
+                Ok(c) => self.take(c, cmds, rx),
+                Err(_) => break,
+            }
+        }
+        if cmds.is_empty() && self.cursors.is_empty() {
+            return;
+        }
+        let result = match &self.failed {
+            Some(why) => Err(why.clone()),
+            None => self.commit(cmds).map_err(|e| e.to_string()),
         };
-        while let Some(first) = rx.blocking_recv() {
-            take(first, &mut cmds, &mut self.cursors, &mut rx);
-            while cmds.len() < self.opts.max_batch {
-                match rx.try_recv() {
-                    Ok(c) => take(c, &mut cmds, &mut self.cursors, &mut rx),
-                    Err(_) => break,
-                }
-            }
-            if cmds.is_empty() && self.cursors.is_empty() {
-                continue;
-            }
-            let result = match &self.failed {
-                Some(why) => Err(why.clone()),
-                None => self.commit(&mut cmds).map_err(|e| e.to_string()),
-            };
-            match result {
-                Ok(outcomes) => {
-                    for (cmd, outcome) in cmds.drain(..).zip(outcomes) {
-                        match (cmd, outcome) {
-                            (Command::Local { reply, .. }, Outcome::Local(v)) => {
-                                let _ = reply.send(Ok(v));
-                            }
-                            (Command::Remote { reply, .. }, Outcome::Count(n))
-                            | (Command::Forget { reply, .. }, Outcome::Count(n)) => {
-                                let _ = reply.send(Ok(n));
-                            }
-                            _ => unreachable!("outcomes are built in command order"),
+        match result {
+            Ok(outcomes) => {
+                for (cmd, outcome) in cmds.drain(..).zip(outcomes) {
+                    match (cmd, outcome) {
+                        (Command::Local { reply, .. }, Outcome::Local(v)) => {
+                            let _ = reply.send(Ok(v));
                         }
+                        (Command::Remote { reply, .. }, Outcome::Count(n))
+                        | (Command::Forget { reply, .. }, Outcome::Count(n)) => {
+                            let _ = reply.send(Ok(n));
+                        }
+                        _ => unreachable!("outcomes are built in command order"),
                     }
                 }
-                Err(why) => {
-                    self.cursors.clear();
-                    for cmd in cmds.drain(..) {
-                        let err = || Error::Unavailable(why.clone());
-                        match cmd {
-                            Command::Local { reply, .. } => drop(reply.send(Err(err()))),
-                            Command::Remote { reply, .. } | Command::Forget { reply, .. } => {
-                                drop(reply.send(Err(err())))
-                            }
+            }
+            Err(why) => {
+                self.cursors.clear();
+                for cmd in cmds.drain(..) {
+                    let err = || Error::Unavailable(why.clone());
+                    match cmd {
+                        Command::Local { reply, .. } => drop(reply.send(Err(err()))),
+                        Command::Remote { reply, .. } | Command::Forget { reply, .. } => {
+                            drop(reply.send(Err(err())))
                         }
                     }
                 }
             }
         }
+    }
+
+    fn finish(&self) {
         if self.failed.is_none() {
             if let Err(e) = self.store.sync() {
                 tracing::error!(error = %e, "final sync failed");
@@ -513,6 +563,7 @@ pub async fn periodic_sync(
     interval: Duration,
     fatal: CancellationToken,
     stop: CancellationToken,
+    blocking: Blocking,
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -523,18 +574,10 @@ pub async fn periodic_sync(
             _ = tick.tick() => {}
         }
         let s = sync.clone();
-        match tokio::task::spawn_blocking(s).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "periodic sync failed: failing stop for writes");
-                fatal.cancel();
-                return;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "periodic sync task panicked");
-                fatal.cancel();
-                return;
-            }
+        if let Err(e) = blocking.run("periodic sync", s).await.and_then(|r| r) {
+            tracing::error!(error = %e, "periodic sync failed: failing stop for writes");
+            fatal.cancel();
+            return;
         }
     }
 }
@@ -576,6 +619,7 @@ mod tests {
             Arc::new(SystemClock),
             opts(16),
             CancellationToken::new(),
+            Blocking::Pool,
         )
         .unwrap();
         let v1 = w.write("k".into(), Some(b"a".to_vec())).await.unwrap();
@@ -585,7 +629,7 @@ mod tests {
         assert_eq!(*seq.borrow_and_update(), 2);
         assert_eq!(store.log_after(0, 10, 1 << 20).unwrap().len(), 2);
         drop(w);
-        t.join().unwrap();
+        t.join().await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -598,6 +642,7 @@ mod tests {
             Arc::new(SystemClock),
             opts(16),
             CancellationToken::new(),
+            Blocking::Pool,
         )
         .unwrap();
         let far = u64::MAX >> 1;
@@ -635,7 +680,7 @@ mod tests {
         // Remote entries are not re-logged: the log holds only local writes.
         assert_eq!(store.log_after(0, 10, 1 << 20).unwrap().len(), 1);
         drop(w);
-        t.join().unwrap();
+        t.join().await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -649,11 +694,12 @@ mod tests {
                 Arc::new(SystemClock),
                 opts(16),
                 CancellationToken::new(),
+                Blocking::Pool,
             )
             .unwrap();
             let v = w.write("a".into(), Some(vec![1])).await.unwrap();
             drop(w);
-            t.join().unwrap();
+            t.join().await.unwrap();
             v
         };
         let (store, rec) = open(dir.path());
@@ -673,11 +719,12 @@ mod tests {
             Arc::new(Zero),
             opts(16),
             CancellationToken::new(),
+            Blocking::Pool,
         )
         .unwrap();
         assert!(w.write("a".into(), Some(vec![2])).await.unwrap() > last);
         drop(w);
-        t.join().unwrap();
+        t.join().await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -691,6 +738,7 @@ mod tests {
                 Arc::new(SystemClock),
                 opts(16),
                 CancellationToken::new(),
+                Blocking::Pool,
             )
             .unwrap();
             for i in 0..10 {
@@ -706,7 +754,7 @@ mod tests {
             store.truncate_log(|seq, _, _| seq <= 8).unwrap();
             assert_eq!(store.log_first_seq().unwrap(), Some(9));
             drop(w);
-            t.join().unwrap();
+            t.join().await.unwrap();
         }
         let (store, rec) = open(dir.path());
         assert_eq!(rec.last_seq, 10);
@@ -836,6 +884,7 @@ mod tests {
             Arc::new(SystemClock),
             o,
             CancellationToken::new(),
+            Blocking::Pool,
         )
         .unwrap();
         // Hold the only client slot, as a flood of clients would.
@@ -860,7 +909,7 @@ mod tests {
                 .unwrap();
         assert_eq!(applied, 1);
         drop(w);
-        t.join().unwrap();
+        t.join().await.unwrap();
     }
 
     #[test]
@@ -934,6 +983,7 @@ mod tests {
             Duration::from_millis(100),
             CancellationToken::new(),
             stop.clone(),
+            Blocking::Pool,
         ));
         tokio::time::sleep(Duration::from_millis(1050)).await;
         let before = syncs.load(Ordering::SeqCst);
