@@ -188,7 +188,7 @@ pub struct ReplicationConfig {
     pub anti_entropy_interval_secs: u64,
     /// Tombstones older than this (seconds) are purged once every peer is
     /// known to hold them. A node whose data is older than this starts in
-    /// catch-up: pull-only, dropping old keys its peers no longer hold.
+    /// catch-up: it pulls from each peer before it pushes anything.
     pub tombstone_ttl_secs: u64,
     /// Remote versions further ahead of the local clock than this are logged
     /// and counted, in milliseconds. They are applied all the same (see the

@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod planted;
 pub mod proto;
 pub mod replication;
 pub mod server;

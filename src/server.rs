@@ -18,7 +18,7 @@ use tonic_health::{server::HealthReporter, ServingStatus};
 
 use crate::{
     api::{AdminService, AntiEntropyService, KvService, Membership, ReplicationService},
-    clock::{from_physical_ms, physical_ms, PhysicalClock, SystemClock},
+    clock::{physical_ms, PhysicalClock, SystemClock},
     config::{Config, FsyncMode},
     error::{Error, Result},
     proto::{
@@ -80,7 +80,7 @@ struct StartKind {
     /// Empty: a new or wiped node. It pulls everything.
     fresh: bool,
     /// Its newest version is older than the tombstone TTL: away too long or an
-    /// old copy. It catches up pull-only and never pushes what is that old.
+    /// old copy. It catches up pull-only before it pushes anything.
     stale: bool,
     /// Last written before the peers' logs would have dropped what it missed:
     /// it is not SERVING until its first repair.
@@ -272,28 +272,21 @@ where
         catching_up: Default::default(),
         blocking,
         seed: seams.seed,
+        recovered_high_water: recovered.high_water,
+        seen_high_water: Default::default(),
     });
     let start = StartKind::of(&config, &recovered, clock.as_ref());
     if start.stale {
         tracing::warn!(
             tombstone_ttl_secs = config.replication.tombstone_ttl_secs,
             "this node's data is older than the tombstone TTL (away too long, or an old \
-             copy): catching up pull-only with each peer; old entries they no longer \
-             hold are dropped, never pushed"
+             copy): catching up pull-only with each peer before pushing anything"
         );
     }
-    let skip_before_hlc = start.stale.then(|| {
-        from_physical_ms(
-            clock
-                .now_ms()
-                .saturating_sub(config.replication.tombstone_ttl_secs * 1000),
-        )
-    });
     let manager = PeerManager::start(
         Arc::clone(&ctx),
         &config.peers,
         start.fresh || start.stale,
-        skip_before_hlc,
         seams.connect.as_ref(),
         &shutdown,
         &tracker,

@@ -33,6 +33,43 @@ impl KvService {
     }
 }
 
+/// A client's write, checked: its key and the bytes it stores.
+pub fn check_write(
+    req: proto::WriteRequest,
+    max_value_bytes: usize,
+) -> Result<(String, Vec<u8>), Error> {
+    validate::key(&req.key)?;
+    let value = payload(req.value, req.text)?;
+    validate::value(value.len(), max_value_bytes)?;
+    Ok((req.key, value))
+}
+
+/// A key and what to store under it (`None`: delete), as the writer takes it.
+pub type Write = (String, Option<Vec<u8>>);
+
+/// A client's batch, checked as a whole: 1..=10000 writes, each valid; an
+/// error names the first bad write.
+pub fn check_batch(
+    req: proto::WriteBatchRequest,
+    max_value_bytes: usize,
+) -> Result<Vec<Write>, Error> {
+    if req.writes.is_empty() || req.writes.len() > MAX_WRITE_BATCH {
+        return Err(Error::InvalidArgument(format!(
+            "a batch holds {} writes; it must hold 1..={MAX_WRITE_BATCH}",
+            req.writes.len()
+        )));
+    }
+    req.writes
+        .into_iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let (key, value) = check_write(w, max_value_bytes)
+                .map_err(|e| Error::InvalidArgument(format!("write {i}: {e}")))?;
+            Ok((key, Some(value)))
+        })
+        .collect()
+}
+
 /// The bytes a write stores: its `value`, or its `text` as UTF-8.
 fn payload(value: Vec<u8>, text: String) -> Result<Vec<u8>, Error> {
     match (value.is_empty(), text.is_empty()) {
@@ -51,11 +88,8 @@ impl Kv for KvService {
         request: Request<proto::WriteRequest>,
     ) -> Result<Response<proto::WriteResponse>, Status> {
         let started = Instant::now();
-        let req = request.into_inner();
-        validate::key(&req.key)?;
-        let value = payload(req.value, req.text)?;
-        validate::value(value.len(), self.max_value_bytes)?;
-        let version = self.writer.write(req.key, Some(value)).await?;
+        let (key, value) = check_write(request.into_inner(), self.max_value_bytes)?;
+        let version = self.writer.write(key, Some(value)).await?;
         crate::metrics::request("write", started.elapsed());
         Ok(Response::new(proto::WriteResponse {
             version: Some(version_to_proto(&version)),
@@ -102,26 +136,7 @@ impl Kv for KvService {
         request: Request<proto::WriteBatchRequest>,
     ) -> Result<Response<proto::WriteBatchResponse>, Status> {
         let started = Instant::now();
-        let req = request.into_inner();
-        if req.writes.is_empty() || req.writes.len() > MAX_WRITE_BATCH {
-            return Err(Error::InvalidArgument(format!(
-                "a batch holds {} writes; it must hold 1..={MAX_WRITE_BATCH}",
-                req.writes.len()
-            ))
-            .into());
-        }
-        let writes = req
-            .writes
-            .into_iter()
-            .enumerate()
-            .map(|(i, w)| {
-                let at = |e: Error| Error::InvalidArgument(format!("write {i}: {e}"));
-                validate::key(&w.key).map_err(at)?;
-                let value = payload(w.value, w.text).map_err(at)?;
-                validate::value(value.len(), self.max_value_bytes).map_err(at)?;
-                Ok((w.key, Some(value)))
-            })
-            .collect::<Result<Vec<_>, Error>>()?;
+        let writes = check_batch(request.into_inner(), self.max_value_bytes)?;
         let versions = self.writer.write_batch(writes).await?;
         crate::metrics::request("write_batch", started.elapsed());
         Ok(Response::new(proto::WriteBatchResponse {

@@ -39,8 +39,9 @@ pub enum Mode {
     /// The log no longer holds what the peer needs: every differing entry of
     /// ours goes, since the stream will resume after the round's start.
     Repair,
-    /// This node started stale and must not push: pull what the peer has,
-    /// and drop old copies that an up-to-date peer no longer holds.
+    /// This node started fresh or stale, or its data went back in time: it
+    /// must not push. Pull what the peer has (and, if the data went back in
+    /// time, drop old copies that an up-to-date peer no longer holds).
     CatchUp,
 }
 
@@ -67,6 +68,13 @@ pub struct Rules {
     /// The peer is fresh or catching up itself: its lack of an old key
     /// proves nothing, and its old keys may be ones we deleted long ago.
     pub peer_catching_up: bool,
+    /// While catching up, drop old local keys an up-to-date peer lacks: only
+    /// when this node's data went back in time (restored from an old copy),
+    /// since only then can the peer have purged deletes this node never saw.
+    pub forget_old: bool,
+    /// The first round since start-up: this node's recovered high-water mark,
+    /// to compare with the highest the peer saw from it.
+    pub recovered_high_water: Option<u64>,
 }
 
 impl Rules {
@@ -115,7 +123,9 @@ pub fn plan(local: &[(String, Version)], remote: &[(String, Version)], rules: &R
         if rules.mode == Mode::CatchUp {
             // Pull-only. An old key an up-to-date peer lacks was deleted there
             // and its tombstone purged: keeping it would bring it back.
-            if missing && rules.old(v) && !rules.peer_catching_up {
+            let forget = rules.forget_old
+                || crate::planted::active(crate::planted::Bug::CatchUpForgetsWhenAway);
+            if missing && rules.old(v) && forget && !rules.peer_catching_up {
                 p.forget.push((key.clone(), v.clone()));
             } else {
                 p.skipped += 1;
@@ -169,6 +179,9 @@ pub struct RoundStats {
     pub last_refused: Option<String>,
     /// The peer said it is fresh or catching up.
     pub peer_catching_up: bool,
+    /// The peer saw a higher high-water mark from this node than it started
+    /// from: its data went back in time, and the round ran as a catch-up.
+    pub regressed: bool,
     /// Why pushing stopped, if it did; the pulls went on.
     pub push_error: Option<String>,
 }
@@ -209,6 +222,7 @@ pub async fn round(
                 cluster_id: ctx.cluster_id.clone(),
                 origin: ctx.node_id.clone(),
                 digests,
+                high_water: ctx.store.high_water(),
             },
             timeout,
         ))
@@ -216,9 +230,25 @@ pub async fn round(
         .map_err(Error::from_peer(peer))?
         .into_inner();
     rules.peer_catching_up = answer.catching_up;
+    let regressed = rules
+        .recovered_high_water
+        .is_some_and(|hw| answer.seen_high_water > hw);
+    if regressed {
+        tracing::warn!(
+            peer,
+            seen = answer.seen_high_water,
+            recovered = ?rules.recovered_high_water,
+            "the peer saw newer data from this node than its disk holds: the data went back \
+             in time (an old copy?); catching up pull-only, dropping old keys the peer no \
+             longer holds"
+        );
+        rules.mode = Mode::CatchUp;
+        rules.forget_old = true;
+    }
     let mut stats = RoundStats {
         differing_buckets: answer.buckets.len(),
         peer_catching_up: answer.catching_up,
+        regressed,
         ..RoundStats::default()
     };
     let differing: Vec<u16> = answer
@@ -412,6 +442,8 @@ mod tests {
             recent_to_ms: 0,
             horizon_ms: 0,
             peer_catching_up: false,
+            forget_old: false,
+            recovered_high_water: None,
         }
     }
 
@@ -491,6 +523,7 @@ mod tests {
         let rules = Rules {
             mode: Mode::CatchUp,
             horizon_ms: now - 1_000_000,
+            forget_old: true,
             ..eager()
         };
         let local = vec![
@@ -523,9 +556,20 @@ mod tests {
         // A peer that is catching up too proves nothing by lacking a key.
         let both = Rules {
             peer_catching_up: true,
-            ..rules
+            ..rules.clone()
         };
         assert!(plan(&local, &remote, &both).forget.is_empty());
+
+        // A node merely away (its data did not go back in time) drops
+        // nothing: no delete it never saw can have been purged, and the old
+        // key may be an acknowledged write that never left it.
+        let away = Rules {
+            forget_old: false,
+            ..rules
+        };
+        let p = plan(&local, &remote, &away);
+        assert!(p.forget.is_empty() && p.push.is_empty());
+        assert_eq!(p.pull, ["in-flight", "older-here", "theirs"]);
     }
 
     #[test]

@@ -48,6 +48,11 @@ pub struct Ctx {
     pub catching_up: AtomicUsize,
     /// Where blocking storage reads run (inline only in simulation).
     pub blocking: Blocking,
+    /// The HLC high-water mark this node started from. A peer that saw a
+    /// higher one from it before means its data went back in time.
+    pub recovered_high_water: u64,
+    /// The highest high-water mark each peer reported (persisted).
+    pub seen_high_water: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     /// Seeds every peer task's randomness; `None` draws from the OS.
     pub seed: Option<u64>,
 }
@@ -62,6 +67,25 @@ impl Ctx {
     /// take this node's lack of an old key as proof it was deleted.
     pub fn catching_up(&self) -> bool {
         self.catching_up.load(Ordering::Relaxed) > 0
+    }
+
+    /// Records the high-water mark `peer` reports; returns the highest it
+    /// reported before (0 if none).
+    pub fn peer_reports_high_water(&self, peer: &str, hlc: u64) -> u64 {
+        let before = {
+            let mut seen = self
+                .seen_high_water
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let e = seen.entry(peer.to_string()).or_default();
+            let before = *e;
+            *e = before.max(hlc);
+            before
+        };
+        if hlc > before {
+            self.writer.save_seen_high_water(peer, hlc);
+        }
+        before
     }
 
     /// The first round with one more peer finished.
@@ -113,16 +137,12 @@ pub fn tcp_channel(url: &str) -> Result<Channel> {
 impl PeerManager {
     /// Starts a streamer and a repairer per peer (from its persisted cursor)
     /// and the retention task. With `catch_up` (a fresh or stale start) every
-    /// peer begins in catch-up; `skip_before_hlc` keeps log records older than
-    /// the tombstone horizon from being streamed (stale starts only).
-    /// Cursors of peers no longer configured are dropped: removing a peer from
-    /// the config is how it is decommissioned.
-    #[allow(clippy::too_many_arguments)]
+    /// peer begins in catch-up. Cursors of peers no longer configured are
+    /// dropped: removing a peer from the config is how it is decommissioned.
     pub fn start(
         ctx: Arc<Ctx>,
         peers: &[PeerConfig],
         catch_up: bool,
-        skip_before_hlc: Option<u64>,
         connect: &dyn Fn(&str) -> Result<Channel>,
         shutdown: &CancellationToken,
         tracker: &TaskTracker,
@@ -140,6 +160,11 @@ impl PeerManager {
         let mut list = Vec::with_capacity(peers.len());
         let mut channels = Vec::with_capacity(peers.len());
         for p in peers {
+            let seen = ctx.store.seen_high_water(&p.id)?;
+            ctx.seen_high_water
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(p.id.clone(), seen);
             let cursor = ctx.store.cursor(&p.id)?;
             list.push(Arc::new(Peer::new(
                 p.id.clone(),
@@ -173,7 +198,6 @@ impl PeerManager {
                 Arc::clone(peer),
                 channel.clone(),
                 manager.ctx.seq.clone(),
-                skip_before_hlc,
                 backoff(&peer.id, 1),
                 shutdown.clone(),
             ));

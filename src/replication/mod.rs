@@ -22,7 +22,9 @@
 //! pushes and pulls what wins. The pure [`anti_entropy::plan`] decides, under
 //! [`anti_entropy::Rules`]: periodic rounds leave in-flight entries to the
 //! streams, repair rounds skip nothing, and catch-up rounds (a fresh or
-//! stale start) only pull, dropping old keys an up-to-date peer has purged.
+//! stale start) only pull; a node whose data went back in time (an old copy,
+//! recognised by the clock values its peers saw from it) also drops old keys
+//! an up-to-date peer has purged.
 //!
 //! **Retention and tombstones** ([`log`]). Acknowledged records leave the
 //! log; caps on bytes and age turn laggards over to repair. A tombstone is

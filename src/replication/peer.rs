@@ -49,9 +49,13 @@ pub struct PeerState {
     /// The log no longer holds what the peer needs: repair, then resume at
     /// the seq captured when the repair started.
     pub needs_repair: bool,
-    /// This node started stale: anti-entropy with the peer is pull-only, and
-    /// the stream waits, until the first round with it finishes.
+    /// This node started fresh or stale: anti-entropy with the peer is
+    /// pull-only until the first round with it finishes.
     pub catching_up: bool,
+    /// The first round with the peer since this node started has finished.
+    /// The stream waits for it: it tells whether this node's data went back
+    /// in time, and then the old records in the log must not be sent.
+    pub first_round_done: bool,
     /// Entries the peer refused, by stream or repair (they were skipped).
     pub refused: u64,
     /// The last refusal, as "key: reason".
@@ -93,6 +97,7 @@ impl Peer {
                 keys_repaired: 0,
                 needs_repair: false,
                 catching_up,
+                first_round_done: false,
                 refused: 0,
                 last_refused: None,
                 last_complete_round_ms: None,
@@ -146,7 +151,7 @@ impl Peer {
     /// The streamer must wait: a repair or catch-up is due first.
     pub(crate) fn stream_blocked(&self) -> bool {
         let s = self.lock();
-        s.needs_repair || s.catching_up
+        s.needs_repair || s.catching_up || !s.first_round_done
     }
 }
 

@@ -28,7 +28,8 @@ fn rules(ctx: &Ctx, peer: &Peer, mode: Mode, now_ms: u64) -> Rules {
     let cfg = &ctx.config;
     // Our own entries from the first unacknowledged log record on are
     // delivered by the stream (in a periodic round; a repair skips nothing).
-    let acked = peer.state().acked_seq;
+    let state = peer.state();
+    let acked = state.acked_seq;
     let own_streamed_from = match ctx.store.log_entry(acked + 1) {
         Ok(Some(m)) => m.version.map(|v| v.hlc),
         _ => None,
@@ -41,6 +42,8 @@ fn rules(ctx: &Ctx, peer: &Peer, mode: Mode, now_ms: u64) -> Rules {
         recent_to_ms: now_ms.saturating_add(cfg.max_clock_skew_ms),
         horizon_ms: now_ms.saturating_sub(cfg.tombstone_ttl_secs * 1000),
         peer_catching_up: false,
+        forget_old: false,
+        recovered_high_water: (!state.first_round_done).then_some(ctx.recovered_high_water),
     }
 }
 
@@ -115,12 +118,20 @@ pub async fn run(
                         s.last_complete_round_ms = Some(started_ms);
                     }
                     let mut moved = None;
-                    if finished && mode == Mode::Repair && s.needs_repair {
+                    // After a repair the stream resumes where the round
+                    // began. After finding that this node's data went back in
+                    // time it does too: the older records of the log may be
+                    // keys deleted since, and must not be sent again.
+                    let jump = (mode == Mode::Repair && s.needs_repair) || stats.regressed;
+                    if finished && jump {
                         s.needs_repair = false;
                         if resume_at > s.acked_seq {
                             s.acked_seq = resume_at;
                             moved = Some(resume_at);
                         }
+                    }
+                    if finished {
+                        s.first_round_done = true;
                     }
                     if finished && mode == Mode::CatchUp && s.catching_up {
                         s.catching_up = false;

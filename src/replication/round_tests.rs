@@ -55,6 +55,7 @@ impl AntiEntropy for ScriptedPeer {
         Ok(Response::new(proto::DigestResponse {
             buckets: (0..crate::storage::BUCKETS as u32).collect(),
             catching_up: false,
+            seen_high_water: 0,
         }))
     }
 
@@ -170,6 +171,8 @@ fn node(dir: &std::path::Path, config: ReplicationConfig) -> Arc<Ctx> {
         catching_up: Default::default(),
         blocking: Blocking::Pool,
         seed: Some(7),
+        recovered_high_water: 0,
+        seen_high_water: Default::default(),
     })
 }
 
@@ -183,6 +186,8 @@ fn eager() -> Rules {
         recent_to_ms: 0,
         horizon_ms: 0,
         peer_catching_up: false,
+        forget_old: false,
+        recovered_high_water: None,
     }
 }
 
@@ -298,7 +303,6 @@ async fn periodic_rounds_run_while_the_stream_never_catches_up() {
             Arc::clone(&peer),
             channel.clone(),
             ctx.seq.clone(),
-            None,
             backoff(),
             shutdown.clone(),
         )),

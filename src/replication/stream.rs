@@ -55,15 +55,14 @@ async fn wait_unblocked(peer: &Peer, shutdown: &CancellationToken) -> bool {
     }
 }
 
-/// Runs until `shutdown`. With `skip_before_hlc`, log records older than
-/// that (the tombstone horizon of a node that started stale) are never sent:
-/// their keys may have been deleted everywhere and the tombstones purged.
+/// Runs until `shutdown`. It starts only after the first anti-entropy round
+/// with the peer: that round tells whether this node's data went back in
+/// time, in which case the old records in its log must not be sent.
 pub async fn run(
     ctx: Arc<Ctx>,
     peer: Arc<Peer>,
     channel: Channel,
     mut seq_rx: watch::Receiver<u64>,
-    mut skip_before_hlc: Option<u64>,
     mut backoff: Backoff,
     shutdown: CancellationToken,
 ) {
@@ -131,15 +130,7 @@ pub async fn run(
                 continue;
             }
             if let Some(&(upto, _)) = batch.last() {
-                let mut mutations: Vec<proto::Mutation> =
-                    batch.into_iter().map(|(_, m)| m).collect();
-                if let Some(before) = skip_before_hlc {
-                    mutations.retain(|m| m.version.as_ref().is_some_and(|v| v.hlc >= before));
-                    // The log is in HLC order: once past the horizon, stay past it.
-                    if !mutations.is_empty() {
-                        skip_before_hlc = None;
-                    }
-                }
+                let mutations: Vec<proto::Mutation> = batch.into_iter().map(|(_, m)| m).collect();
                 let count = mutations.len() as u64;
                 let mut request = tonic::Request::new(proto::ReplicateRequest {
                     cluster_id: ctx.cluster_id.clone(),
@@ -149,10 +140,6 @@ pub async fn run(
                 request.set_timeout(timeout);
                 let mut client = repl.clone();
                 let send = tokio::spawn(async move {
-                    if count == 0 {
-                        // Everything was behind the horizon: nothing to send.
-                        return Ok(proto::ReplicateResponse::default());
-                    }
                     match tokio::time::timeout(timeout, client.replicate(request)).await {
                         Ok(Ok(r)) => Ok(r.into_inner()),
                         Ok(Err(status)) => Err(format!("{}: {}", status.code(), status.message())),

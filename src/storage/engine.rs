@@ -23,9 +23,16 @@ const META_LAST_SEQ: &[u8] = b"last_seq";
 const META_NODE_ID: &[u8] = b"node_id";
 const META_CLUSTER_ID: &[u8] = b"cluster_id";
 const CURSOR_PREFIX: &str = "cursor/";
+const SEEN_PREFIX: &str = "seen_high_water/";
 
-fn cursor_key(peer: &str) -> String {
+/// The `meta` key of a peer's cursor.
+pub fn cursor_key(peer: &str) -> String {
     format!("{CURSOR_PREFIX}{peer}")
+}
+
+/// The `meta` key of the highest HLC high-water mark a peer reported.
+pub fn seen_key(peer: &str) -> String {
+    format!("{SEEN_PREFIX}{peer}")
 }
 
 /// The open storage of one node. Reads go straight to the engine (it is
@@ -45,6 +52,8 @@ pub struct Store {
     log_start: AtomicU64,
     /// Keys held, tombstones included.
     keys: AtomicU64,
+    /// The HLC high-water mark as of the last commit.
+    high_water: AtomicU64,
     _lock: DirLock,
 }
 
@@ -159,6 +168,7 @@ impl Store {
             log_bytes: AtomicU64::new(log_bytes),
             log_start: AtomicU64::new(log_start),
             keys: AtomicU64::new(keys),
+            high_water: AtomicU64::new(high_water),
             _lock: lock,
         });
         Ok((
@@ -301,11 +311,25 @@ impl Store {
         Ok(read_u64(&self.meta, cursor_key(peer).as_bytes())?.unwrap_or(0))
     }
 
-    /// Adds a peer's cursor to a writer batch. Cursors ride along with writes
-    /// (or in a batch of their own that is not synced): losing one to a crash
-    /// only means re-sending records the merge ignores.
-    pub(crate) fn batch_cursor(&self, batch: &mut fjall::OwnedWriteBatch, peer: &str, seq: u64) {
-        batch.insert(&self.meta, cursor_key(peer), seq.to_be_bytes().to_vec());
+    /// The highest HLC high-water mark `peer` reported to this node (0: none).
+    pub fn seen_high_water(&self, peer: &str) -> Result<u64> {
+        Ok(read_u64(&self.meta, seen_key(peer).as_bytes())?.unwrap_or(0))
+    }
+
+    /// Adds a `meta` counter (a cursor, a seen high-water mark) to a writer
+    /// batch. They ride along with writes (or in a batch of their own that is
+    /// not synced): losing one to a crash only costs a little repeated work.
+    pub(crate) fn batch_meta_u64(&self, batch: &mut fjall::OwnedWriteBatch, key: &str, v: u64) {
+        batch.insert(&self.meta, key, v.to_be_bytes().to_vec());
+    }
+
+    /// The HLC high-water mark as of the last commit.
+    pub fn high_water(&self) -> u64 {
+        self.high_water.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_high_water(&self, hlc: u64) {
+        self.high_water.fetch_max(hlc, Ordering::Relaxed);
     }
 
     /// The peers that have a persisted cursor.
@@ -318,9 +342,10 @@ impl Store {
         Ok(out)
     }
 
-    /// Forgets a decommissioned peer's cursor. Only at start-up, before the
-    /// writer runs.
+    /// Forgets a decommissioned peer's cursor and what it reported. Only at
+    /// start-up, before the writer runs.
     pub fn remove_cursor(&self, peer: &str) -> Result<()> {
+        self.meta.remove(seen_key(peer))?;
         Ok(self.meta.remove(cursor_key(peer))?)
     }
 

@@ -56,8 +56,9 @@ const INTERNAL_ROOM: usize = 64;
 /// What travels over the writer's channel.
 enum Msg {
     Request(Command),
-    /// Persist a peer's cursor with the next batch.
-    Cursor(String, u64),
+    /// Persist a `meta` counter (cursor, seen high-water mark) with the next
+    /// batch; the highest value sent for a key wins.
+    Counter(String, u64),
     /// Stop taking requests; commit what is queued, sync and exit.
     Close,
 }
@@ -169,7 +170,16 @@ impl WriterHandle {
     /// Records a peer's cursor; it is persisted with the next batch. Never
     /// waits: if the queue is full the next acknowledgement records it again.
     pub fn save_cursor(&self, peer: &str, seq: u64) {
-        let _ = self.tx.try_send(Msg::Cursor(peer.to_string(), seq));
+        let _ = self
+            .tx
+            .try_send(Msg::Counter(crate::storage::cursor_key(peer), seq));
+    }
+
+    /// Records the highest HLC high-water mark a peer reported, likewise.
+    pub fn save_seen_high_water(&self, peer: &str, hlc: u64) {
+        let _ = self
+            .tx
+            .try_send(Msg::Counter(crate::storage::seen_key(peer), hlc));
     }
 
     /// Sends a command and waits for its answer. Admission happened before:
@@ -265,7 +275,8 @@ struct Writer {
     fatal: CancellationToken,
     /// Set after a failed commit: every later write is refused with this.
     failed: Option<String>,
-    /// Peer cursors to persist with the next batch.
+    /// `meta` counters (cursors, seen high-water marks) to persist with the
+    /// next batch.
     cursors: HashMap<String, u64>,
 }
 
@@ -307,9 +318,9 @@ impl Writer {
         match msg {
             // Later receives still return what is buffered, then None.
             Msg::Close => rx.close(),
-            Msg::Cursor(peer, seq) => {
-                let c = self.cursors.entry(peer).or_insert(seq);
-                *c = (*c).max(seq);
+            Msg::Counter(key, v) => {
+                let c = self.cursors.entry(key).or_insert(v);
+                *c = (*c).max(v);
             }
             Msg::Request(cmd) => cmds.push(cmd),
         }
@@ -453,7 +464,10 @@ impl Writer {
                             crate::metrics::clock_skew_event();
                         }
                         let old = self.current(&overlay, key)?;
-                        if !entry.wins_over(old.as_ref()) {
+                        let planted =
+                            crate::planted::active(crate::planted::Bug::MergeIgnoresVersions)
+                                && old.is_some();
+                        if !entry.wins_over(old.as_ref()) && !planted {
                             continue;
                         }
                         let expired = entry.is_tombstone()
@@ -509,8 +523,8 @@ impl Writer {
         }
 
         store.batch_meta(&mut batch, self.hlc.high_water(), seq);
-        for (peer, cursor) in self.cursors.drain() {
-            store.batch_cursor(&mut batch, &peer, cursor);
+        for (key, v) in self.cursors.drain() {
+            store.batch_meta_u64(&mut batch, &key, v);
         }
         let durability = match self.opts.fsync {
             // A batch of cursors alone needs no sync: losing one re-sends records.
@@ -546,6 +560,7 @@ impl Writer {
             store.adjust_keys(added, removed);
         }
         store.add_log_bytes(log_bytes);
+        store.set_high_water(self.hlc.high_water());
         if seq != self.last_seq {
             self.last_seq = seq;
             self.seq_tx.send_replace(seq);
@@ -963,7 +978,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, rec) = open(dir.path());
         let mut w = bare_writer(store.clone(), &rec, Arc::new(SystemClock));
-        w.cursors.insert("n2".into(), 42);
+        w.cursors.insert(crate::storage::cursor_key("n2"), 42);
         w.commit(&mut []).unwrap();
         assert_eq!(store.cursor("n2").unwrap(), 42);
         assert!(w.cursors.is_empty());
