@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     clock::{from_physical_ms, physical_ms},
     replication::PeerManager,
+    storage::Store,
     version::{Entry, Version},
 };
 
@@ -147,6 +148,49 @@ pub async fn run(manager: Arc<PeerManager>, shutdown: CancellationToken) {
     }
 }
 
+/// A tombstone to purge: its key and the version it must still have.
+type Purge = (String, Version);
+
+/// What tombstone collection decides with.
+struct Gc<'a> {
+    self_id: &'a str,
+    cutoff_hlc: u64,
+    settle_ms: u64,
+    peers: &'a [PeerGc],
+}
+
+/// The tombstones that may be purged, and how many expired ones wait on each
+/// peer. A full scan can be long: shutdown (`stop`) and a bound on what one
+/// pass lists end it early.
+fn scan(
+    store: &Store,
+    gc: &Gc<'_>,
+    stop: &CancellationToken,
+) -> crate::Result<(Vec<Purge>, Vec<u64>)> {
+    let mut out: Vec<Purge> = Vec::new();
+    let mut waiting = vec![0u64; gc.peers.len()];
+    store.for_each(|key, entry, applied_ms| {
+        if stop.is_cancelled() {
+            return Ok(false);
+        }
+        if !expired(&entry, gc.cutoff_hlc) {
+            return Ok(true);
+        }
+        let mut all = true;
+        for (i, p) in gc.peers.iter().enumerate() {
+            if !peer_holds(&entry, applied_ms, gc.self_id, gc.settle_ms, p) {
+                waiting[i] += 1;
+                all = false;
+            }
+        }
+        if all {
+            out.push((key, entry.version));
+        }
+        Ok(out.len() < PURGE_SCAN_LIMIT)
+    })?;
+    Ok((out, waiting))
+}
+
 async fn collect_tombstones(manager: &PeerManager, cutoff_hlc: u64, shutdown: &CancellationToken) {
     let ctx = manager.ctx();
     let store = Arc::clone(&ctx.store);
@@ -164,30 +208,16 @@ async fn collect_tombstones(manager: &PeerManager, cutoff_hlc: u64, shutdown: &C
         })
         .collect();
     let stop = shutdown.clone();
-    let n_peers = peers.len();
     let found = ctx
         .blocking
         .run("tombstone scan", move || {
-            let mut out: Vec<(String, Version)> = Vec::new();
-            let mut waiting = vec![0u64; n_peers];
-            store.for_each(|key, entry, applied_ms| {
-                if !expired(&entry, cutoff_hlc) {
-                    return Ok(true);
-                }
-                let mut all = true;
-                for (i, p) in peers.iter().enumerate() {
-                    if !peer_holds(&entry, applied_ms, &self_id, settle_ms, p) {
-                        waiting[i] += 1;
-                        all = false;
-                    }
-                }
-                if all {
-                    out.push((key, entry.version));
-                }
-                // A full scan can be long: shutdown and the batch bound end it early.
-                Ok(!stop.is_cancelled() && out.len() < PURGE_SCAN_LIMIT)
-            })?;
-            Ok::<_, crate::Error>((out, waiting))
+            let gc = Gc {
+                self_id: &self_id,
+                cutoff_hlc,
+                settle_ms,
+                peers: &peers,
+            };
+            scan(&store, &gc, &stop)
         })
         .await
         .and_then(|r| r);
@@ -253,6 +283,70 @@ mod tests {
             own_acked_below_hlc,
             last_complete_round_ms: round,
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_scan_stops_at_shutdown_and_counts_what_waits_on_each_peer() {
+        use crate::{
+            clock::SystemClock,
+            config::FsyncMode,
+            storage::{admission::LaneLimits, blocking::Blocking, writer, WriterOptions},
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (store, rec) = Store::open(dir.path(), "n1", "c", 8, 4).unwrap();
+        let lane = LaneLimits {
+            requests: 8,
+            bytes: 1 << 20,
+        };
+        let (w, _seq, join) = writer::spawn(
+            Arc::clone(&store),
+            &rec,
+            Arc::new(SystemClock),
+            WriterOptions {
+                node_id: "n1".into(),
+                fsync: FsyncMode::Never,
+                clients: lane,
+                peers: lane,
+                max_batch: 64,
+                max_clock_skew: Duration::from_secs(60),
+                tombstone_ttl: Duration::from_secs(3600),
+            },
+            CancellationToken::new(),
+            Blocking::Pool,
+        )
+        .unwrap();
+        for i in 0..10 {
+            w.write(format!("k{i}"), None).await.unwrap();
+        }
+        drop(w);
+        join.join().await.unwrap();
+        // Our own deletes: one peer acknowledged everything, one nothing.
+        let peers = [peer(u64::MAX, None), peer(0, None)];
+        let gc = Gc {
+            self_id: "n1",
+            cutoff_hlc: u64::MAX,
+            settle_ms: 0,
+            peers: &peers,
+        };
+        let (purgeable, waiting) = scan(&store, &gc, &CancellationToken::new()).unwrap();
+        assert!(purgeable.is_empty());
+        assert_eq!(waiting, [0, 10]);
+        let all_acked = [peer(u64::MAX, None)];
+        let gc = Gc {
+            peers: &all_acked,
+            ..gc
+        };
+        assert_eq!(
+            scan(&store, &gc, &CancellationToken::new())
+                .unwrap()
+                .0
+                .len(),
+            10
+        );
+        let stopped = CancellationToken::new();
+        stopped.cancel();
+        let (found, _) = scan(&store, &gc, &stopped).unwrap();
+        assert!(found.is_empty(), "a cancelled scan reads nothing more");
     }
 
     #[test]

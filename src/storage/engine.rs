@@ -437,6 +437,45 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_bucket_scan_reads_versions_only_and_stops_after_its_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), "n1", "c", 8, 4).unwrap();
+        // Large values in many buckets: the scan must not carry them.
+        let mut batch = store.db.batch();
+        let mut buckets = std::collections::BTreeSet::new();
+        for i in 0..400 {
+            let key = format!("key-{i}");
+            buckets.insert(crate::storage::bucket_of(key.as_bytes()));
+            let entry = Entry {
+                version: Version {
+                    hlc: i,
+                    node: "n1".into(),
+                },
+                value: Some(vec![7; 64 * 1024]),
+            };
+            batch.insert(
+                &store.data,
+                codec::data_key(&key),
+                codec::encode_entry(&entry, 0),
+            );
+        }
+        batch.commit().unwrap();
+        let buckets: Vec<u16> = buckets.into_iter().collect();
+        let (all, covered) = store.bucket_versions(&buckets, usize::MAX).unwrap();
+        assert_eq!((all.len(), covered), (400, buckets.len()));
+        // A budget of one pair's size covers one bucket, never none.
+        let (some, covered) = store.bucket_versions(&buckets, 1).unwrap();
+        assert_eq!(covered, 1);
+        assert!(!some.is_empty() && some.len() < 400);
+        let bytes: usize = some.iter().map(|(k, v)| k.len() + v.node.len() + 24).sum();
+        assert!(
+            bytes < 4096,
+            "{bytes} bytes for {} pairs: values were carried",
+            some.len()
+        );
+    }
+
+    #[test]
     fn a_second_open_of_the_same_dir_is_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let (_store, rec) = Store::open(dir.path(), "n1", "c", 8, 4).unwrap();
