@@ -249,6 +249,10 @@ pub fn parse_peer(s: &str) -> std::result::Result<PeerConfig, String> {
 /// Environment variables the CLI reads itself; they are not config keys.
 const CLI_ONLY_ENV: &[&str] = &["MESHKV_ENDPOINT", "MESHKV_CONFIG"];
 
+/// Prefixes of variables the project's own test tools read (the simulation,
+/// the planted bugs); a node started while they are set stays quiet.
+const TOOL_ENV_PREFIXES: &[&str] = &["MESHKV_SIM_", "MESHKV_PLANTED_"];
+
 /// A loaded configuration and what was wrong with the environment but not
 /// fatal. The warnings are returned rather than printed because loading runs
 /// before logging is set up, and they belong in the node's log.
@@ -289,7 +293,11 @@ pub fn load(
     let mut warnings = Vec::new();
     let mut env: Vec<(String, String)> = env
         .into_iter()
-        .filter(|(name, _)| name.starts_with("MESHKV_") && !CLI_ONLY_ENV.contains(&name.as_str()))
+        .filter(|(name, _)| {
+            name.starts_with("MESHKV_")
+                && !CLI_ONLY_ENV.contains(&name.as_str())
+                && !TOOL_ENV_PREFIXES.iter().any(|p| name.starts_with(p))
+        })
         .collect();
     // The process environment has no order; sort so that errors and warnings do.
     env.sort();
@@ -741,6 +749,8 @@ mod tests {
                 ("MESHKV_STORAGE__FSNYC", "never"),
                 ("MESHKV_ENDPOINT", "http://x:1"),
                 ("MESHKV_CONFIG", "/nowhere.toml"),
+                ("MESHKV_SIM_SEEDS", "500"),
+                ("MESHKV_PLANTED_BUG", "x"),
                 ("MESHKV_NODE_ID", "n2"),
             ]),
             Overrides::default(),

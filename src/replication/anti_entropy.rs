@@ -78,6 +78,22 @@ pub struct Rules {
 }
 
 impl Rules {
+    /// Rules under which every difference moves: for tests.
+    #[cfg(test)]
+    pub(crate) fn eager(self_id: &str) -> Self {
+        Self {
+            mode: Mode::Periodic,
+            self_id: self_id.into(),
+            own_streamed_from: None,
+            recent_from_ms: u64::MAX,
+            recent_to_ms: 0,
+            horizon_ms: 0,
+            peer_catching_up: false,
+            forget_old: false,
+            recovered_high_water: None,
+        }
+    }
+
     fn in_flight(&self, v: &Version) -> bool {
         if *v.node == *self.self_id {
             if self.mode == Mode::Repair {
@@ -432,19 +448,8 @@ mod tests {
             .collect()
     }
 
-    /// Rules that skip nothing: every difference moves.
     fn eager() -> Rules {
-        Rules {
-            mode: Mode::Periodic,
-            self_id: "n1".into(),
-            own_streamed_from: None,
-            recent_from_ms: u64::MAX,
-            recent_to_ms: 0,
-            horizon_ms: 0,
-            peer_catching_up: false,
-            forget_old: false,
-            recovered_high_water: None,
-        }
+        Rules::eager("n1")
     }
 
     fn at_ms(ms: u64, node: &str) -> Version {

@@ -287,34 +287,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_scan_stops_at_shutdown_and_counts_what_waits_on_each_peer() {
-        use crate::{
-            clock::SystemClock,
-            config::FsyncMode,
-            storage::{admission::LaneLimits, blocking::Blocking, writer, WriterOptions},
-        };
         let dir = tempfile::tempdir().unwrap();
-        let (store, rec) = Store::open(dir.path(), "n1", "c", 8, 4).unwrap();
-        let lane = LaneLimits {
-            requests: 8,
-            bytes: 1 << 20,
-        };
-        let (w, _seq, join) = writer::spawn(
-            Arc::clone(&store),
-            &rec,
-            Arc::new(SystemClock),
-            WriterOptions {
-                node_id: "n1".into(),
-                fsync: FsyncMode::Never,
-                clients: lane,
-                peers: lane,
-                max_batch: 64,
-                max_clock_skew: Duration::from_secs(60),
-                tombstone_ttl: Duration::from_secs(3600),
-            },
-            CancellationToken::new(),
-            Blocking::Pool,
-        )
-        .unwrap();
+        let (store, w, _seq, join) = crate::storage::writer::for_tests(dir.path());
         for i in 0..10 {
             w.write(format!("k{i}"), None).await.unwrap();
         }

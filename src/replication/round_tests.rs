@@ -12,7 +12,7 @@ use tonic::{transport::Server, Request, Response, Status};
 
 use crate::{
     clock::{from_physical_ms, SystemClock},
-    config::{FsyncMode, ReplicationConfig},
+    config::ReplicationConfig,
     proto::{
         self,
         anti_entropy_client::AntiEntropyClient,
@@ -21,10 +21,10 @@ use crate::{
         replication_server::{Replication, ReplicationServer},
     },
     replication::{
-        anti_entropy::{round, Mode, Rules},
+        anti_entropy::{round, Rules},
         Ctx,
     },
-    storage::{admission::LaneLimits, blocking::Blocking, bucket_of, writer, Store, WriterOptions},
+    storage::{blocking::Blocking, bucket_of, writer},
 };
 
 /// A peer that holds the given `(key, hlc)` entries (all issued by "n2"),
@@ -137,28 +137,7 @@ async fn serve(peer: ScriptedPeer) -> SocketAddr {
 
 /// A node "n1" with its own store and writer, configured by `config`.
 fn node(dir: &std::path::Path, config: ReplicationConfig) -> Arc<Ctx> {
-    let (store, rec) = Store::open(dir, "n1", "c", 8, 4).unwrap();
-    let lane = LaneLimits {
-        requests: 64,
-        bytes: 1 << 26,
-    };
-    let (writer, seq, _thread) = writer::spawn(
-        Arc::clone(&store),
-        &rec,
-        Arc::new(SystemClock),
-        WriterOptions {
-            node_id: "n1".into(),
-            fsync: FsyncMode::Never,
-            clients: lane,
-            peers: lane,
-            max_batch: 64,
-            max_clock_skew: std::time::Duration::from_secs(60),
-            tombstone_ttl: std::time::Duration::from_secs(3600),
-        },
-        CancellationToken::new(),
-        Blocking::Pool,
-    )
-    .unwrap();
+    let (store, writer, seq, _join) = writer::for_tests(dir);
     Arc::new(Ctx {
         node_id: "n1".into(),
         cluster_id: "c".into(),
@@ -174,21 +153,6 @@ fn node(dir: &std::path::Path, config: ReplicationConfig) -> Arc<Ctx> {
         recovered_high_water: 0,
         seen_high_water: Default::default(),
     })
-}
-
-/// Rules under which every difference moves.
-fn eager() -> Rules {
-    Rules {
-        mode: Mode::Periodic,
-        self_id: "n1".into(),
-        own_streamed_from: None,
-        recent_from_ms: u64::MAX,
-        recent_to_ms: 0,
-        horizon_ms: 0,
-        peer_catching_up: false,
-        forget_old: false,
-        recovered_high_water: None,
-    }
 }
 
 async fn clients(
@@ -221,7 +185,7 @@ async fn a_push_that_fails_does_not_stop_the_pull() {
     })
     .await;
     let (mut ae, mut repl) = clients(addr).await;
-    let stats = round(&ctx, "n2", &mut ae, &mut repl, eager())
+    let stats = round(&ctx, "n2", &mut ae, &mut repl, Rules::eager("n1"))
         .await
         .expect("the round goes on past a failed push");
     assert!(stats.push_error.is_some(), "{stats:?}");
@@ -250,7 +214,7 @@ async fn pushes_of_many_tiny_keys_fit_a_small_batch_limit_by_encoded_length() {
     let pushes = Arc::clone(&peer.pushes);
     let addr = serve(peer).await;
     let (mut ae, mut repl) = clients(addr).await;
-    let stats = round(&ctx, "n2", &mut ae, &mut repl, eager())
+    let stats = round(&ctx, "n2", &mut ae, &mut repl, Rules::eager("n1"))
         .await
         .unwrap();
     assert!(stats.complete(), "{stats:?}");

@@ -569,6 +569,37 @@ impl Writer {
     }
 }
 
+/// A store of node "n1" in `dir` and its writer (no fsync, roomy lanes): for
+/// tests elsewhere in the crate that need real storage behind them.
+#[cfg(test)]
+pub(crate) fn for_tests(
+    dir: &std::path::Path,
+) -> (Arc<Store>, WriterHandle, watch::Receiver<u64>, WriterJoin) {
+    let (store, rec) = Store::open(dir, "n1", "c", 8, 4).expect("open a test store");
+    let lane = LaneLimits {
+        requests: 64,
+        bytes: 1 << 26,
+    };
+    let (writer, seq, join) = spawn(
+        Arc::clone(&store),
+        &rec,
+        Arc::new(crate::clock::SystemClock),
+        WriterOptions {
+            node_id: "n1".into(),
+            fsync: FsyncMode::Never,
+            clients: lane,
+            peers: lane,
+            max_batch: 64,
+            max_clock_skew: Duration::from_secs(60),
+            tombstone_ttl: Duration::from_secs(3600),
+        },
+        CancellationToken::new(),
+        Blocking::Pool,
+    )
+    .expect("spawn a test writer");
+    (store, writer, seq, join)
+}
+
 /// Syncs every `interval` for `fsync = "periodic"` until `stop`. The server
 /// cancels `stop` only after the writer thread has exited, so that writes
 /// committed while shutdown drains are synced on schedule too (the writer

@@ -92,7 +92,7 @@ impl Node {
             .addr
             .map(|a| a.to_string())
             .unwrap_or_else(|| "127.0.0.1:0".into());
-        let mut cmd = Command::new(BIN);
+        let mut cmd = isolated(Command::new(BIN));
         cmd.arg("serve")
             .args(["--node-id", &self.id])
             .args(["--listen", &listen])
@@ -101,7 +101,6 @@ impl Node {
             .args(["--log-format", "json"])
             .args(&self.args)
             .env("RUST_LOG", "info")
-            .env_remove("MESHKV_CONFIG")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -295,10 +294,8 @@ pub fn run_cli(args: &[&str]) -> (ExitStatus, String, String) {
 
 /// Like [`run_cli`], with extra environment variables.
 pub fn run_cli_env(args: &[&str], envs: &[(&str, &str)]) -> (ExitStatus, String, String) {
-    let out = Command::new(BIN)
+    let out = isolated(Command::new(BIN))
         .args(args)
-        .env_remove("MESHKV_CONFIG")
-        .env_remove("MESHKV_ENDPOINT")
         .envs(envs.iter().copied())
         .output()
         .unwrap();
@@ -313,10 +310,8 @@ pub fn run_cli_env(args: &[&str], envs: &[(&str, &str)]) -> (ExitStatus, String,
 /// raw stdout, stderr): for values that are not text.
 pub fn run_cli_bytes(args: &[&str], stdin: &[u8]) -> (ExitStatus, Vec<u8>, String) {
     use std::io::Write;
-    let mut child = Command::new(BIN)
+    let mut child = isolated(Command::new(BIN))
         .args(args)
-        .env_remove("MESHKV_CONFIG")
-        .env_remove("MESHKV_ENDPOINT")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -334,6 +329,18 @@ pub fn run_cli_bytes(args: &[&str], stdin: &[u8]) -> (ExitStatus, Vec<u8>, Strin
         out.stdout,
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A command that inherits no `MESHKV_*` variable from the test's own
+/// environment (CI sets some for the simulation), so that each test says
+/// exactly what its process sees.
+fn isolated(mut cmd: Command) -> Command {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("MESHKV_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
 }
 
 /// Free loopback ports for nodes that must know each other's addresses
