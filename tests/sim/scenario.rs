@@ -170,6 +170,41 @@ impl Scenario {
                 kind,
             });
         }
+        // Drawn last, so that the draws above, and the seeds that do not get
+        // it, stay as they were: a stress on the tombstone horizon. One node
+        // is cut off from both peers while it takes writes, then crashes for
+        // longer than every node's (now short) tombstone TTL, while the
+        // others delete keys and may purge them.
+        let mut knobs = knobs;
+        if rng.random_bool(0.4) {
+            for k in knobs.iter_mut() {
+                k.tombstone_ttl_secs = rng.random_range(1..=3);
+            }
+            let victim = rng.random_range(0..n);
+            let t0 = rng.random_range(500..2_500);
+            let heal = rng.random_range(t0 + 5_000..=HEALED_MS);
+            for other in (0..n).filter(|o| *o != victim) {
+                faults.push(Timed {
+                    at_ms: t0,
+                    heal_ms: heal,
+                    fault: Fault::Partition(victim, other),
+                });
+            }
+            let crash_at = t0 + rng.random_range(500..1_500);
+            faults.push(Timed {
+                at_ms: crash_at,
+                heal_ms: (crash_at + rng.random_range(3_500..=5_000)).min(HEALED_MS),
+                fault: Fault::Crash(victim),
+            });
+            // Writes to the victim before it is cut off, so that it holds
+            // values the others then delete.
+            for op in ops.iter_mut().take(12) {
+                if let OpKind::Delete(key) = &op.kind {
+                    op.kind = OpKind::Write(key.clone(), format!("s{seed}-pre").into_bytes());
+                }
+                op.node = victim;
+            }
+        }
         Self {
             max_latency_ms,
             knobs,
