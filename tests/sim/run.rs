@@ -115,8 +115,38 @@ fn version_of(v: &Option<proto::Version>) -> (u64, String) {
         .unwrap_or_default()
 }
 
+thread_local! {
+    /// Panics on this thread so far. A simulation runs all its nodes on the
+    /// thread that runs it, so a node's panic lands here even when a task
+    /// catches it and the node limps on.
+    static PANICS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts every panic on the thread it happens on, then reports it as usual.
+fn count_panics() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.with(|p| p.set(p.get() + 1));
+            default(info);
+        }));
+    });
+}
+
 /// Runs `seed` to completion; an error says which check failed.
 pub fn run(seed: u64) -> Result<Outcome, String> {
+    count_panics();
+    let panics_before = PANICS.with(|p| p.get());
+    let outcome = run_checked(seed)?;
+    let panics = PANICS.with(|p| p.get()) - panics_before;
+    if panics > 0 {
+        return Err(format!("{panics} panic(s) in the simulated nodes"));
+    }
+    Ok(outcome)
+}
+
+fn run_checked(seed: u64) -> Result<Outcome, String> {
     let s = Scenario::from_seed(seed);
     let root = tempfile::Builder::new()
         .prefix("meshkv-sim-")
