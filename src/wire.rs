@@ -249,6 +249,7 @@ mod tests {
                 cluster_id: String::new(),
                 origin: String::new(),
                 mutations: c.clone(),
+                repair: true,
             };
             assert!(
                 req.encoded_len() <= budget,

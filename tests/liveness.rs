@@ -130,6 +130,8 @@ async fn a_refused_entry_is_skipped_reported_and_counted_never_a_stall() {
     let resp = nodes[1]
         .replication()
         .replicate(proto::ReplicateRequest {
+            // As a repair: these versions are far older than the horizon.
+            repair: true,
             cluster_id: "meshkv".into(),
             origin: "node1".into(),
             mutations: vec![

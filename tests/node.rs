@@ -392,6 +392,8 @@ async fn bad_input_gets_a_clear_status_and_the_node_keeps_serving() {
         value: Some(b"v".to_vec()),
     };
     let req = |cluster: &str, origin: &str, ms: Vec<proto::Mutation>| proto::ReplicateRequest {
+        // As a repair: hlc 1 is far older than the tombstone horizon.
+        repair: true,
         cluster_id: cluster.into(),
         origin: origin.into(),
         mutations: ms,

@@ -44,7 +44,7 @@ impl Replication for ReplicationService {
         let applied = if mutations.is_empty() {
             0
         } else {
-            self.writer.apply(mutations).await?
+            self.writer.apply(mutations, !req.repair).await?
         };
         crate::metrics::replicated_in(&req.origin, received, applied, refused.len() as u64);
         Ok(Response::new(proto::ReplicateResponse { applied, refused }))

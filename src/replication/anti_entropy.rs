@@ -14,7 +14,7 @@ use crate::{
     clock::physical_ms,
     error::{Error, Result},
     proto::{self, anti_entropy_client::AntiEntropyClient, replication_client::ReplicationClient},
-    replication::Ctx,
+    replication::{peer::Peer, Ctx},
     storage::{
         bucket_of,
         codec::{to_mutation, version_from_proto},
@@ -225,11 +225,12 @@ fn request<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
 /// `rules` is completed with what the peer says about itself.
 pub async fn round(
     ctx: &Ctx,
-    peer: &str,
+    peer_state: &Peer,
     ae: &mut AntiEntropyClient<Channel>,
     repl: &mut ReplicationClient<Channel>,
     mut rules: Rules,
 ) -> Result<RoundStats> {
+    let peer = peer_state.id.as_str();
     let timeout = Duration::from_millis(ctx.config.rpc_timeout_ms);
     let digests = ctx.store.digests().as_slice().to_vec();
     let answer = ae
@@ -249,6 +250,13 @@ pub async fn round(
     let regressed = rules
         .recovered_high_water
         .is_some_and(|hw| answer.seen_high_water > hw);
+    if rules.recovered_high_water.is_some() {
+        // Checked once per start: later answers include what this very run
+        // reported, which is newer than what it started from.
+        let mut s = peer_state.lock();
+        s.high_water_checked = true;
+        s.regressed |= regressed;
+    }
     if regressed {
         tracing::warn!(
             peer,
@@ -365,6 +373,7 @@ async fn push(
                         cluster_id: ctx.cluster_id.clone(),
                         origin: ctx.node_id.clone(),
                         mutations: batch,
+                        repair: true,
                     },
                     timeout,
                 ))
@@ -412,7 +421,7 @@ async fn pull(
             stats.last_refused = Some(format!("{}: {}", r.key, r.reason));
         }
         if !entries.is_empty() {
-            stats.pulled += ctx.writer.apply(entries).await?;
+            stats.pulled += ctx.writer.apply(entries, false).await?;
         }
     }
     Ok(())

@@ -56,6 +56,12 @@ pub struct PeerState {
     /// The stream waits for it: it tells whether this node's data went back
     /// in time, and then the old records in the log must not be sent.
     pub first_round_done: bool,
+    /// The peer's answer about this node's high-water mark has been checked
+    /// since start-up (once: later answers reflect this run's own reports).
+    pub high_water_checked: bool,
+    /// That check found this node's data went back in time: rounds with the
+    /// peer catch up and drop old keys it lacks until one finishes.
+    pub regressed: bool,
     /// Entries the peer refused, by stream or repair (they were skipped).
     pub refused: u64,
     /// The last refusal, as "key: reason".
@@ -98,6 +104,8 @@ impl Peer {
                 needs_repair: false,
                 catching_up,
                 first_round_done: false,
+                high_water_checked: false,
+                regressed: false,
                 refused: 0,
                 last_refused: None,
                 last_complete_round_ms: None,
@@ -151,7 +159,7 @@ impl Peer {
     /// The streamer must wait: a repair or catch-up is due first.
     pub(crate) fn stream_blocked(&self) -> bool {
         let s = self.lock();
-        s.needs_repair || s.catching_up || !s.first_round_done
+        s.needs_repair || s.catching_up || s.regressed || !s.first_round_done
     }
 }
 

@@ -42,8 +42,8 @@ fn rules(ctx: &Ctx, peer: &Peer, mode: Mode, now_ms: u64) -> Rules {
         recent_to_ms: now_ms.saturating_add(cfg.max_clock_skew_ms),
         horizon_ms: now_ms.saturating_sub(cfg.tombstone_ttl_secs * 1000),
         peer_catching_up: false,
-        forget_old: false,
-        recovered_high_water: (!state.first_round_done).then_some(ctx.recovered_high_water),
+        forget_old: state.regressed,
+        recovered_high_water: (!state.high_water_checked).then_some(ctx.recovered_high_water),
     }
 }
 
@@ -72,7 +72,7 @@ pub async fn run(
         woken.as_mut().enable();
         let (needs_repair, catching_up) = {
             let s = peer.state();
-            (s.needs_repair, s.catching_up)
+            (s.needs_repair, s.catching_up || s.regressed)
         };
         if !needs_repair && !catching_up && Instant::now() < next_round {
             tokio::select! {
@@ -97,7 +97,7 @@ pub async fn run(
         tracing::info!(peer = %peer.id, ?mode, "anti-entropy round starting");
         let round = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = anti_entropy::round(&ctx, &peer.id, &mut ae, &mut repl, rules) => r,
+            r = anti_entropy::round(&ctx, &peer, &mut ae, &mut repl, rules) => r,
         };
         peer.lock().phase = Phase::Streaming;
         match round {
@@ -122,9 +122,10 @@ pub async fn run(
                     // began. After finding that this node's data went back in
                     // time it does too: the older records of the log may be
                     // keys deleted since, and must not be sent again.
-                    let jump = (mode == Mode::Repair && s.needs_repair) || stats.regressed;
+                    let jump = (mode == Mode::Repair && s.needs_repair) || s.regressed;
                     if finished && jump {
                         s.needs_repair = false;
+                        s.regressed = false;
                         if resume_at > s.acked_seq {
                             s.acked_seq = resume_at;
                             moved = Some(resume_at);

@@ -136,6 +136,7 @@ pub async fn run(
                     cluster_id: ctx.cluster_id.clone(),
                     origin: ctx.node_id.clone(),
                     mutations,
+                    repair: false,
                 });
                 request.set_timeout(timeout);
                 let mut client = repl.clone();

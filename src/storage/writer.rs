@@ -72,6 +72,8 @@ enum Command {
     },
     Remote {
         mutations: Vec<(String, Entry)>,
+        /// From the origin's log stream, not a repair: see [`WriterHandle::apply`].
+        streamed: bool,
         reply: oneshot::Sender<Result<u64>>,
         _permit: Option<Permit>,
     },
@@ -135,10 +137,17 @@ impl WriterHandle {
 
     /// Merges remote entries with last-writer-wins; returns how many won.
     /// Waits for room in the peer lane, which clients cannot fill.
-    pub async fn apply(&self, mutations: Vec<(String, Entry)>) -> Result<u64> {
+    ///
+    /// With `streamed` (the origin's log stream rather than a repair), a
+    /// value older than the tombstone horizon for a key this node lacks is
+    /// not applied: a stream held up longer than the TTL may deliver a write
+    /// whose delete every node has since applied and purged. If the value is
+    /// still live somewhere, anti-entropy delivers it as a repair.
+    pub async fn apply(&self, mutations: Vec<(String, Entry)>, streamed: bool) -> Result<u64> {
         let permit = self.peers.admit(remote_bytes(&mutations)).await?;
         self.call(|reply| Command::Remote {
             mutations,
+            streamed,
             reply,
             _permit: Some(permit),
         })
@@ -445,7 +454,11 @@ impl Writer {
                     }
                     outcomes.push(Outcome::Local(versions));
                 }
-                Command::Remote { mutations, .. } => {
+                Command::Remote {
+                    mutations,
+                    streamed,
+                    ..
+                } => {
                     let mut applied = 0;
                     let mut warned = false;
                     for (key, entry) in mutations {
@@ -470,8 +483,12 @@ impl Writer {
                         if !entry.wins_over(old.as_ref()) && !planted {
                             continue;
                         }
-                        let expired = entry.is_tombstone()
-                            && physical_ms(entry.version.hlc).saturating_add(ttl_ms) < now_ms;
+                        let past_horizon =
+                            physical_ms(entry.version.hlc).saturating_add(ttl_ms) < now_ms;
+                        if *streamed && past_horizon && old.is_none() && !entry.is_tombstone() {
+                            continue;
+                        }
+                        let expired = entry.is_tombstone() && past_horizon;
                         if expired {
                             // A tombstone past its TTL deletes what it beats but is
                             // not stored again: peers that already purged it would
@@ -707,15 +724,17 @@ mod tests {
             value: Some(b"old".to_vec()),
         };
         let applied = w
-            .apply(vec![
-                ("k".into(), newer.clone()),
-                ("k".into(), older.clone()),
-            ])
+            .apply(
+                vec![("k".into(), newer.clone()), ("k".into(), older.clone())],
+                false,
+            )
             .await
             .unwrap();
         assert_eq!(applied, 1);
         assert_eq!(
-            w.apply(vec![("k".into(), newer.clone())]).await.unwrap(),
+            w.apply(vec![("k".into(), newer.clone())], false)
+                .await
+                .unwrap(),
             0,
             "replay"
         );
@@ -887,6 +906,7 @@ mod tests {
         };
         let remote = |key: &str, e: Entry| Command::Remote {
             mutations: vec![(key.into(), e)],
+            streamed: false,
             reply: oneshot::channel().0,
             _permit: None,
         };
@@ -948,11 +968,13 @@ mod tests {
             },
             value: Some(b"r".to_vec()),
         };
-        let applied =
-            tokio::time::timeout(Duration::from_secs(10), w.apply(vec![("r".into(), remote)]))
-                .await
-                .expect("a peer batch waited on the client lane")
-                .unwrap();
+        let applied = tokio::time::timeout(
+            Duration::from_secs(10),
+            w.apply(vec![("r".into(), remote)], false),
+        )
+        .await
+        .expect("a peer batch waited on the client lane")
+        .unwrap();
         assert_eq!(applied, 1);
         drop(w);
         t.join().await.unwrap();
@@ -979,6 +1001,7 @@ mod tests {
         };
         w.commit(&mut [Command::Remote {
             mutations: vec![("k".into(), remote.clone())],
+            streamed: false,
             reply: oneshot::channel().0,
             _permit: None,
         }])

@@ -374,6 +374,13 @@ async fn drive(s: Scenario, log: Rc<RefCell<Log>>) -> turmoil::Result {
                 }
             }
         };
+        if std::env::var_os("MESHKV_SIM_TRACE").is_some() {
+            eprintln!(
+                "[{:?}] n{} {line}",
+                turmoil::sim_elapsed().unwrap_or_default(),
+                op.node + 1
+            );
+        }
         log.borrow_mut().trace.push(line);
     }
 
