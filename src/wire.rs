@@ -245,11 +245,11 @@ mod tests {
         let chunks = chunk_by_size(items, budget);
         assert!(chunks.len() > 1);
         for c in &chunks {
+            // The items alone: the envelope's few bytes come out of the
+            // headroom between MAX_FILL and PEER_MESSAGE_LIMIT.
             let req = proto::ReplicateRequest {
-                cluster_id: String::new(),
-                origin: String::new(),
                 mutations: c.clone(),
-                repair: true,
+                ..Default::default()
             };
             assert!(
                 req.encoded_len() <= budget,

@@ -148,7 +148,7 @@ fn regression_seeds() {
         // that node was held up; the stream then delivered an older write of
         // the key and brought it back everywhere. Streams no longer apply a
         // value older than the horizon for a key the node lacks.
-        1151, 1203, 1546, 1779, 2949, 3376,
+        1151, 1203, 1546, 1779, 2949, 3376, 4424,
         // Also from that hunt: a node whose Digest answers were lost took the
         // first one it got, which already held its own later reports, for a
         // sign that its data went back in time, and dropped keys. The check
