@@ -295,7 +295,11 @@ async fn periodic_rounds_run_while_the_stream_never_catches_up() {
             shutdown.clone(),
         )),
     ];
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Two rounds within 4 s (the interval is 1 s), waited for, not slept.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+    while peer.state().repair_rounds < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let s = peer.state();
     shutdown.cancel();
     for t in tasks {
