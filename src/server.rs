@@ -18,7 +18,7 @@ use tonic_health::{server::HealthReporter, ServingStatus};
 
 use crate::{
     api::{AdminService, AntiEntropyService, KvService, Membership, ReplicationService},
-    clock::{physical_ms, PhysicalClock, SystemClock},
+    clock::{from_physical_ms, physical_ms, PhysicalClock, SystemClock},
     config::{Config, FsyncMode},
     error::{Error, Result},
     proto::{
@@ -273,6 +273,8 @@ where
         blocking,
         seed: seams.seed,
         recovered_high_water: recovered.high_water,
+        // Above every mark a previous run reported, unless the data went back.
+        incarnation: from_physical_ms(clock.now_ms()).max(recovered.high_water + 1),
         seen_high_water: Default::default(),
     });
     let start = StartKind::of(&config, &recovered, clock.as_ref());

@@ -48,7 +48,7 @@ impl AntiEntropy for AntiEntropyService {
         let buckets = self.ctx.store.digests().diff(&theirs);
         let seen = self
             .ctx
-            .peer_reports_high_water(&req.origin, req.high_water);
+            .peer_reports_high_water(&req.origin, req.incarnation, req.high_water);
         Ok(Response::new(proto::DigestResponse {
             buckets: buckets.into_iter().map(u32::from).collect(),
             catching_up: self.ctx.catching_up(),

@@ -240,6 +240,7 @@ pub async fn round(
                 origin: ctx.node_id.clone(),
                 digests,
                 high_water: ctx.store.high_water(),
+                incarnation: ctx.incarnation,
             },
             timeout,
         ))
@@ -251,8 +252,8 @@ pub async fn round(
         .recovered_high_water
         .is_some_and(|hw| answer.seen_high_water > hw);
     if rules.recovered_high_water.is_some() {
-        // Checked once per start: later answers include what this very run
-        // reported, which is newer than what it started from.
+        // Checked on the first answer of each start, so that a regression is
+        // acted on once.
         let mut s = peer_state.lock();
         s.high_water_checked = true;
         s.regressed |= regressed;

@@ -17,6 +17,7 @@ use crate::{
     clock::{physical_ms, PhysicalClock},
     config::{PeerConfig, ReplicationConfig},
     error::{Error, Result},
+    high_water::SeenMarks,
     replication::{
         log,
         peer::{Backoff, Peer, PeerState},
@@ -51,8 +52,10 @@ pub struct Ctx {
     /// The HLC high-water mark this node started from. A peer that saw a
     /// higher one from it before means its data went back in time.
     pub recovered_high_water: u64,
-    /// The highest high-water mark each peer reported (persisted).
-    pub seen_high_water: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// Tags this run in every Digest: the HLC at start-up.
+    pub incarnation: u64,
+    /// The high-water marks each peer reported, run by run (persisted).
+    pub seen_high_water: std::sync::Mutex<std::collections::HashMap<String, SeenMarks>>,
     /// Seeds every peer task's randomness; `None` draws from the OS.
     pub seed: Option<u64>,
 }
@@ -69,23 +72,23 @@ impl Ctx {
         self.catching_up.load(Ordering::Relaxed) > 0
     }
 
-    /// Records the high-water mark `peer` reports; returns the highest it
-    /// reported before (0 if none).
-    pub fn peer_reports_high_water(&self, peer: &str, hlc: u64) -> u64 {
-        let before = {
+    /// Records the high-water mark that run `incarnation` of `peer` reports;
+    /// returns the highest mark its other runs reported (0 if none).
+    pub fn peer_reports_high_water(&self, peer: &str, incarnation: u64, hlc: u64) -> u64 {
+        let (answer, changed) = {
             let mut seen = self
                 .seen_high_water
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             let e = seen.entry(peer.to_string()).or_default();
             let before = *e;
-            *e = before.max(hlc);
-            before
+            let answer = e.report(incarnation, hlc);
+            (answer, (*e != before).then_some(*e))
         };
-        if hlc > before {
-            self.writer.save_seen_high_water(peer, hlc);
+        if let Some(marks) = changed {
+            self.writer.save_seen_marks(peer, marks);
         }
-        before
+        answer
     }
 
     /// The first round with one more peer finished.
@@ -160,7 +163,7 @@ impl PeerManager {
         let mut list = Vec::with_capacity(peers.len());
         let mut channels = Vec::with_capacity(peers.len());
         for p in peers {
-            let seen = ctx.store.seen_high_water(&p.id)?;
+            let seen = ctx.store.seen_marks(&p.id)?;
             ctx.seen_high_water
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

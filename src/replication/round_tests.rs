@@ -151,6 +151,7 @@ fn node(dir: &std::path::Path, config: ReplicationConfig) -> Arc<Ctx> {
         blocking: Blocking::Pool,
         seed: Some(7),
         recovered_high_water: 0,
+        incarnation: 1,
         seen_high_water: Default::default(),
     })
 }

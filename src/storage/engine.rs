@@ -13,6 +13,7 @@ use prost::Message;
 
 use crate::{
     error::{Error, Result},
+    high_water::SeenMarks,
     proto,
     storage::{codec, digest::Digests, lock::DirLock},
     version::{Entry, Version},
@@ -24,15 +25,22 @@ const META_NODE_ID: &[u8] = b"node_id";
 const META_CLUSTER_ID: &[u8] = b"cluster_id";
 const CURSOR_PREFIX: &str = "cursor/";
 const SEEN_PREFIX: &str = "seen_high_water/";
+const SEEN_INCARNATION_PREFIX: &str = "seen_incarnation/";
+const SEEN_PRIOR_PREFIX: &str = "seen_prior/";
 
 /// The `meta` key of a peer's cursor.
 pub fn cursor_key(peer: &str) -> String {
     format!("{CURSOR_PREFIX}{peer}")
 }
 
-/// The `meta` key of the highest HLC high-water mark a peer reported.
-pub fn seen_key(peer: &str) -> String {
-    format!("{SEEN_PREFIX}{peer}")
+/// The `meta` keys of what a peer reported, run by run: the highest mark of
+/// its newest run, that run's tag, and the highest mark of its other runs.
+pub fn seen_keys(peer: &str) -> [String; 3] {
+    [
+        format!("{SEEN_PREFIX}{peer}"),
+        format!("{SEEN_INCARNATION_PREFIX}{peer}"),
+        format!("{SEEN_PRIOR_PREFIX}{peer}"),
+    ]
 }
 
 /// The open storage of one node. Reads go straight to the engine (it is
@@ -311,9 +319,15 @@ impl Store {
         Ok(read_u64(&self.meta, cursor_key(peer).as_bytes())?.unwrap_or(0))
     }
 
-    /// The highest HLC high-water mark `peer` reported to this node (0: none).
-    pub fn seen_high_water(&self, peer: &str) -> Result<u64> {
-        Ok(read_u64(&self.meta, seen_key(peer).as_bytes())?.unwrap_or(0))
+    /// The high-water marks `peer` reported to this node, run by run.
+    pub fn seen_marks(&self, peer: &str) -> Result<SeenMarks> {
+        let [current, incarnation, prior] =
+            seen_keys(peer).map(|k| read_u64(&self.meta, k.as_bytes()));
+        Ok(SeenMarks {
+            incarnation: incarnation?.unwrap_or(0),
+            current: current?.unwrap_or(0),
+            prior: prior?.unwrap_or(0),
+        })
     }
 
     /// Adds a `meta` counter (a cursor, a seen high-water mark) to a writer
@@ -345,7 +359,9 @@ impl Store {
     /// Forgets a decommissioned peer's cursor and what it reported. Only at
     /// start-up, before the writer runs.
     pub fn remove_cursor(&self, peer: &str) -> Result<()> {
-        self.meta.remove(seen_key(peer))?;
+        for k in seen_keys(peer) {
+            self.meta.remove(k)?;
+        }
         Ok(self.meta.remove(cursor_key(peer))?)
     }
 

@@ -31,5 +31,5 @@ mod lock;
 pub mod writer;
 
 pub use digest::{bucket_of, Digests, BUCKETS};
-pub use engine::{cursor_key, seen_key, Recovered, Store};
+pub use engine::{cursor_key, seen_keys, Recovered, Store};
 pub use writer::{WriterHandle, WriterOptions};

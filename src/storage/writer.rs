@@ -22,6 +22,7 @@ use crate::{
     clock::{physical_ms, Hlc, PhysicalClock},
     config::FsyncMode,
     error::{Error, Result},
+    high_water::SeenMarks,
     storage::{
         admission::{Lane, LaneLimits, Permit},
         blocking::Blocking,
@@ -45,7 +46,7 @@ pub struct WriterOptions {
     pub max_batch: usize,
     /// Remote timestamps further ahead of our wall clock than this are logged.
     pub max_clock_skew: Duration,
-    /// Remote tombstones older than this are applied as deletions but not stored.
+    /// Remote tombstones older than this are not stored for a key this node lacks.
     pub tombstone_ttl: Duration,
 }
 
@@ -184,11 +185,16 @@ impl WriterHandle {
             .try_send(Msg::Counter(crate::storage::cursor_key(peer), seq));
     }
 
-    /// Records the highest HLC high-water mark a peer reported, likewise.
-    pub fn save_seen_high_water(&self, peer: &str, hlc: u64) {
-        let _ = self
-            .tx
-            .try_send(Msg::Counter(crate::storage::seen_key(peer), hlc));
+    /// Records the high-water marks a peer reported, likewise.
+    pub fn save_seen_marks(&self, peer: &str, marks: SeenMarks) {
+        let [current, incarnation, prior] = crate::storage::seen_keys(peer);
+        for (key, v) in [
+            (current, marks.current),
+            (incarnation, marks.incarnation),
+            (prior, marks.prior),
+        ] {
+            let _ = self.tx.try_send(Msg::Counter(key, v));
+        }
     }
 
     /// Sends a command and waits for its answer. Admission happened before:
@@ -449,6 +455,7 @@ impl Writer {
                             old.map(|o| o.version),
                             entry.version.clone(),
                         ));
+                        tracing::trace!(key = %key, version = %entry.version, seq, tombstone = entry.is_tombstone(), "local write");
                         versions.push(entry.version.clone());
                         overlay.insert(key.clone(), Some(entry));
                     }
@@ -481,24 +488,23 @@ impl Writer {
                             crate::planted::active(crate::planted::Bug::MergeIgnoresVersions)
                                 && old.is_some();
                         if !entry.wins_over(old.as_ref()) && !planted {
+                            tracing::trace!(key = %key, version = %entry.version, streamed = *streamed, "remote entry loses");
                             continue;
                         }
                         let past_horizon =
                             physical_ms(entry.version.hlc).saturating_add(ttl_ms) < now_ms;
                         if *streamed && past_horizon && old.is_none() && !entry.is_tombstone() {
+                            tracing::trace!(key = %key, version = %entry.version, "streamed value past the horizon for an absent key: not applied");
                             continue;
                         }
-                        let expired = entry.is_tombstone() && past_horizon;
-                        if expired {
-                            // A tombstone past its TTL deletes what it beats but is
-                            // not stored again: peers that already purged it would
-                            // otherwise get it back through anti-entropy forever.
-                            if let Some(old) = old {
-                                batch.remove(&store.data, codec::data_key(key));
-                                changes.push(DigestChange::Remove(key.clone(), old.version));
-                                overlay.insert(key.clone(), None);
-                                applied += 1;
-                            }
+                        tracing::trace!(key = %key, version = %entry.version, streamed = *streamed, tombstone = entry.is_tombstone(), past_horizon, "remote entry applied");
+                        if entry.is_tombstone() && past_horizon && old.is_none() {
+                            // A tombstone past its TTL for a key this node lacks has
+                            // nothing to delete. Storing it would hand it back to
+                            // peers that already purged it, round after round. One
+                            // that beats a value is stored like any other: peers
+                            // count this node as holding it before they purge theirs.
+                            tracing::trace!(key = %key, version = %entry.version, "expired tombstone for an absent key: not stored");
                             continue;
                         }
                         batch.insert(
@@ -528,6 +534,7 @@ impl Writer {
                             &c.version == version && (c.is_tombstone() || !*only_tombstones)
                         });
                         if matches {
+                            tracing::trace!(key = %key, version = %version, only_tombstones = *only_tombstones, "forgotten");
                             batch.remove(&store.data, codec::data_key(key));
                             changes.push(DigestChange::Remove(key.clone(), version.clone()));
                             overlay.insert(key.clone(), None);
@@ -893,7 +900,7 @@ mod tests {
     }
 
     #[test]
-    fn an_expired_remote_tombstone_deletes_but_is_not_stored() {
+    fn an_expired_remote_tombstone_is_stored_only_where_it_beats_a_value() {
         let dir = tempfile::tempdir().unwrap();
         let (store, rec) = open(dir.path());
         let mut w = bare_writer(store.clone(), &rec, Arc::new(SystemClock));
@@ -919,19 +926,20 @@ mod tests {
             remote("never", at(2_000, None)),
         ])
         .unwrap();
-        assert_eq!(
-            store.get("old").unwrap(),
-            None,
-            "the delete removed the value"
+        let old = store.get("old").unwrap().expect("the delete is kept");
+        assert!(
+            old.is_tombstone(),
+            "an expired delete that beat a value is stored: peers count this node as \
+             holding it before they purge theirs (simulation seed 1111)"
         );
         assert_eq!(
             store.get("never").unwrap(),
             None,
-            "an expired tombstone is not stored"
+            "an expired tombstone for an absent key is not stored"
         );
         let (digests, keys) = recount(&store);
         assert_eq!(*store.digests(), digests);
-        assert_eq!((store.key_count(), keys), (0, 0));
+        assert_eq!((store.key_count(), keys), (1, 1));
         // A recent tombstone is stored as usual.
         let now = SystemClock.now_ms();
         w.commit(&mut [remote("fresh", at(now, None))]).unwrap();

@@ -122,6 +122,31 @@ thread_local! {
     static PANICS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
+thread_local! {
+    /// Which simulated host each tokio runtime belongs to: turmoil gives
+    /// every host a runtime of its own (a new one at each restart), all on
+    /// the thread that runs the simulation.
+    static HOSTS: RefCell<Vec<(tokio::runtime::Id, &'static str)>> =
+        const { RefCell::new(Vec::new()) };
+}
+
+/// The simulated host running the current task, for log lines.
+pub fn current_host() -> &'static str {
+    tokio::runtime::Handle::try_current()
+        .ok()
+        .and_then(|h| {
+            let id = h.id();
+            HOSTS.with(|m| {
+                m.borrow()
+                    .iter()
+                    .rev()
+                    .find(|(i, _)| *i == id)
+                    .map(|(_, n)| *n)
+            })
+        })
+        .unwrap_or("-")
+}
+
 /// Counts every panic on the thread it happens on, then reports it as usual.
 fn count_panics() {
     static HOOK: std::sync::Once = std::sync::Once::new();
@@ -185,6 +210,8 @@ fn run_checked(seed: u64) -> Result<Outcome, String> {
         sim.host(*name, move || {
             let (cfg, seams) = (cfg.clone(), seams.clone());
             async move {
+                let id = tokio::runtime::Handle::current().id();
+                HOSTS.with(|m| m.borrow_mut().push((id, name)));
                 let listener = turmoil::net::TcpListener::bind(cfg.listen).await?;
                 let addr = cfg.listen;
                 serve_with(
