@@ -7,7 +7,11 @@ use std::{
 };
 
 use clap::{Args, Parser, Subcommand};
-use tonic::transport::{Channel, Endpoint};
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    service::{interceptor::InterceptedService, Interceptor},
+    transport::{Channel, Endpoint},
+};
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
 
 use crate::{
@@ -66,6 +70,9 @@ pub enum Command {
     /// Drive load at one node or a cluster (or etcd) and report throughput,
     /// latency percentiles, errors and replication lag.
     Bench(crate::bench::BenchArgs),
+    /// Make a development CA, a certificate per node and a tokens file, for
+    /// a TLS cluster. Files that exist are kept, so it is safe to run again.
+    Certs(CertsArgs),
     /// Show a node and its replication to each peer as a table.
     Status {
         /// Print the raw status as JSON-like debug output instead of a table.
@@ -106,6 +113,43 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics on this address (GET /metrics).
     #[arg(long)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// A separate listen address for peers (required with TLS).
+    #[arg(long)]
+    pub peer_listen: Option<std::net::SocketAddr>,
+    /// Listen on a non-loopback address without TLS anyway.
+    #[arg(long)]
+    pub insecure: bool,
+    /// This node's TLS certificate (PEM); with --tls-key and --tls-ca.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's TLS private key (PEM).
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster's CA certificate (PEM).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// The file of client tokens and their roles.
+    #[arg(long)]
+    pub tokens_file: Option<PathBuf>,
+}
+
+/// Flags of `meshkv certs`.
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// Where the files go: ca.pem, ca.key, NODE.pem, NODE.key.
+    #[arg(long, default_value = "certs")]
+    pub dir: PathBuf,
+    /// A node id to issue a certificate for; repeat for each node.
+    #[arg(long = "node", required = true)]
+    pub nodes: Vec<String>,
+    /// An extra host name or IP every certificate names (beside the node id,
+    /// localhost, 127.0.0.1 and ::1); repeatable.
+    #[arg(long = "host")]
+    pub hosts: Vec<String>,
+    /// Also write a tokens file with one random token per role (admin,
+    /// write, read), unless it exists.
+    #[arg(long)]
+    pub tokens: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -120,6 +164,14 @@ impl ServeArgs {
             log_format: self.log_format,
             fsync: self.fsync,
             metrics_listen: self.metrics_listen,
+            peer_listen: self.peer_listen,
+            insecure: self.insecure,
+            tls: crate::config::TlsConfig {
+                cert: self.tls_cert.clone(),
+                key: self.tls_key.clone(),
+                ca: self.tls_ca.clone(),
+            },
+            tokens_file: self.tokens_file.clone(),
         }
     }
 }
@@ -143,6 +195,85 @@ pub struct ClientArgs {
         default_value = "10s"
     )]
     pub timeout: Duration,
+    #[command(flatten)]
+    pub credentials: Credentials,
+}
+
+/// How a client proves itself and checks the node: a token, TLS files.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Credentials {
+    /// A bearer token, sent as `authorization: Bearer TOKEN`.
+    #[arg(long, env = "MESHKV_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The CA that signed the node's certificate, for https:// endpoints.
+    #[arg(long, env = "MESHKV_CACERT")]
+    pub cacert: Option<PathBuf>,
+    /// A client certificate (PEM) from the cluster's CA, with --key.
+    #[arg(id = "tls_cert", long = "cert", env = "MESHKV_CERT")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(id = "tls_key", long = "key", env = "MESHKV_KEY")]
+    pub key: Option<PathBuf>,
+}
+
+/// Adds the bearer token, if any, to every request.
+#[derive(Debug, Clone, Default)]
+pub struct Auth(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A channel that carries the caller's token.
+pub type AuthChannel = InterceptedService<Channel, Auth>;
+
+impl Credentials {
+    /// An endpoint for `url`: TLS with --cacert (and --cert/--key) for
+    /// `https://`. TLS files with an `http://` URL are a mistake, said so.
+    pub fn endpoint(&self, url: &str) -> Result<Endpoint> {
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| Error::InvalidArgument(format!("--endpoint {url:?}: {e}")))?;
+        if url.starts_with("https://") {
+            let Some(ca) = &self.cacert else {
+                return Err(Error::InvalidArgument(format!(
+                    "{url} is https: give the CA that signed its certificate with --cacert \
+                     (or MESHKV_CACERT)"
+                )));
+            };
+            let tls = crate::security::tls::client_tls(
+                Some(ca),
+                self.cert.as_deref(),
+                self.key.as_deref(),
+            )?;
+            return endpoint
+                .tls_config(tls)
+                .map_err(|e| Error::InvalidArgument(format!("TLS for {url}: {e}")));
+        }
+        if self.cert.is_some() || self.cacert.is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "--cacert, --cert and --key need an https:// endpoint, not {url}"
+            )));
+        }
+        Ok(endpoint)
+    }
+
+    /// The interceptor that sends the token.
+    pub fn auth(&self) -> Result<Auth> {
+        match &self.token {
+            None => Ok(Auth(None)),
+            Some(t) => format!("Bearer {}", t.trim())
+                .parse()
+                .map(|v| Auth(Some(v)))
+                .map_err(|_| {
+                    Error::InvalidArgument("--token holds characters a header cannot carry".into())
+                }),
+        }
+    }
 }
 
 /// Parses a duration flag: a number with a unit of `ms`, `s`, `m` or `h`
@@ -256,6 +387,9 @@ fn describe_status(endpoint: &str, timeout: Duration, status: &tonic::Status) ->
         | Code::PermissionDenied
         | Code::NotFound
         | Code::AlreadyExists => format!("{endpoint} refused the request: {msg}"),
+        Code::Unauthenticated => {
+            format!("{endpoint} refused the request: {msg} (pass --token or set MESHKV_TOKEN)")
+        }
         Code::ResourceExhausted => {
             format!("{endpoint} is overloaded and refused the request: {msg} (retry later)")
         }
@@ -310,21 +444,25 @@ fn plain_io(err: &std::io::Error) -> String {
 }
 
 impl ClientArgs {
-    /// A lazily-connecting channel to the node.
-    pub fn channel(&self) -> Result<Channel> {
+    /// A lazily-connecting channel to the node, carrying the token.
+    pub fn channel(&self) -> Result<AuthChannel> {
         if self.timeout.is_zero() {
             return Err(Error::InvalidArgument(
                 "--timeout must be more than 0".into(),
             ));
         }
-        let endpoint = Endpoint::from_shared(self.endpoint.clone())
-            .map_err(|e| Error::InvalidArgument(format!("--endpoint {:?}: {e}", self.endpoint)))?
+        let endpoint = self
+            .credentials
+            .endpoint(&self.endpoint)?
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(self.timeout);
-        Ok(endpoint.connect_lazy())
+        Ok(InterceptedService::new(
+            endpoint.connect_lazy(),
+            self.credentials.auth()?,
+        ))
     }
 
-    fn kv(&self) -> Result<KvClient<Channel>> {
+    fn kv(&self) -> Result<KvClient<AuthChannel>> {
         Ok(KvClient::new(self.channel()?)
             .max_decoding_message_size(crate::config::MAX_VALUE_BYTES_CEILING * 2))
     }
@@ -343,6 +481,21 @@ pub enum Outcome {
 pub async fn run_client(command: Command) -> Result<Outcome> {
     match command {
         Command::Serve(_) => unreachable!("serve is not a client command"),
+        Command::Certs(args) => {
+            let written = crate::security::certs::make(
+                &args.dir,
+                &args.nodes,
+                &args.hosts,
+                args.tokens.as_deref(),
+            )?;
+            for p in &written.created {
+                println!("created {}", p.display());
+            }
+            for p in &written.kept {
+                println!("kept    {}", p.display());
+            }
+            Ok(Outcome::Ok)
+        }
         Command::Put { key, value, conn } => {
             let value = if value == "-" {
                 let mut bytes = Vec::new();
@@ -457,6 +610,9 @@ pub fn format_status(s: &proto::ClusterStatusResponse) -> String {
         "node {} (cluster {}): {}\nkeys {}  last_seq {}  log_first_seq {}  fingerprint {:016x}\n",
         s.node_id, s.cluster_id, s.health, s.keys, s.last_seq, s.log_first_seq, s.fingerprint
     );
+    if !s.security.is_empty() {
+        out.push_str(&format!("security: {}\n", s.security));
+    }
     if s.peers.is_empty() {
         out.push_str("no peers configured\n");
         return out;

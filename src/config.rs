@@ -31,8 +31,22 @@ pub struct Config {
     pub node_id: String,
     /// The cluster's name. Peers reject replication from another cluster.
     pub cluster_id: String,
-    /// The gRPC address (clients, peers, health, reflection).
+    /// The gRPC address for clients (and for peers too when `peer_listen` is
+    /// unset): KV, Admin, health, reflection.
     pub listen: SocketAddr,
+    /// A separate gRPC address for peers (Replication, AntiEntropy, health),
+    /// like etcd's 2380. Required with TLS, where it demands a client
+    /// certificate from the cluster's CA. Peers' `url`s point here.
+    pub peer_listen: Option<SocketAddr>,
+    /// Run on a non-loopback address without TLS anyway. Anyone who can reach
+    /// the node can then read, write and forge replication: for trusted
+    /// networks and demos only. The node warns at start and in `meshkv status`.
+    pub insecure: bool,
+    /// TLS for both listeners and for connections to peers; off unless all
+    /// three files are set.
+    pub tls: TlsConfig,
+    /// Client authentication.
+    pub auth: AuthConfig,
     /// Where the storage engine keeps its files. One node per directory.
     pub data_dir: PathBuf,
     /// Log output format.
@@ -55,6 +69,10 @@ impl Default for Config {
             node_id: "node1".into(),
             cluster_id: "meshkv".into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            peer_listen: None,
+            insecure: false,
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
             data_dir: PathBuf::from("./data"),
             log_format: LogFormat::Pretty,
             peers: Vec::new(),
@@ -76,13 +94,44 @@ pub enum LogFormat {
     Json,
 }
 
+/// TLS files, PEM. Set all three or none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// This node's certificate (chain). Its subject alternative names must
+    /// include the node id, which peers check, and the names clients dial.
+    pub cert: Option<PathBuf>,
+    /// The certificate's private key.
+    pub key: Option<PathBuf>,
+    /// The cluster's CA: peers' and clients' certificates must chain to it.
+    pub ca: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Whether TLS is on.
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some()
+    }
+}
+
+/// How clients prove who they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// A TOML file of bearer tokens, each with a name and a role (read,
+    /// write, admin). Unset: no tokens; with TLS on, clients must then present
+    /// a certificate from the CA instead.
+    pub tokens_file: Option<PathBuf>,
+}
+
 /// One peer node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
     /// The peer's node id, as it appears in its own config.
     pub id: String,
-    /// Its gRPC URL, e.g. `http://node2:50051`.
+    /// Its gRPC URL, e.g. `http://node2:50051`; `https://` with TLS, at the
+    /// peer's `peer_listen` address.
     pub url: String,
 }
 
@@ -233,6 +282,14 @@ pub struct Overrides {
     pub fsync: Option<FsyncMode>,
     /// `--metrics-listen`
     pub metrics_listen: Option<SocketAddr>,
+    /// `--peer-listen`
+    pub peer_listen: Option<SocketAddr>,
+    /// `--insecure`
+    pub insecure: bool,
+    /// `--tls-cert`, `--tls-key`, `--tls-ca`
+    pub tls: TlsConfig,
+    /// `--tokens-file`
+    pub tokens_file: Option<PathBuf>,
 }
 
 /// Parses `ID=URL`, the form of `--peer` and of `MESHKV_PEERS` items.
@@ -247,7 +304,14 @@ pub fn parse_peer(s: &str) -> std::result::Result<PeerConfig, String> {
 }
 
 /// Environment variables the CLI reads itself; they are not config keys.
-const CLI_ONLY_ENV: &[&str] = &["MESHKV_ENDPOINT", "MESHKV_CONFIG"];
+const CLI_ONLY_ENV: &[&str] = &[
+    "MESHKV_ENDPOINT",
+    "MESHKV_CONFIG",
+    "MESHKV_TOKEN",
+    "MESHKV_CACERT",
+    "MESHKV_CERT",
+    "MESHKV_KEY",
+];
 
 /// Prefixes of variables the project's own test tools read (the simulation,
 /// the planted bugs); a node started while they are set stays quiet.
@@ -346,7 +410,27 @@ pub fn load(
         log_format,
         fsync,
         metrics_listen,
+        peer_listen,
+        insecure,
+        tls,
+        tokens_file,
     } = overrides;
+    if peer_listen.is_some() {
+        config.peer_listen = peer_listen;
+    }
+    if insecure {
+        config.insecure = true;
+    }
+    for (have, set) in [
+        (&mut config.tls.cert, tls.cert),
+        (&mut config.tls.key, tls.key),
+        (&mut config.tls.ca, tls.ca),
+        (&mut config.auth.tokens_file, tokens_file),
+    ] {
+        if set.is_some() {
+            *have = set;
+        }
+    }
     if let Some(v) = metrics_listen {
         config.metrics_listen = Some(v);
     }
@@ -617,6 +701,7 @@ impl Config {
                 format!("{} is outside 1..=1024", self.storage.memtable_mb),
             );
         }
+        self.validate_security()?;
         if self.storage.fsync == FsyncMode::Periodic && self.storage.fsync_interval_ms == 0 {
             return bad(
                 "storage.fsync_interval_ms",
@@ -624,6 +709,75 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// TLS files come as a set; TLS needs a peer listener and `https://`
+    /// peers; and, like Redis's protected mode, a node reachable from other
+    /// machines without TLS refuses to start unless told `insecure`.
+    fn validate_security(&self) -> Result<()> {
+        let bad = |key: &str, why: String| Err(Error::Config(format!("{key}: {why}")));
+        let t = &self.tls;
+        let set = [&t.cert, &t.key, &t.ca]
+            .iter()
+            .filter(|p| p.is_some())
+            .count();
+        if set != 0 && set != 3 {
+            return bad(
+                "tls",
+                "set cert, key and ca together (all three, or none for no TLS)".into(),
+            );
+        }
+        if t.enabled() {
+            let Some(peer_listen) = self.peer_listen else {
+                return bad(
+                    "peer_listen",
+                    "TLS needs a peer listener, where peers must present a certificate \
+                     from the cluster's CA; set peer_listen (e.g. 0.0.0.0:50061) and point \
+                     the peers' urls at it"
+                        .into(),
+                );
+            };
+            if peer_listen == self.listen {
+                return bad("peer_listen", "must differ from listen".into());
+            }
+            if let Some(p) = self.peers.iter().find(|p| !p.url.starts_with("https://")) {
+                return bad(
+                    "peers",
+                    format!(
+                        "peer {:?} has url {:?}; with TLS on, peers are https://",
+                        p.id, p.url
+                    ),
+                );
+            }
+        }
+        let exposed = [Some(self.listen), self.peer_listen]
+            .into_iter()
+            .flatten()
+            .find(|a| !a.ip().is_loopback());
+        if let Some(addr) = exposed {
+            if !t.enabled() && !self.insecure {
+                return bad(
+                    "listen",
+                    format!(
+                        "{addr} is reachable from other machines, but TLS is off: anyone \
+                         who reaches it could read and write every key and forge \
+                         replication. Set [tls] cert, key and ca (`meshkv certs` makes a \
+                         development CA) and [auth] tokens_file, listen on 127.0.0.1, or \
+                         set insecure = true (--insecure) on a network you trust"
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the node runs exposed without TLS because `insecure` says so.
+    pub fn runs_insecure(&self) -> bool {
+        !self.tls.enabled()
+            && [Some(self.listen), self.peer_listen]
+                .into_iter()
+                .flatten()
+                .any(|a| !a.ip().is_loopback())
     }
 
     /// The largest gRPC message a node accepts: sized so that a value just over

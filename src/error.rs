@@ -17,9 +17,14 @@ pub enum Error {
     /// The node is stopping or its writer has stopped after a storage failure.
     #[error("unavailable: {0}")]
     Unavailable(String),
-    /// The sender is not a member of this cluster.
+    /// The caller proved who it is, but may not do this: a peer claiming
+    /// another's name, a token without the role.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// The caller did not prove who it is: no token, an unknown one, or no
+    /// client certificate where one is required.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
     /// A peer could not be reached or failed an RPC.
     #[error("peer {peer}: {status}")]
     Peer {
@@ -108,6 +113,7 @@ impl From<Error> for tonic::Status {
             }
             Error::Peer { .. } | Error::Client(_) => Code::Unavailable,
             Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::Locked { .. } | Error::Config(_) | Error::Corrupt(_) => Code::Internal,
         };
         tonic::Status::new(code, err.to_string())
@@ -127,6 +133,7 @@ mod tests {
             (Error::Storage(fjall::Error::Poisoned), Code::Unavailable),
             (Error::Unavailable("x".into()), Code::Unavailable),
             (Error::PermissionDenied("x".into()), Code::PermissionDenied),
+            (Error::Unauthenticated("x".into()), Code::Unauthenticated),
             (Error::Corrupt("x".into()), Code::Internal),
         ];
         for (err, code) in cases {

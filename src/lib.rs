@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod planted;
 pub mod proto;
 pub mod replication;
+pub mod security;
 pub mod server;
 pub mod storage;
 pub mod version;

@@ -11,21 +11,25 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::{wrappers::TcpListenerStream, Stream};
+use tokio_stream::Stream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::transport::{server::Connected, Channel, Server};
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{server::Connected, Channel, Server},
+};
 use tonic_health::{server::HealthReporter, ServingStatus};
 
 use crate::{
     api::{AdminService, AntiEntropyService, KvService, Membership, ReplicationService},
     clock::{from_physical_ms, physical_ms, PhysicalClock, SystemClock},
-    config::{Config, FsyncMode},
+    config::{Config, FsyncMode, PeerConfig},
     error::{Error, Result},
     proto::{
         admin_server::AdminServer, anti_entropy_server::AntiEntropyServer, kv_server::KvServer,
         replication_server::ReplicationServer,
     },
-    replication::{manager::tcp_channel, Ctx, PeerManager},
+    replication::{Ctx, PeerManager},
+    security::{tls, ClientAuth, Role, TlsMaterial, Tokens},
     storage::{admission::LaneLimits, blocking::Blocking, writer, Recovered, Store, WriterOptions},
     wire,
 };
@@ -38,15 +42,61 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// (two pipelined batches and a repair); load generators a few hundred.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
-/// Binds `config.listen` and runs the node until `shutdown` is cancelled.
+/// Binds `config.listen` (and `config.peer_listen`), with TLS when it is
+/// configured, and runs the node until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| Error::io(format!("cannot listen on {}", config.listen), e))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| Error::io("cannot read the bound address", e))?;
-    serve(config, TcpListenerStream::new(listener), addr, shutdown).await
+    let tls = TlsMaterial::load(&config.tls)?;
+    let bind = |addr: SocketAddr| async move {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::io(format!("cannot listen on {addr}"), e))?;
+        let bound = l
+            .local_addr()
+            .map_err(|e| Error::io("cannot read the bound address", e))?;
+        Ok::<_, Error>((l, bound))
+    };
+    // Without tokens, a client must prove itself with a certificate.
+    let client_tls = tls
+        .as_ref()
+        .map(|m| m.server_config(config.auth.tokens_file.is_none()))
+        .transpose()?;
+    let peer_tls = tls.as_ref().map(|m| m.server_config(true)).transpose()?;
+    let (client, client_addr) = bind(config.listen).await?;
+    let peer = match config.peer_listen {
+        Some(a) => {
+            let (l, addr) = bind(a).await?;
+            Some(Listener {
+                incoming: tls::incoming(l, peer_tls, "peer"),
+                addr,
+            })
+        }
+        None => None,
+    };
+    let listeners = Listeners {
+        client: Listener {
+            incoming: tls::incoming(client, client_tls, "client"),
+            addr: client_addr,
+        },
+        peer,
+    };
+    serve_with(config, listeners, shutdown, Seams::production()).await
+}
+
+/// One listener's connections and the address it is bound to.
+pub struct Listener<I> {
+    /// The accepted connections.
+    pub incoming: I,
+    /// The bound address, for the log.
+    pub addr: SocketAddr,
+}
+
+/// Where a node serves: clients (and peers, without a peer listener), and
+/// optionally peers apart.
+pub struct Listeners<I> {
+    /// `listen`.
+    pub client: Listener<I>,
+    /// `peer_listen`, if set.
+    pub peer: Option<Listener<I>>,
 }
 
 /// The node's health, kept in the gRPC health service and in words for status.
@@ -72,6 +122,38 @@ impl Health {
         } else {
             format!("NOT_SERVING: {why}")
         });
+    }
+}
+
+/// How the node is protected, in words, for the log and `meshkv status`.
+fn security_words(config: &Config, tokens: bool) -> String {
+    if config.tls.enabled() {
+        format!(
+            "TLS; peers on {} need certificates naming them; clients need {}",
+            config.peer_listen.map_or("-".into(), |a| a.to_string()),
+            if tokens {
+                "a token or a client certificate"
+            } else {
+                "a client certificate"
+            }
+        )
+    } else if config.runs_insecure() {
+        format!(
+            "INSECURE: no TLS on {}{}{}",
+            config.listen,
+            config
+                .peer_listen
+                .map_or(String::new(), |a| format!(" and {a}")),
+            if tokens {
+                "; tokens travel in clear text"
+            } else {
+                "; no authentication"
+            }
+        )
+    } else if tokens {
+        "loopback only, no TLS; clients need a token".into()
+    } else {
+        "loopback only, no TLS, no authentication".into()
     }
 }
 
@@ -109,7 +191,7 @@ impl StartKind {
 }
 
 /// Builds the channel to a peer from its URL.
-pub type Connector = dyn Fn(&str) -> Result<Channel> + Send + Sync;
+pub type Connector = dyn Fn(&PeerConfig) -> Result<Channel> + Send + Sync;
 
 /// What a node takes from its environment, so that a simulation can supply
 /// all of it: wall-clock time, connections to peers, randomness, and where
@@ -131,7 +213,7 @@ impl Seams {
     pub fn production() -> Self {
         Self {
             clock: Arc::new(SystemClock),
-            connect: Arc::new(tcp_channel),
+            connect: Arc::new(|p: &PeerConfig| tls::peer_channel(None, &p.id, &p.url)),
             seed: None,
             blocking: Blocking::Pool,
         }
@@ -160,14 +242,17 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Connected + Unpin + Send + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    serve_with(config, incoming, addr, shutdown, Seams::production()).await
+    let listeners = Listeners {
+        client: Listener { incoming, addr },
+        peer: None,
+    };
+    serve_with(config, listeners, shutdown, Seams::production()).await
 }
 
 /// [`serve`] with every seam supplied: how a simulation runs a node.
 pub async fn serve_with<I, IO, IE>(
     config: Config,
-    incoming: I,
-    addr: SocketAddr,
+    listeners: Listeners<I>,
     shutdown: CancellationToken,
     seams: Seams,
 ) -> Result<()>
@@ -176,6 +261,31 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Connected + Unpin + Send + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    // Security material first: a bad file fails the start before storage opens.
+    let tls = TlsMaterial::load(&config.tls)?;
+    let tokens = config
+        .auth
+        .tokens_file
+        .as_deref()
+        .map(Tokens::load)
+        .transpose()?;
+    let security = security_words(&config, tokens.is_some());
+    if config.runs_insecure() {
+        tracing::warn!(
+            "INSECURE: {security}. Anyone who can reach this node can read and write \
+             every key and forge replication. Configure [tls] and [auth] (see `meshkv certs`)"
+        );
+    }
+    let client_auth = ClientAuth {
+        tokens: tokens.map(Arc::new),
+        certificates: config.tls.enabled(),
+    };
+    // With TLS, peers are dialled over TLS and must prove their ids.
+    let connect: Arc<Connector> = match tls {
+        Some(m) => Arc::new(move |p: &PeerConfig| tls::peer_channel(Some(&m), &p.id, &p.url)),
+        None => Arc::clone(&seams.connect),
+    };
+    let addr = listeners.client.addr;
     let clock = Arc::clone(&seams.clock);
     let blocking = seams.blocking;
     let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -289,7 +399,7 @@ where
         Arc::clone(&ctx),
         &config.peers,
         start.fresh || start.stale,
-        seams.connect.as_ref(),
+        connect.as_ref(),
         &shutdown,
         &tracker,
     )?;
@@ -298,6 +408,7 @@ where
         node_id: config.node_id.clone(),
         cluster_id: config.cluster_id.clone(),
         peers: config.peers.iter().map(|p| p.id.clone()).collect(),
+        require_cert: config.tls.enabled(),
     });
     let max_msg = config.max_message_bytes();
     let max_peer = wire::PEER_MESSAGE_LIMIT;
@@ -310,6 +421,8 @@ where
     // A stored value may exceed this node's own client limit (a peer with a
     // larger one accepted it), and must still be readable here.
     .max_encoding_message_size(max_peer);
+    // Reads need the read role; KvService checks the write role per call.
+    let kv = InterceptedService::new(kv, client_auth.interceptor(Role::Read));
     let replication = ReplicationServer::new(ReplicationService::new(
         Arc::clone(&members),
         writer.clone(),
@@ -322,7 +435,14 @@ where
     ))
     .max_decoding_message_size(max_peer)
     .max_encoding_message_size(max_peer);
-    let admin = AdminServer::new(AdminService::new(Arc::clone(&manager), words_rx));
+    let admin = InterceptedService::new(
+        AdminServer::new(AdminService::new(
+            Arc::clone(&manager),
+            words_rx,
+            security.clone(),
+        )),
+        client_auth.interceptor(Role::Admin),
+    );
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -371,6 +491,8 @@ where
 
     tracing::info!(
         grpc = %addr,
+        peer_grpc = ?listeners.peer.as_ref().map(|p| p.addr),
+        security = %security,
         node_id = %config.node_id,
         cluster_id = %config.cluster_id,
         peers = config.peers.len(),
@@ -387,20 +509,58 @@ where
             health.set(false, "shutting down").await;
         }
     };
-    let server = Server::builder()
-        .tcp_nodelay(true)
-        // One client cannot open unbounded concurrent requests on a connection.
-        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_service(health_service)
+    let builder = || {
+        Server::builder()
+            .tcp_nodelay(true)
+            // One client cannot open unbounded concurrent requests on a connection.
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+    };
+    let client_router = builder()
+        .add_service(health_service.clone())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(kv)
-        .add_service(replication)
-        .add_service(anti_entropy)
-        .add_service(admin)
-        .serve_with_incoming_shutdown(incoming, drain);
+        .add_service(admin);
+    let (client_router, peer) = match listeners.peer {
+        // Peers apart, as etcd's 2380: with TLS, only they get through.
+        Some(peer) => (
+            client_router,
+            Some((
+                builder()
+                    .add_service(health_service)
+                    .add_service(replication)
+                    .add_service(anti_entropy),
+                peer,
+            )),
+        ),
+        None => (
+            client_router
+                .add_service(replication)
+                .add_service(anti_entropy),
+            None,
+        ),
+    };
+    let client_server =
+        client_router.serve_with_incoming_shutdown(listeners.client.incoming, drain);
+    let peer_server = {
+        let shutdown = shutdown.clone();
+        async move {
+            match peer {
+                Some((router, l)) => {
+                    router
+                        .serve_with_incoming_shutdown(l.incoming, shutdown.cancelled_owned())
+                        .await
+                }
+                None => Ok(()),
+            }
+        }
+    };
+    let server = async move {
+        let (c, p) = tokio::join!(client_server, peer_server);
+        c.and(p)
+    };
     tokio::pin!(server);
     let served = tokio::select! {
         r = &mut server => r,

@@ -25,15 +25,23 @@ pub struct AdminService {
     manager: Arc<PeerManager>,
     health: watch::Receiver<String>,
     dumps: Arc<Semaphore>,
+    /// How the node is protected, in words, for status.
+    security: String,
 }
 
 impl AdminService {
-    /// `health` carries the node's health in words (SERVING, or why not).
-    pub fn new(manager: Arc<PeerManager>, health: watch::Receiver<String>) -> Self {
+    /// `health` carries the node's health in words (SERVING, or why not);
+    /// `security` says how the node is protected.
+    pub fn new(
+        manager: Arc<PeerManager>,
+        health: watch::Receiver<String>,
+        security: String,
+    ) -> Self {
         Self {
             manager,
             health,
             dumps: Arc::new(Semaphore::new(MAX_DUMPS)),
+            security,
         }
     }
 }
@@ -130,6 +138,7 @@ impl Admin for AdminService {
             fingerprint,
             health: self.health.borrow().clone(),
             peers,
+            security: self.security.clone(),
         }))
     }
 

@@ -10,6 +10,7 @@ use crate::{
     error::Error,
     proto::{self, anti_entropy_server::AntiEntropy},
     replication::Ctx,
+    security::ConnInfo,
     storage::{
         codec::{to_mutation, version_to_proto},
         Digests, BUCKETS,
@@ -37,8 +38,10 @@ impl AntiEntropy for AntiEntropyService {
         &self,
         request: Request<proto::DigestRequest>,
     ) -> Result<Response<proto::DigestResponse>, Status> {
+        let conn = request.extensions().get::<ConnInfo>().cloned();
         let req = request.into_inner();
-        self.members.check(&req.cluster_id, &req.origin)?;
+        self.members
+            .check(&req.cluster_id, &req.origin, conn.as_ref())?;
         let theirs = Digests::from_slice(&req.digests).ok_or_else(|| {
             Error::InvalidArgument(format!(
                 "{} digests; exactly {BUCKETS} are required",
@@ -60,8 +63,10 @@ impl AntiEntropy for AntiEntropyService {
         &self,
         request: Request<proto::BucketVersionsRequest>,
     ) -> Result<Response<proto::BucketVersionsResponse>, Status> {
+        let conn = request.extensions().get::<ConnInfo>().cloned();
         let req = request.into_inner();
-        self.members.check(&req.cluster_id, &req.origin)?;
+        self.members
+            .check(&req.cluster_id, &req.origin, conn.as_ref())?;
         if req.buckets.len() > BUCKETS {
             return Err(
                 Error::InvalidArgument(format!("at most {BUCKETS} buckets per call")).into(),
@@ -105,8 +110,10 @@ impl AntiEntropy for AntiEntropyService {
         &self,
         request: Request<proto::FetchRequest>,
     ) -> Result<Response<proto::FetchResponse>, Status> {
+        let conn = request.extensions().get::<ConnInfo>().cloned();
         let req = request.into_inner();
-        self.members.check(&req.cluster_id, &req.origin)?;
+        self.members
+            .check(&req.cluster_id, &req.origin, conn.as_ref())?;
         if req.keys.len() > MAX_FETCH_KEYS {
             return Err(
                 Error::InvalidArgument(format!("at most {MAX_FETCH_KEYS} keys per fetch")).into(),

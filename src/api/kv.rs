@@ -8,6 +8,7 @@ use crate::{
     api::validate,
     error::Error,
     proto::{self, kv_server::Kv},
+    security::{auth, Role},
     storage::{codec::version_to_proto, Store, WriterHandle},
 };
 
@@ -88,6 +89,7 @@ impl Kv for KvService {
         request: Request<proto::WriteRequest>,
     ) -> Result<Response<proto::WriteResponse>, Status> {
         let started = Instant::now();
+        auth::require(&request, Role::Write)?;
         let (key, value) = check_write(request.into_inner(), self.max_value_bytes)?;
         let version = self.writer.write(key, Some(value)).await?;
         crate::metrics::request("write", started.elapsed());
@@ -136,6 +138,7 @@ impl Kv for KvService {
         request: Request<proto::WriteBatchRequest>,
     ) -> Result<Response<proto::WriteBatchResponse>, Status> {
         let started = Instant::now();
+        auth::require(&request, Role::Write)?;
         let writes = check_batch(request.into_inner(), self.max_value_bytes)?;
         let versions = self.writer.write_batch(writes).await?;
         crate::metrics::request("write_batch", started.elapsed());
@@ -149,6 +152,7 @@ impl Kv for KvService {
         request: Request<proto::DeleteRequest>,
     ) -> Result<Response<proto::DeleteResponse>, Status> {
         let started = Instant::now();
+        auth::require(&request, Role::Write)?;
         let req = request.into_inner();
         validate::key(&req.key)?;
         let version = self.writer.write(req.key, None).await?;

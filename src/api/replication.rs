@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     api::validate::Membership,
     proto::{self, replication_server::Replication},
+    security::ConnInfo,
     storage::WriterHandle,
     wire,
 };
@@ -31,8 +32,10 @@ impl Replication for ReplicationService {
         &self,
         request: Request<proto::ReplicateRequest>,
     ) -> Result<Response<proto::ReplicateResponse>, Status> {
+        let conn = request.extensions().get::<ConnInfo>().cloned();
         let req = request.into_inner();
-        self.members.check(&req.cluster_id, &req.origin)?;
+        self.members
+            .check(&req.cluster_id, &req.origin, conn.as_ref())?;
         let received = req.mutations.len() as u64;
         // Each entry is checked alone: one that must be refused is skipped
         // and reported, and the rest of the batch is applied, so the sender's

@@ -2,7 +2,10 @@
 
 use std::collections::HashSet;
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    security::ConnInfo,
+};
 
 /// Who may send us peer traffic: the configured peers of our own cluster.
 #[derive(Debug, Clone)]
@@ -13,22 +16,47 @@ pub struct Membership {
     pub cluster_id: String,
     /// The configured peer ids.
     pub peers: HashSet<String>,
+    /// TLS is on: a peer must present a client certificate from the
+    /// cluster's CA that names the origin it claims.
+    pub require_cert: bool,
 }
 
 impl Membership {
-    /// Refuses senders from another cluster or outside the configured peers.
-    pub fn check(&self, cluster_id: &str, origin: &str) -> Result<()> {
+    /// Refuses senders from another cluster, outside the configured peers,
+    /// or (with TLS) whose certificate does not name the origin they claim.
+    /// `conn` is what the listener learnt of the connection.
+    pub fn check(&self, cluster_id: &str, origin: &str, conn: Option<&ConnInfo>) -> Result<()> {
+        let refuse = |err: Error| {
+            tracing::warn!(
+                origin, remote = ?conn.and_then(|c| c.remote), error = %err,
+                "refused a peer request"
+            );
+            Err(err)
+        };
         if cluster_id != self.cluster_id {
-            return Err(Error::PermissionDenied(format!(
+            return refuse(Error::PermissionDenied(format!(
                 "cluster_id {cluster_id:?} is not this node's cluster {:?}",
                 self.cluster_id
             )));
         }
         if !self.peers.contains(origin) {
-            return Err(Error::PermissionDenied(format!(
+            return refuse(Error::PermissionDenied(format!(
                 "{origin:?} is not a configured peer of node {:?}",
                 self.node_id
             )));
+        }
+        if self.require_cert {
+            let Some(cert) = conn.and_then(|c| c.client_cert.as_deref()) else {
+                return refuse(Error::Unauthenticated(
+                    "peer calls need a client certificate from the cluster's CA".into(),
+                ));
+            };
+            if !crate::security::tls::cert_names(cert, origin) {
+                return refuse(Error::PermissionDenied(format!(
+                    "the client certificate does not name {origin:?}, the origin this \
+                     request claims; a node may only replicate as itself"
+                )));
+            }
         }
         Ok(())
     }

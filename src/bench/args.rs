@@ -96,6 +96,8 @@ pub struct BenchArgs {
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub credentials: crate::cli::Credentials,
 }
 
 impl BenchArgs {

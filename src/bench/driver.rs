@@ -13,7 +13,9 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+
+use crate::cli::AuthChannel;
 
 use crate::{
     bench::{
@@ -36,9 +38,9 @@ struct WorkerStats {
 
 /// The client of one target, on one connection.
 enum Client {
-    Meshkv(KvClient<Channel>),
-    Health(tonic_health::pb::health_client::HealthClient<Channel>),
-    Etcd(EtcdClient<Channel>),
+    Meshkv(KvClient<AuthChannel>),
+    Health(tonic_health::pb::health_client::HealthClient<AuthChannel>),
+    Etcd(EtcdClient<AuthChannel>),
 }
 
 fn key(n: u64) -> String {
@@ -46,7 +48,7 @@ fn key(n: u64) -> String {
 }
 
 impl Client {
-    fn new(target: Target, ch: Channel) -> Self {
+    fn new(target: Target, ch: AuthChannel) -> Self {
         match target {
             Target::Meshkv => Client::Meshkv(KvClient::new(ch)),
             Target::Health => {
@@ -115,7 +117,7 @@ impl Client {
 
 /// The health target has no writes or reads: every request is one check.
 async fn health_check(
-    c: &mut tonic_health::pb::health_client::HealthClient<Channel>,
+    c: &mut tonic_health::pb::health_client::HealthClient<AuthChannel>,
 ) -> Result<(), tonic::Status> {
     let req = tonic_health::pb::HealthCheckRequest {
         service: String::new(),
@@ -125,22 +127,23 @@ async fn health_check(
 
 /// Opens `connections` channels to each endpoint, failing fast with the
 /// endpoint's name if one cannot be reached.
-async fn connect(args: &BenchArgs) -> Result<Vec<Vec<Channel>>> {
+async fn connect(args: &BenchArgs) -> Result<Vec<Vec<AuthChannel>>> {
     let mut all = Vec::new();
+    let auth = args.credentials.auth()?;
     for url in &args.endpoints {
-        let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| Error::InvalidArgument(format!("--endpoint {url:?}: {e}")))?
+        let endpoint = args
+            .credentials
+            .endpoint(url)?
             .connect_timeout(crate::cli::CONNECT_TIMEOUT)
             .timeout(args.timeout)
             .tcp_nodelay(true);
         let mut chans = Vec::new();
         for _ in 0..args.connections {
-            chans.push(
-                endpoint
-                    .connect()
-                    .await
-                    .map_err(crate::cli::connect_error(url))?,
-            );
+            let ch = endpoint
+                .connect()
+                .await
+                .map_err(crate::cli::connect_error(url))?;
+            chans.push(InterceptedService::new(ch, auth.clone()));
         }
         all.push(chans);
     }

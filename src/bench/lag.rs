@@ -5,9 +5,11 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
-use crate::proto::{self, kv_client::KvClient};
+use crate::{
+    cli::AuthChannel,
+    proto::{self, kv_client::KvClient},
+};
 
 /// Give up on a probe after this long and count it as missed.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -21,8 +23,8 @@ pub struct LagSamples {
 /// Probes every `interval` until `stop`: write to `first`, then read each of
 /// `others` back to back until the key appears there.
 pub async fn probe(
-    first: Channel,
-    others: Vec<Channel>,
+    first: AuthChannel,
+    others: Vec<AuthChannel>,
     interval: Duration,
     stop: CancellationToken,
 ) -> LagSamples {
@@ -68,7 +70,11 @@ pub async fn probe(
 }
 
 /// Reads `key` until found; the time since `since`, or None after the timeout.
-async fn visible(mut client: KvClient<Channel>, key: String, since: Instant) -> Option<Duration> {
+async fn visible(
+    mut client: KvClient<AuthChannel>,
+    key: String,
+    since: Instant,
+) -> Option<Duration> {
     loop {
         let found = client
             .read(proto::ReadRequest {

@@ -11,12 +11,12 @@ use std::{
 
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::{
     clock::{physical_ms, PhysicalClock},
     config::{PeerConfig, ReplicationConfig},
-    error::{Error, Result},
+    error::Result,
     high_water::SeenMarks,
     replication::{
         log,
@@ -124,19 +124,6 @@ pub struct PeerManager {
     peers: Vec<Arc<Peer>>,
 }
 
-/// A lazily-connecting HTTP/2 channel to a peer, with keepalive so a dead
-/// connection is noticed even when idle. The default connector.
-pub fn tcp_channel(url: &str) -> Result<Channel> {
-    Ok(Endpoint::from_shared(url.to_string())
-        .map_err(|e| Error::Config(format!("peer url {url:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
-}
-
 impl PeerManager {
     /// Starts a streamer and a repairer per peer (from its persisted cursor)
     /// and the retention task. With `catch_up` (a fresh or stale start) every
@@ -146,7 +133,7 @@ impl PeerManager {
         ctx: Arc<Ctx>,
         peers: &[PeerConfig],
         catch_up: bool,
-        connect: &dyn Fn(&str) -> Result<Channel>,
+        connect: &dyn Fn(&PeerConfig) -> Result<Channel>,
         shutdown: &CancellationToken,
         tracker: &TaskTracker,
     ) -> Result<Arc<Self>> {
@@ -175,7 +162,7 @@ impl PeerManager {
                 cursor,
                 catch_up,
             )));
-            channels.push(connect(&p.url)?);
+            channels.push(connect(p)?);
         }
         if catch_up {
             ctx.catching_up.store(list.len(), Ordering::Relaxed);

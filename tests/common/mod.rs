@@ -33,6 +33,8 @@ pub struct Node {
     envs: Vec<(String, String)>,
     child: Option<Child>,
     starts: u32,
+    /// The CA (PEM) to trust when the node serves clients over TLS.
+    ca: Option<Vec<u8>>,
 }
 
 impl Node {
@@ -48,7 +50,14 @@ impl Node {
             envs: Vec::new(),
             child: None,
             starts: 0,
+            ca: None,
         }
+    }
+
+    /// The node serves clients over TLS: dial it with https, trusting `ca`.
+    pub fn tls(mut self, ca: &Path) -> Self {
+        self.ca = Some(fs::read(ca).expect("CA file"));
+        self
     }
 
     /// Extra `serve` flags.
@@ -137,11 +146,15 @@ impl Node {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr.expect("node has an address"))
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr.expect("node has an address"))
     }
 
     pub fn channel(&self) -> Channel {
-        channel_at(&self.url())
+        match &self.ca {
+            Some(ca) => tls_channel_at(&self.url(), ca, None),
+            None => channel_at(&self.url()),
+        }
     }
 
     pub fn kv(&self) -> KvClient<Channel> {
@@ -276,6 +289,23 @@ impl Drop for Node {
 /// A lazily-connecting channel to a node URL.
 pub fn channel_at(url: &str) -> Channel {
     Endpoint::from_shared(url.to_string())
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(20))
+        .connect_lazy()
+}
+
+/// A channel over TLS that trusts `ca` and presents `identity` (cert and
+/// key, PEM) if given.
+pub fn tls_channel_at(url: &str, ca: &[u8], identity: Option<(&[u8], &[u8])>) -> Channel {
+    let mut tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+    }
+    Endpoint::from_shared(url.to_string())
+        .unwrap()
+        .tls_config(tls)
         .unwrap()
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(20))

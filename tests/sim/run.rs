@@ -17,7 +17,7 @@ use meshkv::{
     clock::PhysicalClock,
     config::{Config, FsyncMode, PeerConfig},
     proto::{self, admin_client::AdminClient, kv_client::KvClient},
-    server::{serve_with, Seams},
+    server::{serve_with, Listener, Listeners, Seams},
     storage::blocking::Blocking,
 };
 use tokio_stream::StreamExt;
@@ -203,7 +203,7 @@ fn run_checked(seed: u64) -> Result<Outcome, String> {
             clock: Arc::new(SimClock {
                 offset_ms: Arc::clone(&offsets[i]),
             }),
-            connect: Arc::new(net::channel),
+            connect: Arc::new(|p: &PeerConfig| net::channel(&p.url)),
             seed: Some(seed ^ (i as u64 + 1)),
             blocking: Blocking::Inline,
         };
@@ -214,14 +214,14 @@ fn run_checked(seed: u64) -> Result<Outcome, String> {
                 HOSTS.with(|m| m.borrow_mut().push((id, name)));
                 let listener = turmoil::net::TcpListener::bind(cfg.listen).await?;
                 let addr = cfg.listen;
-                serve_with(
-                    cfg,
-                    net::incoming(listener),
-                    addr,
-                    CancellationToken::new(),
-                    seams,
-                )
-                .await?;
+                let listeners = Listeners {
+                    client: Listener {
+                        incoming: net::incoming(listener),
+                        addr,
+                    },
+                    peer: None,
+                };
+                serve_with(cfg, listeners, CancellationToken::new(), seams).await?;
                 Ok(())
             }
         });

@@ -1,0 +1,491 @@
+//! TLS on both listeners and on every outgoing connection.
+//!
+//! The listeners accept TLS handshakes themselves instead of leaving them to
+//! tonic, for two reasons: a refused handshake (a certificate from another
+//! CA, none where one is required) is logged with the remote address and
+//! the reason, and the verified client certificate travels with each
+//! request ([`ConnInfo`]), so the peer services can check that it names the
+//! peer the request claims to come from.
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::{mpsc, Semaphore},
+};
+use tokio_rustls::{
+    rustls::{
+        self,
+        pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName},
+        server::{ParsedCertificate, WebPkiClientVerifier},
+        RootCertStore, ServerConfig,
+    },
+    server::TlsStream,
+    TlsAcceptor,
+};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{
+    server::Connected, Certificate, Channel, ClientTlsConfig, Endpoint, Identity,
+};
+
+use crate::{
+    config::TlsConfig,
+    error::{Error, Result},
+};
+
+/// A handshake that takes longer than this is dropped, so a client that
+/// opens a connection and sends nothing holds no slot for long.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once per listener; more connections wait in
+/// the kernel's accept queue.
+const MAX_HANDSHAKES: usize = 256;
+/// Accepted connections not yet taken by the server.
+const ACCEPTED_QUEUE: usize = 64;
+
+/// The PEM files of a node: its certificate chain, its key, and the
+/// cluster's CA.
+#[derive(Debug, Clone)]
+pub struct TlsMaterial {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    ca: Vec<u8>,
+}
+
+fn read(key: &str, path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path)
+        .map_err(|e| Error::Config(format!("tls.{key}: cannot read {}: {e}", path.display())))
+}
+
+impl TlsMaterial {
+    /// Reads the configured files; `None` when TLS is off.
+    pub fn load(cfg: &TlsConfig) -> Result<Option<Self>> {
+        let (Some(cert), Some(key), Some(ca)) = (&cfg.cert, &cfg.key, &cfg.ca) else {
+            return Ok(None);
+        };
+        Self::from_files(cert, key, ca).map(Some)
+    }
+
+    /// Reads three PEM files.
+    pub fn from_files(cert: &Path, key: &Path, ca: &Path) -> Result<Self> {
+        let m = Self {
+            cert: read("cert", cert)?,
+            key: read("key", key)?,
+            ca: read("ca", ca)?,
+        };
+        // Fail at start-up, naming the file, rather than at the first handshake.
+        m.certs()
+            .map_err(|e| Error::Config(format!("tls.cert {}: {e}", cert.display())))?;
+        PrivateKeyDer::from_pem_slice(&m.key)
+            .map_err(|e| Error::Config(format!("tls.key {}: {e}", key.display())))?;
+        m.roots()
+            .map_err(|e| Error::Config(format!("tls.ca {}: {e}", ca.display())))?;
+        Ok(m)
+    }
+
+    fn certs(&self) -> std::result::Result<Vec<CertificateDer<'static>>, String> {
+        let certs = CertificateDer::pem_slice_iter(&self.cert)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        if certs.is_empty() {
+            return Err("holds no PEM certificate".into());
+        }
+        Ok(certs)
+    }
+
+    fn roots(&self) -> std::result::Result<Arc<RootCertStore>, String> {
+        let mut roots = RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(&self.ca) {
+            roots
+                .add(c.map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+        }
+        if roots.is_empty() {
+            return Err("holds no PEM certificate".into());
+        }
+        Ok(Arc::new(roots))
+    }
+
+    /// The server side of a listener. With `require_client_cert` (the peer
+    /// listener) a handshake without a certificate from the CA fails;
+    /// otherwise one is verified if presented and the request may
+    /// authenticate with a token instead.
+    pub fn server_config(&self, require_client_cert: bool) -> Result<Arc<ServerConfig>> {
+        let bad = |e: String| Error::Config(format!("tls: {e}"));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = WebPkiClientVerifier::builder_with_provider(
+            self.roots().map_err(bad)?,
+            provider.clone(),
+        );
+        let verifier = if require_client_cert {
+            verifier.build()
+        } else {
+            verifier.allow_unauthenticated().build()
+        }
+        .map_err(|e| bad(e.to_string()))?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key).map_err(|e| bad(e.to_string()))?;
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.certs().map_err(bad)?, key)
+            .map_err(|e| bad(e.to_string()))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// A lazy channel to `url` that trusts only the cluster's CA, presents
+    /// this node's certificate, and requires the server's certificate to
+    /// name `name` (a peer's id, or a host name).
+    pub fn channel(&self, url: &str, name: &str) -> Result<Endpoint> {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca))
+            .identity(Identity::from_pem(&self.cert, &self.key))
+            .domain_name(name);
+        Endpoint::from_shared(url.to_string())
+            .map_err(|e| Error::Config(format!("url {url:?}: {e}")))?
+            .tls_config(tls)
+            .map_err(|e| Error::Config(format!("tls for {url}: {e}")))
+    }
+}
+
+/// Client-side TLS for the CLI: a CA to trust and, optionally, a client
+/// certificate.
+pub fn client_tls(
+    ca: Option<&Path>,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<ClientTlsConfig> {
+    let mut tls = ClientTlsConfig::new();
+    if let Some(ca) = ca {
+        tls = tls.ca_certificate(Certificate::from_pem(read("ca", ca)?));
+    } else {
+        tls = tls.with_enabled_roots();
+    }
+    match (cert, key) {
+        (Some(c), Some(k)) => {
+            tls = tls.identity(Identity::from_pem(read("cert", c)?, read("key", k)?));
+        }
+        (None, None) => {}
+        _ => {
+            return Err(Error::Config(
+                "--cert and --key go together: give both or neither".into(),
+            ))
+        }
+    }
+    Ok(tls)
+}
+
+/// Whether `cert` is valid for the name `name`, by its subject alternative
+/// names. The chain was verified during the handshake.
+pub fn cert_names(cert: &CertificateDer<'_>, name: &str) -> bool {
+    let (Ok(parsed), Ok(server_name)) = (
+        ParsedCertificate::try_from(cert),
+        ServerName::try_from(name.to_string()),
+    ) else {
+        return false;
+    };
+    rustls::client::verify_server_name(&parsed, &server_name).is_ok()
+}
+
+/// What tonic learns about a connection: left in every request's extensions.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The remote address.
+    pub remote: Option<SocketAddr>,
+    /// The client certificate the handshake verified against the CA.
+    pub client_cert: Option<Arc<CertificateDer<'static>>>,
+}
+
+/// A connection on either listener, plain or TLS.
+pub enum Conn {
+    /// TLS is off.
+    Plain(TcpStream),
+    /// TLS is on; the handshake is done.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Connected for Conn {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        match self {
+            Conn::Plain(s) => ConnInfo {
+                remote: s.peer_addr().ok(),
+                client_cert: None,
+            },
+            Conn::Tls(s) => {
+                let (tcp, session) = s.get_ref();
+                ConnInfo {
+                    remote: tcp.peer_addr().ok(),
+                    client_cert: session
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| Arc::new(c.clone().into_owned())),
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Plain(s) => s.is_write_vectored(),
+            Conn::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+/// The connections `listener` accepts, after a TLS handshake when `tls` is
+/// set. A failed handshake is logged (which listener, from where, why) and
+/// the connection dropped. Accepting stops when the server drops the stream.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Option<Arc<ServerConfig>>,
+    what: &'static str,
+) -> ReceiverStream<std::io::Result<Conn>> {
+    let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE);
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let acceptor = tls.map(TlsAcceptor::from);
+    tokio::spawn(async move {
+        loop {
+            let permit = tokio::select! {
+                p = Arc::clone(&handshakes).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                _ = tx.closed() => return,
+            };
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = tx.closed() => return,
+            };
+            let (tcp, remote) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, then go on.
+                    tracing::warn!(listener = what, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let Some(acceptor) = acceptor.clone() else {
+                drop(permit);
+                if tx.send(Ok(Conn::Plain(tcp))).await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => {
+                        let _ = tx.send(Ok(Conn::Tls(Box::new(s)))).await;
+                    }
+                    Ok(Err(e)) => tracing::warn!(
+                        listener = what, %remote, error = %e,
+                        "TLS handshake refused"
+                    ),
+                    Err(_) => tracing::warn!(
+                        listener = what, %remote,
+                        "TLS handshake timed out"
+                    ),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// A channel to a peer: TLS with this node's certificate when `tls` is set
+/// (the peer's certificate must name `peer_id`), plain otherwise.
+pub fn peer_channel(tls: Option<&TlsMaterial>, peer_id: &str, url: &str) -> Result<Channel> {
+    let endpoint = match tls {
+        Some(m) => m.channel(url, peer_id)?,
+        None => Endpoint::from_shared(url.to_string())
+            .map_err(|e| Error::Config(format!("peer url {url:?}: {e}")))?,
+    };
+    Ok(endpoint
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::security::certs::DevCa;
+
+    /// A real handshake over memory: `client` (presenting its certificate
+    /// when `present`) dials `server`'s peer listener as `name`.
+    pub(crate) fn handshake_as(
+        client: &TlsMaterial,
+        present: bool,
+        server: &TlsMaterial,
+        name: &str,
+    ) -> std::result::Result<(), String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(client.roots()?);
+        let config = if present {
+            builder
+                .with_client_auth_cert(
+                    client.certs()?,
+                    PrivateKeyDer::from_pem_slice(&client.key).map_err(|e| e.to_string())?,
+                )
+                .map_err(|e| e.to_string())?
+        } else {
+            builder.with_no_client_auth()
+        };
+        let server = server.server_config(true).map_err(|e| e.to_string())?;
+        let name = ServerName::try_from(name.to_string()).map_err(|e| e.to_string())?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (a, b) = tokio::io::duplex(64 * 1024);
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+            let acceptor = TlsAcceptor::from(server);
+            let (c, s) = tokio::join!(connector.connect(name, a), acceptor.accept(b));
+            // Each side's own verdict; the other side then only sees an alert.
+            match (c, s) {
+                (Ok(_), Ok(_)) => Ok(()),
+                (c, s) => Err(format!(
+                    "client: {}; server: {}",
+                    c.err().map_or("ok".into(), |e| e.to_string()),
+                    s.err().map_or("ok".into(), |e| e.to_string())
+                )),
+            }
+        })
+    }
+
+    pub(crate) fn handshake(
+        client: &TlsMaterial,
+        server: &TlsMaterial,
+        name: &str,
+    ) -> std::result::Result<(), String> {
+        handshake_as(client, true, server, name)
+    }
+
+    fn material(ca: &DevCa, name: &str) -> TlsMaterial {
+        let (cert, key) = ca.issue(name, &[]).unwrap();
+        TlsMaterial {
+            cert: cert.into_bytes(),
+            key: key.into_bytes(),
+            ca: ca.cert_pem().as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_peer_listener_refuses_another_ca_a_missing_certificate_and_a_wrong_name() {
+        let ca = DevCa::generate().unwrap();
+        let (n1, n2) = (material(&ca, "n1"), material(&ca, "n2"));
+        handshake(&n2, &n1, "n1").expect("same CA");
+        // The other CA's node trusts its own CA only, so also refuses n1's
+        // certificate; what matters is that n1 refuses it.
+        let mut other = material(&DevCa::generate().unwrap(), "n2");
+        other.ca = n1.ca.clone();
+        let err = handshake(&other, &n1, "n1").unwrap_err();
+        assert!(err.contains("server: invalid peer certificate"), "{err}");
+        let err = handshake_as(&n2, false, &n1, "n1").unwrap_err();
+        assert!(err.contains("server: peer sent no certificates"), "{err}");
+        let err = handshake(&n2, &n1, "n3").unwrap_err();
+        assert!(
+            err.contains("client: invalid peer certificate: certificate not valid for name"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_certificate_names_its_node_and_no_other() {
+        let ca = DevCa::generate().unwrap();
+        let (cert, _key) = ca.issue("n2", &[]).unwrap();
+        let der = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
+        assert!(cert_names(&der, "n2"));
+        assert!(cert_names(&der, "localhost"));
+        assert!(!cert_names(&der, "n3"));
+        assert!(!cert_names(&der, "n2.evil"));
+        assert!(!cert_names(&der, ""));
+    }
+
+    #[test]
+    fn material_loads_and_builds_both_kinds_of_listener() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = DevCa::generate().unwrap();
+        let (cert, key) = ca.issue("n1", &[]).unwrap();
+        let p = |n: &str| dir.path().join(n);
+        std::fs::write(p("ca.pem"), ca.cert_pem()).unwrap();
+        std::fs::write(p("n1.pem"), cert).unwrap();
+        std::fs::write(p("n1.key"), key).unwrap();
+        let m = TlsMaterial::from_files(&p("n1.pem"), &p("n1.key"), &p("ca.pem")).unwrap();
+        m.server_config(true).unwrap();
+        m.server_config(false).unwrap();
+        // A key where the certificate should be is named in the error.
+        let err = TlsMaterial::from_files(&p("n1.key"), &p("n1.key"), &p("ca.pem"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls.cert"), "{err}");
+    }
+}
