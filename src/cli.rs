@@ -200,7 +200,8 @@ pub struct ClientArgs {
 }
 
 /// How a client proves itself and checks the node: a token, TLS files.
-#[derive(Debug, Clone, Default, Args)]
+/// `Debug` leaves the token out.
+#[derive(Clone, Default, Args)]
 pub struct Credentials {
     /// A bearer token, sent as `authorization: Bearer TOKEN`.
     #[arg(long, env = "MESHKV_TOKEN", hide_env_values = true)]
@@ -216,9 +217,31 @@ pub struct Credentials {
     pub key: Option<PathBuf>,
 }
 
-/// Adds the bearer token, if any, to every request.
-#[derive(Debug, Clone, Default)]
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("cacert", &self.cacert)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+/// Adds the bearer token, if any, to every request. `Debug` shows whether
+/// there is one, not what it is.
+#[derive(Clone, Default)]
 pub struct Auth(Option<MetadataValue<Ascii>>);
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Auth(<token>)"
+        } else {
+            "Auth(none)"
+        })
+    }
+}
 
 impl Interceptor for Auth {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
@@ -699,6 +722,22 @@ fn show_version(v: Option<&proto::Version>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_never_shows_a_token() {
+        let cli =
+            Cli::try_parse_from(["meshkv", "get", "k", "--token", "sekrit-sekrit-sekrit"]).unwrap();
+        let text = format!("{cli:?}");
+        assert!(!text.contains("sekrit"), "{text}");
+        assert!(text.contains("redacted"), "{text}");
+        let auth = Credentials {
+            token: Some("sekrit-sekrit-sekrit".into()),
+            ..Default::default()
+        }
+        .auth()
+        .unwrap();
+        assert!(!format!("{auth:?}").contains("sekrit"));
+    }
 
     #[test]
     fn failed_requests_read_as_one_sentence() {

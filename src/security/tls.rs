@@ -51,12 +51,22 @@ const MAX_HANDSHAKES: usize = 256;
 const ACCEPTED_QUEUE: usize = 64;
 
 /// The PEM files of a node: its certificate chain, its key, and the
-/// cluster's CA.
-#[derive(Debug, Clone)]
+/// cluster's CA. `Debug` leaves the key out.
+#[derive(Clone)]
 pub struct TlsMaterial {
     cert: Vec<u8>,
     key: Vec<u8>,
     ca: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("cert_bytes", &self.cert.len())
+            .field("key", &"<redacted>")
+            .field("ca_bytes", &self.ca.len())
+            .finish()
+    }
 }
 
 fn read(key: &str, path: &Path) -> Result<Vec<u8>> {
