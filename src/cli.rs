@@ -633,11 +633,15 @@ pub fn format_status(s: &proto::ClusterStatusResponse) -> String {
         "node {} (cluster {}): {}\nkeys {}  last_seq {}  log_first_seq {}  fingerprint {:016x}\n",
         s.node_id, s.cluster_id, s.health, s.keys, s.last_seq, s.log_first_seq, s.fingerprint
     );
-    if !s.security.is_empty() {
-        out.push_str(&format!("security: {}\n", s.security));
-    }
+    // Last, so that the header and the table keep their lines for scripts.
+    let security = if s.security.is_empty() {
+        String::new()
+    } else {
+        format!("security: {}\n", s.security)
+    };
     if s.peers.is_empty() {
         out.push_str("no peers configured\n");
+        out.push_str(&security);
         return out;
     }
     let header = [
@@ -704,6 +708,7 @@ pub fn format_status(s: &proto::ClusterStatusResponse) -> String {
     for r in &rows {
         out.push_str(&line(r.iter().map(String::as_str).collect()));
     }
+    out.push_str(&security);
     out
 }
 
