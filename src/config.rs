@@ -750,11 +750,7 @@ impl Config {
                 );
             }
         }
-        let exposed = [Some(self.listen), self.peer_listen]
-            .into_iter()
-            .flatten()
-            .find(|a| !a.ip().is_loopback());
-        if let Some(addr) = exposed {
+        if let Some(addr) = self.exposed_listener() {
             if !t.enabled() && !self.insecure {
                 return bad(
                     "listen",
@@ -771,13 +767,17 @@ impl Config {
         Ok(())
     }
 
+    /// The first listener other machines can reach (not loopback), if any.
+    fn exposed_listener(&self) -> Option<SocketAddr> {
+        [Some(self.listen), self.peer_listen]
+            .into_iter()
+            .flatten()
+            .find(|a| !a.ip().is_loopback())
+    }
+
     /// Whether the node runs exposed without TLS because `insecure` says so.
     pub fn runs_insecure(&self) -> bool {
-        !self.tls.enabled()
-            && [Some(self.listen), self.peer_listen]
-                .into_iter()
-                .flatten()
-                .any(|a| !a.ip().is_loopback())
+        !self.tls.enabled() && self.exposed_listener().is_some()
     }
 
     /// The largest gRPC message a node accepts: sized so that a value just over
