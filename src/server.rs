@@ -312,7 +312,6 @@ where
     };
     tracing::info!(
         data_dir = %config.data_dir.display(),
-        keys = recovered.keys,
         last_seq = recovered.last_seq,
         fresh = recovered.fresh,
         "storage open"

@@ -52,6 +52,27 @@ pub const MAX_FETCH_KEYS: usize = 1024;
 /// ahead of the local clock (see `docs/DESIGN.md`, "Clock skew").
 pub const MAX_PHYSICAL_MS: u64 = 1 << 47;
 
+/// A [`proto::ReplicateRequest`] whose mutations are already encoded: a
+/// sender ships its log records as they are stored, without decoding and
+/// re-encoding them. A `repeated Mutation` field and a `repeated bytes` field
+/// holding encoded Mutations are the same bytes on the wire, so receivers
+/// decode this as an ordinary ReplicateRequest.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EncodedReplicateRequest {
+    /// As in [`proto::ReplicateRequest`].
+    #[prost(string, tag = "1")]
+    pub cluster_id: String,
+    /// As in [`proto::ReplicateRequest`].
+    #[prost(string, tag = "2")]
+    pub origin: String,
+    /// Encoded [`proto::Mutation`]s.
+    #[prost(bytes = "bytes", repeated, tag = "3")]
+    pub mutations: Vec<prost::bytes::Bytes>,
+    /// As in [`proto::ReplicateRequest`].
+    #[prost(bool, tag = "4")]
+    pub repair: bool,
+}
+
 /// The bytes one item of `encoded_len` adds to a `repeated` field of a message:
 /// its tag (field numbers below 16), its length prefix and itself.
 pub fn framed_len(encoded_len: usize) -> usize {
@@ -168,6 +189,30 @@ fn truncated(s: &str) -> &str {
 mod tests {
     use super::*;
     use crate::clock::from_physical_ms;
+
+    #[test]
+    fn an_encoded_request_is_an_ordinary_request_on_the_wire() {
+        let mutations = vec![
+            m("a", 1, "n1", Some(b"x".to_vec())),
+            m("b", 2, "n1", None),
+            m("c", 3, "n1", Some(Vec::new())),
+        ];
+        let plain = proto::ReplicateRequest {
+            cluster_id: "c".into(),
+            origin: "n1".into(),
+            mutations: mutations.clone(),
+            repair: false,
+        };
+        let encoded = EncodedReplicateRequest {
+            cluster_id: "c".into(),
+            origin: "n1".into(),
+            mutations: mutations.iter().map(|m| m.encode_to_vec().into()).collect(),
+            repair: false,
+        };
+        assert_eq!(encoded.encode_to_vec(), plain.encode_to_vec());
+        let back = proto::ReplicateRequest::decode(&encoded.encode_to_vec()[..]).unwrap();
+        assert_eq!(back, plain);
+    }
 
     fn m(key: &str, hlc: u64, node: &str, value: Option<Vec<u8>>) -> proto::Mutation {
         proto::Mutation {

@@ -565,17 +565,21 @@ async fn stalled_dumps_are_bounded() {
     let tmp = tempfile::tempdir().unwrap();
     let mut node = Node::new(tmp.path(), "node1");
     node.start().await;
-    let batch: Vec<proto::WriteRequest> = (0..2000)
-        .map(|i| proto::WriteRequest {
-            key: format!("k{i}"),
-            value: vec![0; 64],
-            ..Default::default()
-        })
-        .collect();
-    node.kv()
-        .write_batch(proto::WriteBatchRequest { writes: batch })
-        .await
-        .unwrap();
+    // 8 MiB: more than HTTP/2 flow control lets a dump push to a client that
+    // never reads, so every held dump is still running, not finished.
+    for b in 0..10 {
+        let batch: Vec<proto::WriteRequest> = (0..200)
+            .map(|i| proto::WriteRequest {
+                key: format!("k{b}-{i}"),
+                value: vec![0; 4096],
+                ..Default::default()
+            })
+            .collect();
+        node.kv()
+            .write_batch(proto::WriteBatchRequest { writes: batch })
+            .await
+            .unwrap();
+    }
     let mut held = Vec::new();
     for _ in 0..meshkv::api::admin::MAX_DUMPS {
         let s = AdminClient::new(node.channel())

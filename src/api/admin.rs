@@ -94,7 +94,7 @@ impl Admin for AdminService {
         let ctx = self.manager.ctx();
         let store = &ctx.store;
         let fingerprint = {
-            let digests = store.digests();
+            let digests = ctx.digests().await.map_err(Status::from)?;
             let bytes: Vec<u8> = digests
                 .as_slice()
                 .iter()

@@ -48,7 +48,7 @@ impl AntiEntropy for AntiEntropyService {
                 req.digests.len()
             ))
         })?;
-        let buckets = self.ctx.store.digests().diff(&theirs);
+        let buckets = self.ctx.digests().await?.diff(&theirs);
         let seen = self
             .ctx
             .peer_reports_high_water(&req.origin, req.incarnation, req.high_water);

@@ -1,16 +1,23 @@
 //! `meshkv.v1.Replication`: what peers send us.
 
-use std::sync::Arc;
+use std::{collections::VecDeque, sync::Arc};
 
-use tonic::{Request, Response, Status};
+use tokio::{sync::mpsc, task::JoinHandle};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     api::validate::Membership,
+    error::{Error, Result},
     proto::{self, replication_server::Replication},
     security::ConnInfo,
     storage::WriterHandle,
     wire,
 };
+
+/// Batches of one stream being applied at once. Applying them together lets
+/// the writer commit them in one group; the answers still go out in order.
+pub const STREAM_APPLYING: usize = 4;
 
 /// Accepts batches from the configured peers of this cluster only.
 #[derive(Debug)]
@@ -26,30 +33,123 @@ impl ReplicationService {
     }
 }
 
+/// Applies one batch; the answer says what was applied and what refused.
+async fn apply(
+    writer: &WriterHandle,
+    req: proto::ReplicateRequest,
+) -> Result<proto::ReplicateResponse> {
+    let received = req.mutations.len() as u64;
+    // Each entry is checked alone: one that must be refused is skipped
+    // and reported, and the rest of the batch is applied, so the sender's
+    // stream moves on instead of retrying the same batch forever.
+    let (mutations, refused) = wire::split_batch(req.mutations);
+    for r in &refused {
+        tracing::debug!(origin = %req.origin, key = %r.key, reason = %r.reason, "refused a replicated entry");
+    }
+    let applied = if mutations.is_empty() {
+        0
+    } else {
+        writer.apply(mutations, !req.repair).await?
+    };
+    crate::metrics::replicated_in(&req.origin, received, applied, refused.len() as u64);
+    Ok(proto::ReplicateResponse { applied, refused })
+}
+
+/// The oldest batch still being applied; never resolves if there is none.
+async fn oldest(
+    applying: &mut VecDeque<JoinHandle<Result<proto::ReplicateResponse>>>,
+) -> Result<proto::ReplicateResponse> {
+    match applying.front_mut() {
+        Some(task) => task
+            .await
+            .map_err(|e| Error::Unavailable(format!("applying a batch failed: {e}")))?,
+        None => std::future::pending().await,
+    }
+}
+
+/// Serves one origin's stream until it ends: up to [`STREAM_APPLYING`]
+/// batches applied at once, answered in order. The first message is checked
+/// against the membership; every later one must name the same origin.
+async fn serve_stream(
+    members: Arc<Membership>,
+    writer: WriterHandle,
+    conn: Option<ConnInfo>,
+    mut inbound: Streaming<proto::ReplicateRequest>,
+    out: mpsc::Sender<std::result::Result<proto::ReplicateResponse, Status>>,
+) {
+    let mut sender: Option<(String, String)> = None;
+    let mut applying = VecDeque::with_capacity(STREAM_APPLYING);
+    let mut ended = false;
+    loop {
+        if ended && applying.is_empty() {
+            return;
+        }
+        tokio::select! {
+            done = oldest(&mut applying) => {
+                applying.pop_front();
+                let answer = done.map_err(Status::from);
+                let failed = answer.is_err();
+                if out.send(answer).await.is_err() || failed {
+                    return;
+                }
+            }
+            next = inbound.message(), if !ended && applying.len() < STREAM_APPLYING => {
+                let req = match next {
+                    Ok(Some(req)) => req,
+                    Ok(None) => { ended = true; continue; }
+                    Err(status) => {
+                        tracing::debug!(origin = ?sender.as_ref().map(|s| &s.1), %status, "a replication stream broke");
+                        return;
+                    }
+                };
+                let checked = match &sender {
+                    Some((cluster, origin)) if *cluster == req.cluster_id && *origin == req.origin => Ok(()),
+                    Some((_, origin)) => Err(Error::InvalidArgument(format!(
+                        "a replication stream from {origin:?} changed its cluster or origin"
+                    ))),
+                    None => members.check(&req.cluster_id, &req.origin, conn.as_ref()),
+                };
+                if let Err(e) = checked {
+                    let _ = out.send(Err(Status::from(e))).await;
+                    return;
+                }
+                sender.get_or_insert_with(|| (req.cluster_id.clone(), req.origin.clone()));
+                let writer = writer.clone();
+                applying.push_back(tokio::spawn(async move { apply(&writer, req).await }));
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Replication for ReplicationService {
     async fn replicate(
         &self,
         request: Request<proto::ReplicateRequest>,
-    ) -> Result<Response<proto::ReplicateResponse>, Status> {
+    ) -> std::result::Result<Response<proto::ReplicateResponse>, Status> {
         let conn = request.extensions().get::<ConnInfo>().cloned();
         let req = request.into_inner();
         self.members
             .check(&req.cluster_id, &req.origin, conn.as_ref())?;
-        let received = req.mutations.len() as u64;
-        // Each entry is checked alone: one that must be refused is skipped
-        // and reported, and the rest of the batch is applied, so the sender's
-        // stream moves on instead of retrying the same batch forever.
-        let (mutations, refused) = wire::split_batch(req.mutations);
-        for r in &refused {
-            tracing::debug!(origin = %req.origin, key = %r.key, reason = %r.reason, "refused a replicated entry");
-        }
-        let applied = if mutations.is_empty() {
-            0
-        } else {
-            self.writer.apply(mutations, !req.repair).await?
-        };
-        crate::metrics::replicated_in(&req.origin, received, applied, refused.len() as u64);
-        Ok(Response::new(proto::ReplicateResponse { applied, refused }))
+        Ok(Response::new(apply(&self.writer, req).await?))
+    }
+
+    type ReplicateStreamStream =
+        ReceiverStream<std::result::Result<proto::ReplicateResponse, Status>>;
+
+    async fn replicate_stream(
+        &self,
+        request: Request<Streaming<proto::ReplicateRequest>>,
+    ) -> std::result::Result<Response<Self::ReplicateStreamStream>, Status> {
+        let conn = request.extensions().get::<ConnInfo>().cloned();
+        let (tx, rx) = mpsc::channel(STREAM_APPLYING);
+        tokio::spawn(serve_stream(
+            Arc::clone(&self.members),
+            self.writer.clone(),
+            conn,
+            request.into_inner(),
+            tx,
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

@@ -232,7 +232,7 @@ pub async fn round(
 ) -> Result<RoundStats> {
     let peer = peer_state.id.as_str();
     let timeout = Duration::from_millis(ctx.config.rpc_timeout_ms);
-    let digests = ctx.store.digests().as_slice().to_vec();
+    let digests = ctx.digests().await?.as_slice().to_vec();
     let answer = ae
         .digest(request(
             proto::DigestRequest {

@@ -61,6 +61,15 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The digests, after rescanning what changed since the last call (on
+    /// the blocking pool: after a restart that is every key).
+    pub async fn digests(&self) -> crate::error::Result<crate::storage::Digests> {
+        let store = Arc::clone(&self.store);
+        self.blocking
+            .run("digest refresh", move || store.refresh_digests())
+            .await?
+    }
+
     /// The seq of the last committed local write.
     pub fn last_seq(&self) -> u64 {
         *self.seq.borrow()

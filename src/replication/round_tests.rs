@@ -103,6 +103,18 @@ impl AntiEntropy for ScriptedPeer {
 
 #[tonic::async_trait]
 impl Replication for ScriptedPeer {
+    type ReplicateStreamStream = tokio_stream::Empty<Result<proto::ReplicateResponse, Status>>;
+
+    async fn replicate_stream(
+        &self,
+        _r: Request<tonic::Streaming<proto::ReplicateRequest>>,
+    ) -> Result<Response<Self::ReplicateStreamStream>, Status> {
+        if self.hang_pushes {
+            std::future::pending::<()>().await;
+        }
+        Err(Status::unimplemented("scripted: rounds only"))
+    }
+
     async fn replicate(
         &self,
         r: Request<proto::ReplicateRequest>,

@@ -1,42 +1,113 @@
-//! The streamer: ships this node's log to one peer, from its cursor.
+//! The streamer: ships this node's log to one peer, from its cursor, over
+//! one long-lived `ReplicateStream` per connection.
 //!
-//! Up to [`PIPELINE`] batches are in flight, acknowledged in order, so that
-//! reading and encoding the next batch overlaps the peer applying this one.
-//! The cursor only passes a batch once every batch before it was
-//! acknowledged. Entries the peer refuses are counted and skipped: the
-//! cursor moves past them, so no entry can hold a stream up.
+//! Up to [`PIPELINE`] batches are in flight; the peer answers them in order,
+//! so each answer acknowledges everything up to its batch (a cumulative
+//! ack) and the cursor moves with it. Records come from the store's
+//! in-memory window while the peer keeps up and from disk once it has
+//! fallen behind, and are sent as they are stored, never decoded here.
+//! Entries the peer refuses are counted and skipped: the cursor moves past
+//! them, so no entry can hold a stream up.
+//!
+//! The bookkeeping of what is in flight is the pure [`Pipeline`]; the task
+//! around it only moves bytes and waits.
 
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
-use tokio::sync::watch;
+use prost::bytes::Bytes;
+use tokio::{
+    sync::{mpsc, watch},
+    // Tokio's, not std's: the simulation's clock drives the deadlines.
+    time::Instant,
+};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
+use tonic::{codegen::http::uri::PathAndQuery, transport::Channel};
 
 use crate::{
-    proto::{self, replication_client::ReplicationClient},
+    proto,
     replication::{
         peer::{sleep_or_shutdown, Backoff, Peer},
         Ctx,
     },
-    wire,
+    wire::{self, EncodedReplicateRequest},
 };
 
 /// Batches sent to one peer and not yet acknowledged, at most this many.
-pub const PIPELINE: usize = 2;
+pub const PIPELINE: usize = 4;
 
-/// A Replicate request on its way.
-struct InFlight {
-    /// The seq of its last record (records skipped by the horizon included).
-    upto: u64,
+const METHOD: &str = "/meshkv.v1.Replication/ReplicateStream";
+
+/// A batch on its way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    /// The seq of its last record.
+    pub upto: u64,
     /// Its records.
-    count: u64,
-    send: tokio::task::JoinHandle<Result<proto::ReplicateResponse, String>>,
+    pub count: u64,
+    /// When it was sent: its answer is due `timeout` later.
+    pub at: Instant,
 }
 
-fn abort_all(pending: &mut VecDeque<InFlight>) {
-    for p in pending.drain(..) {
-        p.send.abort();
+/// What is in flight on one stream. Pure: no sockets, no clock of its own.
+#[derive(Debug)]
+pub struct Pipeline {
+    sent: VecDeque<Sent>,
+    /// The peer's cursor: every seq up to it is acknowledged.
+    acked: u64,
+    timeout: Duration,
+}
+
+impl Pipeline {
+    /// A stream starting from the peer's cursor.
+    pub fn new(acked: u64, timeout: Duration) -> Self {
+        Self {
+            sent: VecDeque::with_capacity(PIPELINE),
+            acked,
+            timeout,
+        }
     }
+
+    /// The seq after which the next batch starts: after the last one sent.
+    pub fn next_after(&self) -> u64 {
+        self.sent.back().map_or(self.acked, |s| s.upto)
+    }
+
+    /// Whether another batch may be sent.
+    pub fn has_room(&self) -> bool {
+        self.sent.len() < PIPELINE
+    }
+
+    /// Nothing is in flight.
+    pub fn is_idle(&self) -> bool {
+        self.sent.is_empty()
+    }
+
+    /// Records a batch sent at `at` ending at seq `upto`.
+    pub fn sent(&mut self, upto: u64, count: u64, at: Instant) {
+        debug_assert!(upto > self.next_after() && self.has_room());
+        self.sent.push_back(Sent { upto, count, at });
+    }
+
+    /// The peer answered the oldest batch: returns it, with the cursor moved
+    /// to its end, or `None` for an answer to nothing (a broken peer).
+    pub fn answered(&mut self) -> Option<Sent> {
+        let s = self.sent.pop_front()?;
+        self.acked = self.acked.max(s.upto);
+        Some(s)
+    }
+
+    /// The moment by which the oldest batch must be answered, if any is out.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.sent.front().map(|s| s.at + self.timeout)
+    }
+}
+
+/// Why a stream session ended without an error.
+enum End {
+    Shutdown,
+    /// A repair or catch-up is due first.
+    Blocked,
 }
 
 /// Waits until no repair or catch-up holds the stream; false on shutdown.
@@ -66,134 +137,30 @@ pub async fn run(
     mut backoff: Backoff,
     shutdown: CancellationToken,
 ) {
-    let cfg = &ctx.config;
-    let timeout = Duration::from_millis(cfg.rpc_timeout_ms);
-    let repl = ReplicationClient::new(channel)
-        .max_encoding_message_size(wire::PEER_MESSAGE_LIMIT)
-        .max_decoding_message_size(wire::PEER_MESSAGE_LIMIT);
-    let mut pending: VecDeque<InFlight> = VecDeque::with_capacity(PIPELINE);
-
     while !shutdown.is_cancelled() {
         if peer.stream_blocked() {
-            // Whatever is in flight was sent before the gap: drop it, and
-            // resume from the cursor the repair leaves behind.
-            abort_all(&mut pending);
             if !wait_unblocked(&peer, &shutdown).await {
                 return;
             }
             continue;
         }
-        let cursor = peer.state().acked_seq;
-        // Read after the last batch sent, which may still be in flight.
-        let read_from = pending.back().map_or(cursor, |p| p.upto);
-        if pending.len() < PIPELINE {
-            // Mark the seq seen before reading, so a commit after the read wakes us.
-            let last_seq = *seq_rx.borrow_and_update();
-            let batch = {
-                let store = Arc::clone(&ctx.store);
-                let (n, b) = (
-                    cfg.batch_max_entries,
-                    cfg.batch_max_bytes.min(wire::MAX_FILL),
-                );
-                ctx.blocking
-                    .run("log read", move || store.log_after(read_from, n, b))
-                    .await
-                    .and_then(|r| r)
-            };
-            let batch = match batch {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(peer = %peer.id, error = %e, "cannot read the log");
-                    abort_all(&mut pending);
-                    if sleep_or_shutdown(backoff.next_delay(), &shutdown).await {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            // Records must follow without a hole: retention may delete from
-            // the head of the log while this batch is being read.
-            let gap = match batch.first() {
-                Some((first, _)) => {
-                    *first != read_from + 1 || batch.windows(2).any(|w| w[1].0 != w[0].0 + 1)
-                }
-                None => last_seq > read_from,
-            };
-            if gap {
-                tracing::warn!(
-                    peer = %peer.id,
-                    cursor,
-                    "peer fell behind the start of the log; repairing it with anti-entropy"
-                );
-                abort_all(&mut pending);
-                peer.mark_for_repair();
-                continue;
-            }
-            if let Some(&(upto, _)) = batch.last() {
-                let mutations: Vec<proto::Mutation> = batch.into_iter().map(|(_, m)| m).collect();
-                let count = mutations.len() as u64;
-                let mut request = tonic::Request::new(proto::ReplicateRequest {
-                    cluster_id: ctx.cluster_id.clone(),
-                    origin: ctx.node_id.clone(),
-                    mutations,
-                    repair: false,
-                });
-                request.set_timeout(timeout);
-                let mut client = repl.clone();
-                let send = tokio::spawn(async move {
-                    match tokio::time::timeout(timeout, client.replicate(request)).await {
-                        Ok(Ok(r)) => Ok(r.into_inner()),
-                        Ok(Err(status)) => Err(format!("{}: {}", status.code(), status.message())),
-                        Err(_) => Err(format!("deadline of {timeout:?} exceeded")),
-                    }
-                });
-                pending.push_back(InFlight { upto, count, send });
-                continue;
-            }
-            if pending.is_empty() {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    changed = seq_rx.changed() => if changed.is_err() { return },
-                    _ = peer.unblocked.notified() => {}
-                }
-                continue;
-            }
-        }
-
-        let Some(mut front) = pending.pop_front() else {
-            continue;
-        };
-        let sent = tokio::select! {
-            _ = shutdown.cancelled() => {
-                front.send.abort();
-                abort_all(&mut pending);
-                return;
-            }
-            r = &mut front.send => r.unwrap_or_else(|e| Err(format!("send task failed: {e}"))),
-        };
-        match sent {
-            Ok(resp) => {
-                {
-                    let mut s = peer.lock();
-                    s.acked_seq = s.acked_seq.max(front.upto);
-                    s.connected = true;
-                    s.last_error = None;
-                }
-                let last = resp
-                    .refused
-                    .last()
-                    .map(|r| format!("{}: {}", r.key, r.reason));
-                peer.refused(resp.refused.len() as u64, last);
-                ctx.writer.save_cursor(&peer.id, front.upto);
-                crate::metrics::replicated_out(&peer.id, front.count);
-                backoff.reset();
-            }
+        let ended = session(
+            &ctx,
+            &peer,
+            channel.clone(),
+            &mut seq_rx,
+            &mut backoff,
+            &shutdown,
+        )
+        .await;
+        match ended {
+            Ok(End::Shutdown) => return,
+            Ok(End::Blocked) => {}
             Err(error) => {
-                // Later batches may still land; the merge makes that harmless,
-                // and they are sent again from the cursor.
-                abort_all(&mut pending);
+                // Batches in flight may still land; the merge makes that
+                // harmless, and they are sent again from the cursor.
                 let delay = backoff.next_delay();
-                tracing::debug!(peer = %peer.id, %error, ?delay, "replicate failed");
+                tracing::debug!(peer = %peer.id, %error, ?delay, "replication stream failed");
                 peer.failed(error);
                 if sleep_or_shutdown(delay, &shutdown).await {
                     return;
@@ -201,5 +168,195 @@ pub async fn run(
             }
         }
     }
-    abort_all(&mut pending);
+}
+
+/// Reads the records after `after`: from the window, inline, or from disk on
+/// the blocking pool.
+async fn read(ctx: &Ctx, after: u64) -> crate::error::Result<Vec<(u64, Bytes)>> {
+    let (n, b) = (
+        ctx.config.batch_max_entries,
+        ctx.config.batch_max_bytes.min(wire::MAX_FILL),
+    );
+    if let Some(records) = ctx.store.window.after(after, n, b) {
+        return Ok(records);
+    }
+    let store = Arc::clone(&ctx.store);
+    ctx.blocking
+        .run("log read", move || store.log_after_on_disk(after, n, b))
+        .await?
+}
+
+/// One stream, from opening it to its first error, a gap, or shutdown.
+async fn session(
+    ctx: &Ctx,
+    peer: &Peer,
+    channel: Channel,
+    seq_rx: &mut watch::Receiver<u64>,
+    backoff: &mut Backoff,
+    shutdown: &CancellationToken,
+) -> Result<End, String> {
+    let timeout = Duration::from_millis(ctx.config.rpc_timeout_ms);
+    let (tx, rx) = mpsc::channel::<EncodedReplicateRequest>(PIPELINE);
+    let mut grpc = tonic::client::Grpc::new(channel)
+        .max_encoding_message_size(wire::PEER_MESSAGE_LIMIT)
+        .max_decoding_message_size(wire::PEER_MESSAGE_LIMIT);
+    let open = async {
+        grpc.ready()
+            .await
+            .map_err(|e| format!("peer unreachable: {e}"))?;
+        let codec =
+            tonic_prost::ProstCodec::<EncodedReplicateRequest, proto::ReplicateResponse>::default();
+        grpc.streaming(
+            tonic::Request::new(ReceiverStream::new(rx)),
+            PathAndQuery::from_static(METHOD),
+            codec,
+        )
+        .await
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))
+    };
+    let mut answers = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(End::Shutdown),
+        opened = tokio::time::timeout(timeout, open) => match opened {
+            Ok(r) => r?.into_inner(),
+            Err(_) => return Err(format!("opening the stream: deadline of {timeout:?} exceeded")),
+        },
+    };
+    peer.lock().connected = true;
+    let mut pipeline = Pipeline::new(peer.state().acked_seq, timeout);
+
+    loop {
+        if peer.stream_blocked() {
+            return Ok(End::Blocked);
+        }
+        if pipeline.has_room() {
+            let after = pipeline.next_after();
+            // Mark the seq seen before reading, so a commit after the read wakes us.
+            let last_seq = *seq_rx.borrow_and_update();
+            let batch = match read(ctx, after).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(peer = %peer.id, error = %e, "cannot read the log");
+                    return Err(format!("cannot read the log: {e}"));
+                }
+            };
+            // Records must follow without a hole: retention may delete from
+            // the head of the log while this batch is being read from disk.
+            let gap = match batch.first() {
+                Some((first, _)) => {
+                    *first != after + 1 || batch.windows(2).any(|w| w[1].0 != w[0].0 + 1)
+                }
+                None => last_seq > after,
+            };
+            if gap {
+                tracing::warn!(
+                    peer = %peer.id,
+                    cursor = after,
+                    "peer fell behind the start of the log; repairing it with anti-entropy"
+                );
+                peer.mark_for_repair();
+                return Ok(End::Blocked);
+            }
+            if let Some(&(upto, _)) = batch.last() {
+                let count = batch.len() as u64;
+                let request = EncodedReplicateRequest {
+                    cluster_id: ctx.cluster_id.clone(),
+                    origin: ctx.node_id.clone(),
+                    mutations: batch.into_iter().map(|(_, r)| r).collect(),
+                    repair: false,
+                };
+                // Room for PIPELINE requests, and at most that many are out.
+                if tx.try_send(request).is_err() {
+                    return Err("the peer closed the stream".into());
+                }
+                pipeline.sent(upto, count, Instant::now());
+                continue;
+            }
+        }
+
+        let deadline = pipeline.deadline();
+        let overdue = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(End::Shutdown),
+            answer = answers.message() => {
+                let resp = match answer {
+                    Ok(Some(resp)) => resp,
+                    Ok(None) => return Err("the peer closed the stream".into()),
+                    Err(s) => return Err(format!("{}: {}", s.code(), s.message())),
+                };
+                let Some(batch) = pipeline.answered() else {
+                    return Err("the peer answered a batch that was never sent".into());
+                };
+                acknowledged(ctx, peer, batch, &resp);
+                backoff.reset();
+            }
+            changed = seq_rx.changed(), if pipeline.has_room() => {
+                if changed.is_err() {
+                    return Ok(End::Shutdown);
+                }
+            }
+            _ = peer.unblocked.notified(), if pipeline.is_idle() => {}
+            _ = overdue => return Err(format!("no answer within the deadline of {timeout:?}")),
+        }
+    }
+}
+
+/// Moves the peer's cursor past an answered batch and records what it said.
+fn acknowledged(ctx: &Ctx, peer: &Peer, batch: Sent, resp: &proto::ReplicateResponse) {
+    {
+        let mut s = peer.lock();
+        s.acked_seq = s.acked_seq.max(batch.upto);
+        s.connected = true;
+        s.last_error = None;
+    }
+    let last = resp
+        .refused
+        .last()
+        .map(|r| format!("{}: {}", r.key, r.reason));
+    peer.refused(resp.refused.len() as u64, last);
+    ctx.writer.save_cursor(&peer.id, batch.upto);
+    crate::metrics::replicated_out(&peer.id, batch.count);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_follow_each_other_and_answers_move_the_cursor_in_order() {
+        let t0 = Instant::now();
+        let mut p = Pipeline::new(10, Duration::from_secs(5));
+        assert!(p.is_idle() && p.deadline().is_none());
+        assert_eq!(p.next_after(), 10);
+        p.sent(15, 5, t0);
+        p.sent(20, 5, t0 + Duration::from_secs(1));
+        // The next batch starts after the last one sent, not after the cursor.
+        assert_eq!(p.next_after(), 20);
+        assert_eq!(p.deadline(), Some(t0 + Duration::from_secs(5)));
+        assert_eq!(p.answered().map(|s| s.upto), Some(15));
+        assert_eq!(p.deadline(), Some(t0 + Duration::from_secs(6)));
+        assert_eq!(p.answered().map(|s| (s.upto, s.count)), Some((20, 5)));
+        assert!(p.is_idle());
+        assert_eq!(p.next_after(), 20);
+        // An answer to nothing is refused, and the cursor stays.
+        assert_eq!(p.answered(), None);
+        assert_eq!(p.next_after(), 20);
+    }
+
+    #[test]
+    fn at_most_pipeline_batches_are_in_flight() {
+        let t0 = Instant::now();
+        let mut p = Pipeline::new(0, Duration::from_secs(1));
+        for i in 1..=PIPELINE as u64 {
+            assert!(p.has_room());
+            p.sent(i, 1, t0);
+        }
+        assert!(!p.has_room());
+        p.answered();
+        assert!(p.has_room());
+    }
 }

@@ -6,6 +6,18 @@
 //! replicas whose digests agree on a bucket hold the same versions there (up
 //! to a 64-bit collision); the buckets that differ are all that a repair has
 //! to look at. The seeds are fixed: digests must match across builds.
+//!
+//! **Kept lazily.** The writer does not read a key's old version to XOR it
+//! out: a local write always wins, so that read would only feed the digest,
+//! and it was the largest cost of the write path after the commit itself.
+//! The writer marks the key's bucket dirty instead ([`DigestBook::touch`]),
+//! and whoever needs the digests (an anti-entropy round, a peer's Digest
+//! request, `meshkv status`) first rescans the dirty buckets, which are
+//! one prefix each in storage. A generation per bucket makes a rescan that
+//! raced a commit leave its bucket dirty rather than record a stale digest
+//! as clean. This is Garage's `merkle_todo` idea, at bucket granularity
+//! (deuxfleurs-org/garage `src/table/data.rs`). At start-up every bucket is
+//! dirty, so a restart does not scan the data before serving.
 
 use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3};
 
@@ -85,6 +97,78 @@ impl Digests {
     }
 }
 
+/// The digest of one bucket from its entries, in any order.
+pub fn bucket_digest<'a>(entries: impl IntoIterator<Item = (&'a [u8], &'a Version)>) -> u64 {
+    entries
+        .into_iter()
+        .fold(0, |acc, (key, version)| acc ^ entry_hash(key, version))
+}
+
+/// The digests with the bookkeeping that keeps them lazily: which buckets
+/// changed since they were last scanned, and how many keys each held then.
+/// Pure: the scans happen in [`Store`](super::Store).
+#[derive(Debug, Clone)]
+pub struct DigestBook {
+    digests: Digests,
+    /// Bumped by every commit that touched the bucket.
+    generation: Box<[u64; BUCKETS]>,
+    /// The generation the digest and count were scanned at.
+    scanned: Box<[u64; BUCKETS]>,
+    counts: Box<[u32; BUCKETS]>,
+    keys: u64,
+}
+
+impl DigestBook {
+    /// Every bucket dirty: nothing is known until the buckets are scanned.
+    pub fn all_dirty() -> Self {
+        Self {
+            digests: Digests::default(),
+            generation: Box::new([1; BUCKETS]),
+            scanned: Box::new([0; BUCKETS]),
+            counts: Box::new([0; BUCKETS]),
+            keys: 0,
+        }
+    }
+
+    /// Records that a commit changed `bucket`. Call it after the commit, so
+    /// that a scan that starts later sees the change.
+    pub fn touch(&mut self, bucket: u16) {
+        self.generation[usize::from(bucket)] += 1;
+    }
+
+    /// The buckets to scan, each with the generation to pass to [`settle`](Self::settle).
+    pub fn dirty(&self) -> Vec<(u16, u64)> {
+        (0..BUCKETS)
+            .filter(|&b| self.generation[b] != self.scanned[b])
+            .map(|b| (b as u16, self.generation[b]))
+            .collect()
+    }
+
+    /// Records a scan of `bucket` that started at `generation`. The bucket
+    /// stays dirty if a commit touched it since; an older scan never
+    /// overwrites a newer one.
+    pub fn settle(&mut self, bucket: u16, generation: u64, digest: u64, count: u32) {
+        let b = usize::from(bucket);
+        if generation <= self.scanned[b] {
+            return;
+        }
+        self.scanned[b] = generation;
+        self.digests.0[b] = digest;
+        self.keys = self.keys - u64::from(self.counts[b]) + u64::from(count);
+        self.counts[b] = count;
+    }
+
+    /// The digests as of the last scans (exact once [`dirty`](Self::dirty) is empty).
+    pub fn digests(&self) -> &Digests {
+        &self.digests
+    }
+
+    /// Keys held, tombstones included, as of the last scans.
+    pub fn keys(&self) -> u64 {
+        self.keys
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,6 +226,72 @@ mod tests {
         assert_eq!(a.diff(&b), vec![bucket_of(b"x")]);
         a.remove(b"x", &v(1, "n"));
         assert!(a.diff(&b).is_empty());
+    }
+
+    /// Scans `map` into `book` the way the store does, bucket by bucket.
+    fn scan(book: &mut DigestBook, map: &std::collections::BTreeMap<Vec<u8>, Version>) {
+        for (b, generation) in book.dirty() {
+            let entries: Vec<_> = map
+                .iter()
+                .filter(|(k, _)| bucket_of(k) == b)
+                .map(|(k, v)| (k.as_slice(), v))
+                .collect();
+            book.settle(
+                b,
+                generation,
+                bucket_digest(entries.clone()),
+                entries.len() as u32,
+            );
+        }
+    }
+
+    #[test]
+    fn a_book_scanned_after_any_writes_equals_the_incremental_digests() {
+        let mut map = std::collections::BTreeMap::new();
+        let mut incremental = Digests::default();
+        let mut book = DigestBook::all_dirty();
+        assert_eq!(book.dirty().len(), BUCKETS);
+        for i in 0..2000u64 {
+            let key = format!("k{}", i % 700).into_bytes();
+            let new = v(i, if i % 3 == 0 { "a" } else { "b" });
+            if i % 11 == 0 {
+                if let Some(old) = map.remove(&key) {
+                    incremental.remove(&key, &old);
+                    book.touch(bucket_of(&key));
+                }
+                continue;
+            }
+            let old = map.insert(key.clone(), new.clone());
+            incremental.replace(&key, old.as_ref(), &new);
+            book.touch(bucket_of(&key));
+            if i % 500 == 0 {
+                scan(&mut book, &map);
+                assert_eq!(book.digests(), &incremental);
+            }
+        }
+        scan(&mut book, &map);
+        assert!(book.dirty().is_empty());
+        assert_eq!(book.digests(), &incremental);
+        assert_eq!(book.keys(), map.len() as u64);
+    }
+
+    #[test]
+    fn a_scan_that_raced_a_commit_leaves_its_bucket_dirty() {
+        let mut book = DigestBook::all_dirty();
+        let [(b, generation)] = book.dirty()[..1] else {
+            unreachable!()
+        };
+        // A commit lands while the scan of `b` runs.
+        book.touch(b);
+        book.settle(b, generation, 42, 1);
+        assert_eq!(book.digests().as_slice()[usize::from(b)], 42);
+        assert_eq!(book.dirty()[0], (b, generation + 1));
+        // The rescan settles it; a late, older scan cannot undo that.
+        book.settle(b, generation + 1, 7, 2);
+        book.settle(b, generation, 42, 1);
+        assert_eq!(book.digests().as_slice()[usize::from(b)], 7);
+        assert_eq!(book.keys(), 2);
+        assert!(!book.dirty().iter().any(|(d, _)| *d == b));
     }
 
     #[test]

@@ -9,13 +9,18 @@ use std::{
 };
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use prost::Message;
+use prost::{bytes::Bytes, Message};
 
 use crate::{
     error::{Error, Result},
     high_water::SeenMarks,
     proto,
-    storage::{codec, digest::Digests, lock::DirLock},
+    storage::{
+        codec,
+        digest::{bucket_digest, bucket_of, DigestBook, Digests},
+        lock::DirLock,
+        window::{LogWindow, WINDOW_BYTES},
+    },
     version::{Entry, Version},
 };
 
@@ -27,6 +32,10 @@ const CURSOR_PREFIX: &str = "cursor/";
 const SEEN_PREFIX: &str = "seen_high_water/";
 const SEEN_INCARNATION_PREFIX: &str = "seen_incarnation/";
 const SEEN_PRIOR_PREFIX: &str = "seen_prior/";
+/// The cap on the journal, which is what a start-up replays: fjall's
+/// default is 512 MiB; its minimum, 64 MiB, keeps a restart after kill -9
+/// short at the cost of more frequent memtable flushes.
+const MAX_JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The `meta` key of a peer's cursor.
 pub fn cursor_key(peer: &str) -> String {
@@ -50,18 +59,22 @@ pub struct Store {
     pub(crate) data: Keyspace,
     pub(crate) log: Keyspace,
     pub(crate) meta: Keyspace,
-    /// Kept current by the writer after every commit; read by anti-entropy.
-    digests: Mutex<Digests>,
+    /// Touched by the writer after every commit; scanned lazily by
+    /// [`Store::refresh_digests`] for anti-entropy and status.
+    digests: Mutex<DigestBook>,
+    /// Held by the one refresh that scans at a time, so that concurrent
+    /// callers wait for its result instead of scanning the same buckets.
+    refresh: Mutex<()>,
     /// Bytes of log records on disk (values only), for `max_log_bytes`.
     log_bytes: AtomicU64,
     /// Every log seq below this has been deleted. The log is a queue: records
     /// leave from its head, and an LSM keeps their tombstones until compaction,
     /// so every scan starts here instead of walking the deleted head again.
     log_start: AtomicU64,
-    /// Keys held, tombstones included.
-    keys: AtomicU64,
     /// The HLC high-water mark as of the last commit.
     high_water: AtomicU64,
+    /// The newest log records, encoded, for the streams that keep up.
+    pub(crate) window: LogWindow,
     _lock: DirLock,
 }
 
@@ -80,8 +93,6 @@ pub struct Recovered {
     pub last_seq: u64,
     /// True if the directory held no data: a new or wiped node.
     pub fresh: bool,
-    /// Number of keys, tombstones included.
-    pub keys: u64,
 }
 
 fn read_u64(ks: &Keyspace, key: &[u8]) -> Result<Option<u64>> {
@@ -100,8 +111,10 @@ fn read_u64(ks: &Keyspace, key: &[u8]) -> Result<Option<u64>> {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`, checks that it belongs to this
-    /// node and cluster, and rebuilds the digests.
+    /// Opens (or creates) the store in `dir` and checks that it belongs to
+    /// this node and cluster. Nothing here reads every key: the digests are
+    /// rebuilt by the first [`Store::refresh_digests`], so a restart takes
+    /// as long as the journal replay, not as long as the data.
     pub fn open(
         dir: &Path,
         node_id: &str,
@@ -116,6 +129,8 @@ impl Store {
             .cache_size(cache_mb * 1024 * 1024)
             // The writer decides when to sync; fjall must not do it behind our back.
             .manual_journal_persist(true)
+            // The journal is replayed at start-up: its cap bounds restart time.
+            .max_journaling_size(MAX_JOURNAL_BYTES)
             .open()?;
         // Memtables bound most of the engine's memory; fjall's default is 64 MiB each.
         let memtable = memtable_mb.max(1) * 1024 * 1024;
@@ -141,7 +156,8 @@ impl Store {
             }
         }
 
-        let mut high_water = read_u64(&meta, META_HLC)?.unwrap_or(0);
+        // Written in every commit batch, so it covers every stored version.
+        let high_water = read_u64(&meta, META_HLC)?.unwrap_or(0);
         let mut last_seq = read_u64(&meta, META_LAST_SEQ)?.unwrap_or(0);
         if let Some(kv) = log.last_key_value() {
             last_seq = last_seq.max(codec::log_seq(&kv.key()?)?);
@@ -156,27 +172,19 @@ impl Store {
             log_bytes += v.len() as u64;
         }
 
-        let mut digests = Digests::default();
-        let mut keys = 0u64;
-        for kv in data.iter() {
-            let (k, v) = kv.into_inner()?;
-            let version = codec::decode_version(&v)?;
-            let key = codec::user_key(&k)?;
-            high_water = high_water.max(version.hlc);
-            digests.replace(key.as_bytes(), None, &version);
-            keys += 1;
-        }
+        let fresh = data.first_key_value().is_none();
         db.persist(PersistMode::SyncAll)?;
         let store = Arc::new(Store {
             db,
             data,
             log,
             meta,
-            digests: Mutex::new(digests),
+            digests: Mutex::new(DigestBook::all_dirty()),
+            refresh: Mutex::new(()),
             log_bytes: AtomicU64::new(log_bytes),
             log_start: AtomicU64::new(log_start),
-            keys: AtomicU64::new(keys),
             high_water: AtomicU64::new(high_water),
+            window: LogWindow::new(last_seq, WINDOW_BYTES),
             _lock: lock,
         });
         Ok((
@@ -184,8 +192,7 @@ impl Store {
             Recovered {
                 high_water,
                 last_seq,
-                fresh: keys == 0,
-                keys,
+                fresh,
             },
         ))
     }
@@ -198,14 +205,30 @@ impl Store {
             .transpose()
     }
 
-    /// Log records with seq greater than `after`, at most `max_entries` and
-    /// about `max_bytes` (always at least one record if any exists).
+    /// Encoded log records with seq greater than `after`, at most
+    /// `max_entries` and about `max_bytes` (always at least one record if any
+    /// exists), from memory if the window still starts early enough, else
+    /// from disk (blocking). Records are never decoded: the receiver checks
+    /// each one.
     pub fn log_after(
         &self,
         after: u64,
         max_entries: usize,
         max_bytes: usize,
-    ) -> Result<Vec<(u64, proto::Mutation)>> {
+    ) -> Result<Vec<(u64, Bytes)>> {
+        match self.window.after(after, max_entries, max_bytes) {
+            Some(records) => Ok(records),
+            None => self.log_after_on_disk(after, max_entries, max_bytes),
+        }
+    }
+
+    /// [`Store::log_after`] from the `log` keyspace alone.
+    pub fn log_after_on_disk(
+        &self,
+        after: u64,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Bytes)>> {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         let from = after
@@ -213,15 +236,12 @@ impl Store {
             .max(self.log_start.load(Ordering::Acquire));
         for kv in self.log.range(codec::log_key(from)..) {
             let (k, v) = kv.into_inner()?;
-            // As framed in a `repeated Mutation` field: tag, length, record.
-            let framed = 1 + prost::encoding::encoded_len_varint(v.len() as u64) + v.len();
+            let framed = crate::wire::framed_len(v.len());
             if !out.is_empty() && (out.len() >= max_entries || bytes + framed > max_bytes) {
                 break;
             }
             bytes += framed;
-            let m = proto::Mutation::decode(v.as_ref())
-                .map_err(|e| Error::Corrupt(format!("log record: {e}")))?;
-            out.push((codec::log_seq(&k)?, m));
+            out.push((codec::log_seq(&k)?, Bytes::copy_from_slice(&v)));
         }
         Ok(out)
     }
@@ -256,14 +276,9 @@ impl Store {
         self.log_bytes.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Keys held, tombstones included.
+    /// Keys held, tombstones included, as of the last digest refresh.
     pub fn key_count(&self) -> u64 {
-        self.keys.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn adjust_keys(&self, added: u64, removed: u64) {
-        self.keys.fetch_add(added, Ordering::Relaxed);
-        self.keys.fetch_sub(removed, Ordering::Relaxed);
+        self.book().keys()
     }
 
     /// Deletes log records from the start for as long as `drop(seq, record,
@@ -304,6 +319,7 @@ impl Store {
             }
             if let Some(next) = next_start {
                 self.log_start.fetch_max(next, Ordering::AcqRel);
+                self.window.forget_before(next);
             }
             if done {
                 break;
@@ -429,10 +445,51 @@ impl Store {
         Ok(())
     }
 
-    /// The digests, locked. Hold the guard briefly and never across `.await`.
-    pub fn digests(&self) -> MutexGuard<'_, Digests> {
+    /// The digest bookkeeping, locked. Hold the guard briefly and never
+    /// across `.await`.
+    fn book(&self) -> MutexGuard<'_, DigestBook> {
         // A panic while holding this lock leaves plain integers behind: still usable.
         self.digests.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks the buckets of `keys` dirty. The writer calls it after each
+    /// commit, which is what lets it skip reading the versions it replaces.
+    pub(crate) fn touch_digests<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
+        let mut book = self.book();
+        for key in keys {
+            book.touch(bucket_of(key.as_bytes()));
+        }
+    }
+
+    /// The digests of every bucket, after rescanning the buckets written
+    /// since the last refresh. Blocking: one prefix scan per dirty bucket,
+    /// which after a restart is every key. A bucket a commit touches during
+    /// its scan keeps its scanned digest and stays dirty for the next call.
+    pub fn refresh_digests(&self) -> Result<Digests> {
+        let _one_at_a_time = self.refresh.lock().unwrap_or_else(|p| p.into_inner());
+        let dirty = self.book().dirty();
+        let started = std::time::Instant::now();
+        let mut entries: Vec<(Vec<u8>, Version)> = Vec::new();
+        for &(bucket, generation) in &dirty {
+            entries.clear();
+            for kv in self.data.prefix(bucket.to_be_bytes()) {
+                let (k, v) = kv.into_inner()?;
+                entries.push((k[2..].to_vec(), codec::decode_version(&v)?));
+            }
+            let digest = bucket_digest(entries.iter().map(|(k, v)| (k.as_slice(), v)));
+            let count = u32::try_from(entries.len()).unwrap_or(u32::MAX);
+            self.book().settle(bucket, generation, digest, count);
+        }
+        let took = started.elapsed();
+        if took > std::time::Duration::from_secs(1) {
+            tracing::info!(
+                buckets = dirty.len(),
+                keys = self.key_count(),
+                ?took,
+                "digests rebuilt"
+            );
+        }
+        Ok(self.book().digests().clone())
     }
 
     /// Syncs the journal to disk.

@@ -7,7 +7,9 @@
 //!   exactly one bucket instead of the whole map.
 //! - `log`: `seq (u64 BE)` → [`Mutation`](crate::proto::Mutation): the writes
 //!   that originated on this node, in order. Peers are fed from here, so a
-//!   peer's backlog lives on disk, never in memory.
+//!   peer's backlog lives on disk, never in memory; the newest records are
+//!   also kept encoded in a bounded [`window`] that the streams that keep up
+//!   read instead.
 //! - `meta`: the HLC high-water mark, the last log seq, the node and cluster
 //!   ids the directory belongs to, and (with replication) the peer cursors.
 //!
@@ -28,6 +30,7 @@ pub mod codec;
 pub mod digest;
 mod engine;
 mod lock;
+pub mod window;
 pub mod writer;
 
 pub use digest::{bucket_of, Digests, BUCKETS};

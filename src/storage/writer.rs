@@ -295,14 +295,6 @@ struct Writer {
     cursors: HashMap<String, u64>,
 }
 
-/// How one key's state changed within a batch.
-enum DigestChange {
-    /// From the old version (if any) to the new one.
-    Replace(String, Option<Version>, Version),
-    /// The entry at this version was removed.
-    Remove(String, Version),
-}
-
 /// What one request gets back once the batch is committed.
 enum Outcome {
     Local(Vec<Version>),
@@ -417,9 +409,10 @@ impl Writer {
         let store = Arc::clone(&self.store);
         let mut batch = store.db.batch();
         let mut overlay: HashMap<String, Option<Entry>> = HashMap::new();
-        // Digest updates in batch order, each computed against the state the
-        // batch had reached, so that they compose whatever the mix of commands.
-        let mut changes: Vec<DigestChange> = Vec::new();
+        // The keys this batch changes: their buckets' digests go dirty.
+        let mut changes: Vec<String> = Vec::new();
+        // This batch's log records, for the window once committed.
+        let mut records = Vec::new();
         let mut outcomes = Vec::with_capacity(cmds.len());
         let mut seq = self.last_seq;
         let mut log_bytes = 0u64;
@@ -431,7 +424,9 @@ impl Writer {
                 Command::Local { writes, .. } => {
                     let mut versions = Vec::with_capacity(writes.len());
                     for (key, value) in writes.iter_mut() {
-                        let old = self.current(&overlay, key)?;
+                        // No read of the old version: the clock has seen every
+                        // stored version, so a local write always wins, and the
+                        // digests are rescanned lazily (see `storage::digest`).
                         let entry = Entry {
                             version: Version {
                                 hlc: self.hlc.now(),
@@ -439,22 +434,19 @@ impl Writer {
                             },
                             value: value.take(),
                         };
-                        // The clock has seen every stored version, so a local write always wins.
-                        debug_assert!(entry.wins_over(old.as_ref()));
                         seq += 1;
                         batch.insert(
                             &store.data,
                             codec::data_key(key),
                             codec::encode_entry(&entry, now_ms),
                         );
-                        let record = codec::to_mutation(key, &entry).encode_to_vec();
+                        let record = prost::bytes::Bytes::from(
+                            codec::to_mutation(key, &entry).encode_to_vec(),
+                        );
                         log_bytes += record.len() as u64;
-                        batch.insert(&store.log, codec::log_key(seq).to_vec(), record);
-                        changes.push(DigestChange::Replace(
-                            key.clone(),
-                            old.map(|o| o.version),
-                            entry.version.clone(),
-                        ));
+                        batch.insert(&store.log, codec::log_key(seq).to_vec(), &record[..]);
+                        records.push((seq, record));
+                        changes.push(key.clone());
                         tracing::trace!(key = %key, version = %entry.version, seq, tombstone = entry.is_tombstone(), "local write");
                         versions.push(entry.version.clone());
                         overlay.insert(key.clone(), Some(entry));
@@ -512,11 +504,7 @@ impl Writer {
                             codec::data_key(key),
                             codec::encode_entry(entry, now_ms),
                         );
-                        changes.push(DigestChange::Replace(
-                            key.clone(),
-                            old.map(|o| o.version),
-                            entry.version.clone(),
-                        ));
+                        changes.push(key.clone());
                         overlay.insert(key.clone(), Some(entry.clone()));
                         applied += 1;
                     }
@@ -536,7 +524,7 @@ impl Writer {
                         if matches {
                             tracing::trace!(key = %key, version = %version, only_tombstones = *only_tombstones, "forgotten");
                             batch.remove(&store.data, codec::data_key(key));
-                            changes.push(DigestChange::Remove(key.clone(), version.clone()));
+                            changes.push(key.clone());
                             overlay.insert(key.clone(), None);
                             purged += 1;
                         }
@@ -566,23 +554,9 @@ impl Writer {
             return Err(Error::Storage(e));
         }
 
-        {
-            let mut digests = store.digests();
-            let (mut added, mut removed) = (0, 0);
-            for change in &changes {
-                match change {
-                    DigestChange::Replace(key, old, new) => {
-                        digests.replace(key.as_bytes(), old.as_ref(), new);
-                        added += u64::from(old.is_none());
-                    }
-                    DigestChange::Remove(key, version) => {
-                        digests.remove(key.as_bytes(), version);
-                        removed += 1;
-                    }
-                }
-            }
-            store.adjust_keys(added, removed);
-        }
+        store.touch_digests(changes.iter().map(String::as_str));
+        // Before the seq is announced: a stream woken by it finds the records.
+        store.window.append(records);
         store.add_log_bytes(log_bytes);
         store.set_high_water(self.hlc.high_water());
         if seq != self.last_seq {
@@ -894,7 +868,7 @@ mod tests {
             Some(&b"b"[..])
         );
         let (digests, keys) = recount(&store);
-        assert_eq!(*store.digests(), digests);
+        assert_eq!(store.refresh_digests().unwrap(), digests);
         assert_eq!(store.key_count(), keys);
         assert_eq!(keys, 2);
     }
@@ -938,7 +912,7 @@ mod tests {
             "an expired tombstone for an absent key is not stored"
         );
         let (digests, keys) = recount(&store);
-        assert_eq!(*store.digests(), digests);
+        assert_eq!(store.refresh_digests().unwrap(), digests);
         assert_eq!((store.key_count(), keys), (1, 1));
         // A recent tombstone is stored as usual.
         let now = SystemClock.now_ms();
