@@ -44,7 +44,57 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// Caps glibc's malloc at two arenas. By default it makes up to eight per
+/// core, and every thread that ever allocates (runtime workers, the writer,
+/// the blocking pool, the engine's workers) can end up holding freed memory
+/// in its own: after loading 1,000,000 keys a node held about a third more
+/// resident memory than with two arenas, which cost no measurable CPU.
+/// Called before any thread starts.
+fn cap_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; no thread is running yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// Hands memory that malloc holds free back to the OS once the node is
+/// quiet. glibc returns only the top of a heap by itself, so the memtables
+/// the engine frees after a flush would otherwise stay resident for good.
+/// Trimming under load would only trade page faults for the same memory,
+/// so it waits for a second in which the process used under 5% of a core.
+async fn trim_malloc_when_idle() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        fn cpu_time() -> std::time::Duration {
+            // SAFETY: getrusage fills the struct it is given.
+            let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+            unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+            let tv = |t: libc::timeval| {
+                std::time::Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000)
+            };
+            tv(u.ru_utime) + tv(u.ru_stime)
+        }
+        const TICK: std::time::Duration = std::time::Duration::from_secs(1);
+        let mut last = cpu_time();
+        let mut trimmed = false;
+        loop {
+            tokio::time::sleep(TICK).await;
+            let now = cpu_time();
+            let idle = now.saturating_sub(last) < TICK / 20;
+            last = now;
+            if idle && !trimmed {
+                // SAFETY: malloc_trim only releases free pages; it is thread-safe.
+                let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+                last = cpu_time();
+            }
+            trimmed = idle;
+        }
+    }
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    cap_malloc_arenas();
     let config::Loaded { config, warnings } =
         config::load(args.config.as_deref(), std::env::vars(), args.overrides())?;
     init_tracing(config.log_format);
@@ -55,6 +105,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     rt.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(on_signal(shutdown.clone()));
+        tokio::spawn(trim_malloc_when_idle());
         server::run(config, shutdown).await
     })?;
     Ok(())
