@@ -26,6 +26,9 @@ use crate::{
 
 const META_HLC: &[u8] = b"hlc";
 const META_LAST_SEQ: &[u8] = b"last_seq";
+/// Every log seq below it was deleted by retention: start-up scans the log
+/// from here instead of stepping over the tombstones of the whole history.
+const META_LOG_START: &[u8] = b"log_start";
 const META_NODE_ID: &[u8] = b"node_id";
 const META_CLUSTER_ID: &[u8] = b"cluster_id";
 const CURSOR_PREFIX: &str = "cursor/";
@@ -164,7 +167,8 @@ impl Store {
         }
         let mut log_bytes = 0u64;
         let mut log_start = last_seq + 1;
-        for (i, kv) in log.iter().enumerate() {
+        let deleted_below = read_u64(&meta, META_LOG_START)?.unwrap_or(0);
+        for (i, kv) in log.range(codec::log_key(deleted_below)..).enumerate() {
             let (k, v) = kv.into_inner()?;
             if i == 0 {
                 log_start = codec::log_seq(&k)?;
@@ -314,10 +318,9 @@ impl Store {
                     break;
                 }
             }
-            if n > 0 {
-                batch.commit()?;
-            }
             if let Some(next) = next_start {
+                batch.insert(&self.meta, META_LOG_START, next.to_be_bytes().to_vec());
+                batch.commit()?;
                 self.log_start.fetch_max(next, Ordering::AcqRel);
                 self.window.forget_before(next);
             }
