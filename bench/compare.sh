@@ -156,6 +156,9 @@ bench --endpoint "${MK[0]}" --requests 1000 --batch 1000 --concurrency 8 --keys 
   --keyspace 1000000 >"$WORK/mk_million.json"
 deadline=$((SECONDS + 300))
 wait_level 300
+# Memory at rest: a node hands what malloc holds free back to the OS after
+# a quiet second (see DESIGN, "Bounds").
+sleep 3
 rss() { awk '/VmRSS/ { print $2 }' "/proc/$1/status"; }
 printf '{"node1_kib": %s, "node2_kib": %s, "node3_kib": %s}\n' \
   "$(rss "${MKPID[1]}")" "$(rss "${MKPID[2]}")" "$(rss "${MKPID[3]}")" >"$WORK/mk_rss.json"
