@@ -58,12 +58,13 @@ fn cap_malloc_arenas() {
     }
 }
 
-/// Hands memory that malloc holds free back to the OS once the node is
-/// quiet. glibc returns only the top of a heap by itself, so the memtables
-/// the engine frees after a flush would otherwise stay resident for good.
-/// Trimming under load would only trade page faults for the same memory,
-/// so it waits for a second in which the process used under 5% of a core.
-async fn trim_malloc_when_idle() {
+/// Hands memory that malloc holds free back to the OS. glibc returns only
+/// the top of a heap by itself, so the memtables the engine frees after a
+/// flush would otherwise stay resident for good. Trimming often under load
+/// would only trade page faults for the same memory, so it runs once a
+/// quiet second (under 10% of a core) begins, and at most every 10 s while
+/// the node stays busy.
+async fn trim_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         fn cpu_time() -> std::time::Duration {
@@ -76,19 +77,21 @@ async fn trim_malloc_when_idle() {
             tv(u.ru_utime) + tv(u.ru_stime)
         }
         const TICK: std::time::Duration = std::time::Duration::from_secs(1);
+        const BUSY_EVERY: u32 = 10;
         let mut last = cpu_time();
-        let mut trimmed = false;
+        let (mut was_idle, mut since_trim) = (false, 0u32);
         loop {
             tokio::time::sleep(TICK).await;
             let now = cpu_time();
-            let idle = now.saturating_sub(last) < TICK / 20;
-            last = now;
-            if idle && !trimmed {
+            let idle = now.saturating_sub(last) < TICK / 10;
+            since_trim += 1;
+            if (idle && !was_idle) || since_trim >= BUSY_EVERY {
                 // SAFETY: malloc_trim only releases free pages; it is thread-safe.
                 let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
-                last = cpu_time();
+                since_trim = 0;
             }
-            trimmed = idle;
+            was_idle = idle;
+            last = cpu_time();
         }
     }
 }
@@ -105,7 +108,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     rt.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(on_signal(shutdown.clone()));
-        tokio::spawn(trim_malloc_when_idle());
+        tokio::spawn(trim_malloc());
         server::run(config, shutdown).await
     })?;
     Ok(())
