@@ -182,7 +182,7 @@ async fn read(ctx: &Ctx, after: u64) -> crate::error::Result<Vec<(u64, Bytes)>> 
     }
     let store = Arc::clone(&ctx.store);
     ctx.blocking
-        .run("log read", move || store.log_after_on_disk(after, n, b))
+        .run("log read", move || store.log_after(after, n, b))
         .await?
 }
 

@@ -1,9 +1,8 @@
 //! Bucketed XOR digests of the whole map, for anti-entropy.
 //!
 //! A stable hash places each key in one of [`BUCKETS`] buckets. A bucket's
-//! digest is the XOR of `hash(key, version)` over its entries, so applying a
-//! write updates it in O(1): XOR out the old version, XOR in the new. Two
-//! replicas whose digests agree on a bucket hold the same versions there (up
+//! digest is the XOR of `hash(key, version)` over its entries, in any order.
+//! Two replicas whose digests agree on a bucket hold the same versions there (up
 //! to a 64-bit collision); the buckets that differ are all that a repair has
 //! to look at. The seeds are fixed: digests must match across builds.
 //!
@@ -63,7 +62,9 @@ impl std::fmt::Debug for Digests {
 }
 
 impl Digests {
-    /// Records that `key` changed from `old` (if any) to `new`.
+    /// Records that `key` changed from `old` (if any) to `new`: the
+    /// incremental rule, which the lazy [`DigestBook`] is tested against.
+    #[cfg(test)]
     pub fn replace(&mut self, key: &[u8], old: Option<&Version>, new: &Version) {
         let b = usize::from(bucket_of(key));
         if let Some(old) = old {
@@ -72,7 +73,8 @@ impl Digests {
         self.0[b] ^= entry_hash(key, new);
     }
 
-    /// Records that `key` at `version` was removed (tombstone purge).
+    /// Records that `key` at `version` was removed.
+    #[cfg(test)]
     pub fn remove(&mut self, key: &[u8], version: &Version) {
         self.0[usize::from(bucket_of(key))] ^= entry_hash(key, version);
     }
@@ -95,13 +97,6 @@ impl Digests {
             .map(|b| b as u16)
             .collect()
     }
-}
-
-/// The digest of one bucket from its entries, in any order.
-pub fn bucket_digest<'a>(entries: impl IntoIterator<Item = (&'a [u8], &'a Version)>) -> u64 {
-    entries
-        .into_iter()
-        .fold(0, |acc, (key, version)| acc ^ entry_hash(key, version))
 }
 
 /// The digests with the bookkeeping that keeps them lazily: which buckets
@@ -239,7 +234,7 @@ mod tests {
             book.settle(
                 b,
                 generation,
-                bucket_digest(entries.clone()),
+                entries.iter().fold(0, |d, (k, v)| d ^ entry_hash(k, v)),
                 entries.len() as u32,
             );
         }

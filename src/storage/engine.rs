@@ -17,7 +17,7 @@ use crate::{
     proto,
     storage::{
         codec,
-        digest::{bucket_digest, bucket_of, DigestBook, Digests},
+        digest::{bucket_of, entry_hash, DigestBook, Digests},
         lock::DirLock,
         window::{LogWindow, WINDOW_BYTES},
     },
@@ -77,7 +77,7 @@ pub struct Store {
     /// The HLC high-water mark as of the last commit.
     high_water: AtomicU64,
     /// The newest log records, encoded, for the streams that keep up.
-    pub(crate) window: LogWindow,
+    pub window: LogWindow,
     _lock: DirLock,
 }
 
@@ -209,25 +209,11 @@ impl Store {
             .transpose()
     }
 
-    /// Encoded log records with seq greater than `after`, at most
+    /// Encoded log records from disk with seq greater than `after`, at most
     /// `max_entries` and about `max_bytes` (always at least one record if any
-    /// exists), from memory if the window still starts early enough, else
-    /// from disk (blocking). Records are never decoded: the receiver checks
-    /// each one.
+    /// exists). Records are never decoded: the receiver checks each one.
+    /// Streams that keep up read the same records from [`Store::window`].
     pub fn log_after(
-        &self,
-        after: u64,
-        max_entries: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<(u64, Bytes)>> {
-        match self.window.after(after, max_entries, max_bytes) {
-            Some(records) => Ok(records),
-            None => self.log_after_on_disk(after, max_entries, max_bytes),
-        }
-    }
-
-    /// [`Store::log_after`] from the `log` keyspace alone.
-    pub fn log_after_on_disk(
         &self,
         after: u64,
         max_entries: usize,
@@ -472,15 +458,14 @@ impl Store {
         let _one_at_a_time = self.refresh.lock().unwrap_or_else(|p| p.into_inner());
         let dirty = self.book().dirty();
         let started = std::time::Instant::now();
-        let mut entries: Vec<(Vec<u8>, Version)> = Vec::new();
         for &(bucket, generation) in &dirty {
-            entries.clear();
+            let (mut digest, mut count) = (0u64, 0u32);
             for kv in self.data.prefix(bucket.to_be_bytes()) {
                 let (k, v) = kv.into_inner()?;
-                entries.push((k[2..].to_vec(), codec::decode_version(&v)?));
+                // The data key is `bucket (2 bytes) ‖ key`.
+                digest ^= entry_hash(&k[2..], &codec::decode_version(&v)?);
+                count = count.saturating_add(1);
             }
-            let digest = bucket_digest(entries.iter().map(|(k, v)| (k.as_slice(), v)));
-            let count = u32::try_from(entries.len()).unwrap_or(u32::MAX);
             self.book().settle(bucket, generation, digest, count);
         }
         let took = started.elapsed();
