@@ -66,6 +66,29 @@ pub fn request(method: &'static str, took: Duration) {
         .record(took.as_secs_f64());
 }
 
+/// How long one stage of the write or replication path took, so that a
+/// replication lag can be taken apart (`meshkv_stage_duration_seconds`):
+/// - `writer_prepare`: the writer building a group commit (point reads for
+///   remote merges, encoding), before the storage engine sees it;
+/// - `writer_commit`: the storage engine committing it, fsync included;
+/// - `log_read_disk`: a streamer reading a batch from disk (it fell behind
+///   the in-memory window);
+/// - `replicate_round_trip`: a streamed batch, from sent to acknowledged;
+/// - `replicate_apply`: a peer's batch, from received to durable here;
+/// - `retention`: one pass of log retention.
+pub fn stage(stage: &'static str, took: Duration) {
+    metrics::histogram!("meshkv_stage_duration_seconds", "stage" => stage)
+        .record(took.as_secs_f64());
+}
+
+/// How long after its origin stamped it the oldest entry of a streamed batch
+/// became durable here: the replication lag as this node sees it, measured
+/// across two clocks (so skew adds to it).
+pub fn replication_delay(origin: &str, took: Duration) {
+    metrics::histogram!("meshkv_replication_delay_seconds", "origin" => origin.to_string())
+        .record(took.as_secs_f64());
+}
+
 /// A batch received from a peer: how many entries came, how many won, and
 /// how many were refused (skipped, never stalling the sender).
 pub fn replicated_in(origin: &str, received: u64, applied: u64, refused: u64) {

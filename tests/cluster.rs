@@ -124,6 +124,18 @@ async fn a_node_paused_for_20s_converges_after_sigcont_and_status_shows_its_back
         metrics.contains("meshkv_request_duration_seconds_bucket"),
         "{metrics}"
     );
+    for stage in ["writer_commit", "replicate_round_trip"] {
+        assert!(
+            metrics.contains(&format!(
+                "meshkv_stage_duration_seconds_bucket{{stage=\"{stage}\""
+            )),
+            "{stage}: {metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("meshkv_replication_delay_seconds_bucket{origin=\"node2\""),
+        "{metrics}"
+    );
 
     // The scenario is a 20 s pause: that is its length, not a wait for a condition.
     tokio::time::sleep(Duration::from_secs(20).saturating_sub(paused_at.elapsed())).await;

@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     api::validate::Membership,
+    clock::{physical_ms, PhysicalClock, SystemClock},
     error::{Error, Result},
     proto::{self, replication_server::Replication},
     security::ConnInfo,
@@ -38,7 +39,13 @@ async fn apply(
     writer: &WriterHandle,
     req: proto::ReplicateRequest,
 ) -> Result<proto::ReplicateResponse> {
+    let started = std::time::Instant::now();
     let received = req.mutations.len() as u64;
+    // The oldest entry of a streamed batch is its first: records go in seq order.
+    let stamped_ms = match req.mutations.first().and_then(|m| m.version.as_ref()) {
+        Some(v) if !req.repair => Some(physical_ms(v.hlc)),
+        _ => None,
+    };
     // Each entry is checked alone: one that must be refused is skipped
     // and reported, and the rest of the batch is applied, so the sender's
     // stream moves on instead of retrying the same batch forever.
@@ -52,6 +59,14 @@ async fn apply(
         writer.apply(mutations, !req.repair).await?
     };
     crate::metrics::replicated_in(&req.origin, received, applied, refused.len() as u64);
+    crate::metrics::stage("replicate_apply", started.elapsed());
+    if let Some(ms) = stamped_ms {
+        let now_ms = SystemClock.now_ms();
+        crate::metrics::replication_delay(
+            &req.origin,
+            std::time::Duration::from_millis(now_ms.saturating_sub(ms)),
+        );
+    }
     Ok(proto::ReplicateResponse { applied, refused })
 }
 

@@ -254,9 +254,7 @@ pub async fn round(
     if rules.recovered_high_water.is_some() {
         // Checked on the first answer of each start, so that a regression is
         // acted on once.
-        let mut s = peer_state.lock();
-        s.high_water_checked = true;
-        s.regressed |= regressed;
+        peer_state.handle(ctx, super::machine::Event::HighWaterChecked { regressed });
     }
     if regressed {
         tracing::warn!(

@@ -115,6 +115,7 @@ pub async fn run(manager: Arc<PeerManager>, shutdown: CancellationToken) {
             age => now_ms.saturating_sub(age * 1000),
         };
         let store = Arc::clone(&ctx.store);
+        let started = std::time::Instant::now();
         let truncated = ctx
             .blocking
             .run("log truncation", move || {
@@ -125,6 +126,7 @@ pub async fn run(manager: Arc<PeerManager>, shutdown: CancellationToken) {
             })
             .await
             .and_then(|r| r);
+        crate::metrics::stage("retention", started.elapsed());
         match truncated {
             Ok((0, _)) => {}
             Ok((n, bytes)) => {

@@ -20,7 +20,8 @@ use crate::{
     high_water::SeenMarks,
     replication::{
         log,
-        peer::{Backoff, Peer, PeerState},
+        machine::PeerState,
+        peer::{Backoff, Peer},
         repair, stream,
     },
     storage::{blocking::Blocking, Store, WriterHandle},

@@ -3,9 +3,11 @@
 //! whole design; this is the map of the module.
 //!
 //! **Two tasks per peer**, coordinating only through the peer's shared state
-//! ([`peer`]). The [`stream`]er ships the `log` keyspace (this node's own
-//! writes, by seq) from a persisted cursor, two batches in flight, and sleeps
-//! on a `watch` of the last committed seq when caught up. The backlog of a
+//! ([`peer`]), which changes only by steps of the pure state [`machine`]. The
+//! [`stream`]er ships the `log` keyspace (this node's own writes, by seq)
+//! from a persisted cursor over one `ReplicateStream`, four batches in
+//! flight, from the in-memory window or from disk, and sleeps on a `watch`
+//! of the last committed seq when caught up. The backlog of a
 //! peer that is away lives on disk, so memory does not grow with an outage.
 //! The [`repair`]er runs anti-entropy rounds: at start-up, every interval
 //! whether or not the stream is busy, and at once when the streamer finds a
@@ -33,6 +35,7 @@
 
 pub mod anti_entropy;
 pub mod log;
+pub mod machine;
 pub mod manager;
 pub mod peer;
 pub mod repair;

@@ -1,7 +1,8 @@
 //! A peer's shared state, and the backoff its tasks use. Each peer has two
 //! tasks: a [streamer](super::stream) and a [repairer](super::repair). They
-//! coordinate only through this state: the streamer marks a gap, the repairer
-//! clears it and wakes the streamer.
+//! coordinate only through this state, which changes only by steps of the
+//! pure [state machine](super::machine): the streamer reports a gap, the
+//! repairer's round clears it, and the actions of each step wake the other.
 
 use std::{
     sync::{Mutex, MutexGuard},
@@ -12,66 +13,10 @@ use rand::{rngs::SmallRng, Rng, SeedableRng};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// What a peer task is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// Shipping the log.
-    Streaming,
-    /// Running anti-entropy.
-    Repairing,
-}
-
-impl Phase {
-    /// The name shown in status.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Streaming => "streaming",
-            Phase::Repairing => "repairing",
-        }
-    }
-}
-
-/// The replication state of one peer, shared with status and retention.
-#[derive(Debug, Clone)]
-pub struct PeerState {
-    /// The last RPC succeeded.
-    pub connected: bool,
-    /// Highest local seq the peer acknowledged (persisted as its cursor).
-    pub acked_seq: u64,
-    /// The last error, cleared by the next success.
-    pub last_error: Option<String>,
-    /// What the task is doing.
-    pub phase: Phase,
-    /// Anti-entropy rounds finished with this peer.
-    pub repair_rounds: u64,
-    /// Keys those rounds pushed or pulled.
-    pub keys_repaired: u64,
-    /// The log no longer holds what the peer needs: repair, then resume at
-    /// the seq captured when the repair started.
-    pub needs_repair: bool,
-    /// This node started fresh or stale: anti-entropy with the peer is
-    /// pull-only until the first round with it finishes.
-    pub catching_up: bool,
-    /// The first round with the peer since this node started has finished.
-    /// The stream waits for it: it tells whether this node's data went back
-    /// in time, and then the old records in the log must not be sent.
-    pub first_round_done: bool,
-    /// The peer's answer about this node's high-water mark has been checked
-    /// since start-up (once: later answers reflect this run's own reports).
-    pub high_water_checked: bool,
-    /// That check found this node's data went back in time: rounds with the
-    /// peer catch up and drop old keys it lacks until one finishes.
-    pub regressed: bool,
-    /// Entries the peer refused, by stream or repair (they were skipped).
-    pub refused: u64,
-    /// The last refusal, as "key: reason".
-    pub last_refused: Option<String>,
-    /// Wall-clock ms at which the last complete round with the peer started:
-    /// it then held, or beat, every settled entry this node held.
-    pub last_complete_round_ms: Option<u64>,
-    /// Expired tombstones waiting on this peer, from the last collection.
-    pub tombstones_waiting: u64,
-}
+use super::{
+    machine::{step, stream_gate, Actions, Event, Gate, PeerState},
+    Ctx,
+};
 
 /// A configured peer and its shared state.
 #[derive(Debug)]
@@ -94,23 +39,7 @@ impl Peer {
         Self {
             id,
             url,
-            state: Mutex::new(PeerState {
-                connected: false,
-                acked_seq,
-                last_error: None,
-                phase: Phase::Streaming,
-                repair_rounds: 0,
-                keys_repaired: 0,
-                needs_repair: false,
-                catching_up,
-                first_round_done: false,
-                high_water_checked: false,
-                regressed: false,
-                refused: 0,
-                last_refused: None,
-                last_complete_round_ms: None,
-                tombstones_waiting: 0,
-            }),
+            state: Mutex::new(PeerState::new(acked_seq, catching_up)),
             wake: Notify::new(),
             unblocked: Notify::new(),
         }
@@ -125,16 +54,25 @@ impl Peer {
         self.lock().clone()
     }
 
-    /// Asks the task to run anti-entropy with this peer now.
-    pub fn mark_for_repair(&self) {
-        self.lock().needs_repair = true;
-        self.wake.notify_one();
-    }
-
-    pub(crate) fn failed(&self, error: String) {
-        let mut s = self.lock();
-        s.connected = false;
-        s.last_error = Some(error);
+    /// Steps the peer's state machine and carries out what it asks.
+    pub(crate) fn handle(&self, ctx: &Ctx, event: Event) -> Actions {
+        let act = step(&mut self.lock(), event);
+        if let Some(seq) = act.save_cursor {
+            ctx.writer.save_cursor(&self.id, seq);
+        }
+        if act.wake_repairer {
+            self.wake.notify_one();
+        }
+        if act.caught_up_with_one {
+            ctx.caught_up_with_one();
+        }
+        if act.wake_streamer {
+            self.unblocked.notify_waiters();
+        }
+        if act.synced {
+            ctx.synced.send_replace(true);
+        }
+        act
     }
 
     /// Records refusals the peer reported; logs the first of each new kind.
@@ -156,10 +94,9 @@ impl Peer {
         crate::metrics::peer_refused(&self.id, n);
     }
 
-    /// The streamer must wait: a repair or catch-up is due first.
-    pub(crate) fn stream_blocked(&self) -> bool {
-        let s = self.lock();
-        s.needs_repair || s.catching_up || s.regressed || !s.first_round_done
+    /// Whether the streamer may run: see [`stream_gate`].
+    pub(crate) fn gate(&self) -> Gate {
+        stream_gate(&self.lock())
     }
 }
 
@@ -242,15 +179,6 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(a.next_delay(), b.next_delay());
         }
-    }
-
-    #[test]
-    fn marking_for_repair_is_visible_in_state() {
-        let p = Peer::new("n2".into(), "http://x".into(), 5, false);
-        assert!(!p.state().needs_repair);
-        p.mark_for_repair();
-        assert!(p.state().needs_repair);
-        assert_eq!(p.state().acked_seq, 5);
     }
 
     #[test]

@@ -17,7 +17,8 @@ use crate::{
     proto::{anti_entropy_client::AntiEntropyClient, replication_client::ReplicationClient},
     replication::{
         anti_entropy::{self, Mode, Rules},
-        peer::{sleep_or_shutdown, Backoff, Peer, Phase},
+        machine::{round_due, Event, RoundEnd},
+        peer::{sleep_or_shutdown, Backoff, Peer},
         Ctx,
     },
     wire,
@@ -70,79 +71,30 @@ pub async fn run(
         let woken = peer.wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        let (needs_repair, catching_up) = {
-            let s = peer.state();
-            (s.needs_repair, s.catching_up || s.regressed)
-        };
-        if !needs_repair && !catching_up && Instant::now() < next_round {
+        let Some(mode) = round_due(&peer.state(), Instant::now() >= next_round) else {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = woken => {}
                 _ = tokio::time::sleep_until(next_round) => {}
             }
             continue;
-        }
-        let mode = if catching_up {
-            Mode::CatchUp
-        } else if needs_repair {
-            Mode::Repair
-        } else {
-            Mode::Periodic
         };
         let started_ms = ctx.clock.now_ms();
         // Everything committed before the round began is in the data it compares.
         let resume_at = ctx.last_seq();
         let rules = rules(&ctx, &peer, mode, started_ms);
-        peer.lock().phase = Phase::Repairing;
+        peer.handle(&ctx, Event::RoundStarted(mode));
         tracing::info!(peer = %peer.id, ?mode, "anti-entropy round starting");
         let round = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = anti_entropy::round(&ctx, &peer, &mut ae, &mut repl, rules) => r,
         };
-        peer.lock().phase = Phase::Streaming;
         match round {
             Ok(stats) => {
                 peer.refused(stats.refused, stats.last_refused.clone());
-                let finished = stats.finished();
-                let cursor = {
-                    let mut s = peer.lock();
-                    s.repair_rounds += 1;
-                    s.keys_repaired += stats.pushed + stats.pulled + stats.forgotten;
-                    if finished {
-                        s.connected = true;
-                        s.last_error = None;
-                    } else {
-                        s.last_error = stats.push_error.clone();
-                    }
-                    if stats.complete() {
-                        s.last_complete_round_ms = Some(started_ms);
-                    }
-                    let mut moved = None;
-                    // After a repair the stream resumes where the round
-                    // began. After finding that this node's data went back in
-                    // time it does too: the older records of the log may be
-                    // keys deleted since, and must not be sent again.
-                    let jump = (mode == Mode::Repair && s.needs_repair) || s.regressed;
-                    if finished && jump {
-                        s.needs_repair = false;
-                        s.regressed = false;
-                        if resume_at > s.acked_seq {
-                            s.acked_seq = resume_at;
-                            moved = Some(resume_at);
-                        }
-                    }
-                    if finished {
-                        s.first_round_done = true;
-                    }
-                    if finished && mode == Mode::CatchUp && s.catching_up {
-                        s.catching_up = false;
-                        ctx.caught_up_with_one();
-                    }
-                    moved
-                };
-                if let Some(seq) = cursor {
-                    ctx.writer.save_cursor(&peer.id, seq);
-                }
+                let end = RoundEnd::new(mode, &stats, resume_at, started_ms);
+                let finished = end.finished;
+                peer.handle(&ctx, Event::RoundEnded(end));
                 tracing::info!(
                     peer = %peer.id,
                     ?mode,
@@ -157,8 +109,6 @@ pub async fn run(
                 );
                 crate::metrics::anti_entropy_round(&peer.id, stats.pushed + stats.pulled);
                 if finished {
-                    peer.unblocked.notify_waiters();
-                    ctx.synced.send_replace(true);
                     backoff.reset();
                     next_round = Instant::now() + backoff.jittered(interval);
                 } else {
@@ -171,7 +121,7 @@ pub async fn run(
             }
             Err(e) => {
                 tracing::warn!(peer = %peer.id, error = %e, "anti-entropy round failed");
-                peer.failed(e.to_string());
+                peer.handle(&ctx, Event::RoundFailed(e.to_string()));
                 let delay = backoff.next_delay();
                 next_round = Instant::now() + delay;
                 if sleep_or_shutdown(delay, &shutdown).await {

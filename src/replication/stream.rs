@@ -27,6 +27,7 @@ use tonic::{codegen::http::uri::PathAndQuery, transport::Channel};
 use crate::{
     proto,
     replication::{
+        machine::{check_batch, Batch, Event, Gate},
         peer::{sleep_or_shutdown, Backoff, Peer},
         Ctx,
     },
@@ -116,7 +117,7 @@ async fn wait_unblocked(peer: &Peer, shutdown: &CancellationToken) -> bool {
         let notified = peer.unblocked.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        if !peer.stream_blocked() {
+        if peer.gate() == Gate::Open {
             return true;
         }
         tokio::select! {
@@ -138,7 +139,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     while !shutdown.is_cancelled() {
-        if peer.stream_blocked() {
+        if peer.gate() != Gate::Open {
+            peer.handle(&ctx, Event::StreamHeld);
             if !wait_unblocked(&peer, &shutdown).await {
                 return;
             }
@@ -161,7 +163,7 @@ pub async fn run(
                 // harmless, and they are sent again from the cursor.
                 let delay = backoff.next_delay();
                 tracing::debug!(peer = %peer.id, %error, ?delay, "replication stream failed");
-                peer.failed(error);
+                peer.handle(&ctx, Event::StreamFailed(error));
                 if sleep_or_shutdown(delay, &shutdown).await {
                     return;
                 }
@@ -171,19 +173,23 @@ pub async fn run(
 }
 
 /// Reads the records after `after`: from the window, inline, or from disk on
-/// the blocking pool.
-async fn read(ctx: &Ctx, after: u64) -> crate::error::Result<Vec<(u64, Bytes)>> {
+/// the blocking pool. Says which, for the peer's phase.
+async fn read(ctx: &Ctx, after: u64) -> crate::error::Result<(Vec<(u64, Bytes)>, bool)> {
     let (n, b) = (
         ctx.config.batch_max_entries,
         ctx.config.batch_max_bytes.min(wire::MAX_FILL),
     );
     if let Some(records) = ctx.store.window.after(after, n, b) {
-        return Ok(records);
+        return Ok((records, false));
     }
     let store = Arc::clone(&ctx.store);
-    ctx.blocking
+    let started = std::time::Instant::now();
+    let records = ctx
+        .blocking
         .run("log read", move || store.log_after(after, n, b))
-        .await?
+        .await??;
+    crate::metrics::stage("log_read_disk", started.elapsed());
+    Ok((records, true))
 }
 
 /// One stream, from opening it to its first error, a gap, or shutdown.
@@ -196,6 +202,7 @@ async fn session(
     shutdown: &CancellationToken,
 ) -> Result<End, String> {
     let timeout = Duration::from_millis(ctx.config.rpc_timeout_ms);
+    peer.handle(ctx, Event::Connecting);
     let (tx, rx) = mpsc::channel::<EncodedReplicateRequest>(PIPELINE);
     let mut grpc = tonic::client::Grpc::new(channel)
         .max_encoding_message_size(wire::PEER_MESSAGE_LIMIT)
@@ -221,40 +228,40 @@ async fn session(
             Err(_) => return Err(format!("opening the stream: deadline of {timeout:?} exceeded")),
         },
     };
-    peer.lock().connected = true;
+    peer.handle(ctx, Event::Opened);
     let mut pipeline = Pipeline::new(peer.state().acked_seq, timeout);
 
     loop {
-        if peer.stream_blocked() {
+        if peer.gate() != Gate::Open {
             return Ok(End::Blocked);
         }
         if pipeline.has_room() {
             let after = pipeline.next_after();
             // Mark the seq seen before reading, so a commit after the read wakes us.
             let last_seq = *seq_rx.borrow_and_update();
-            let batch = match read(ctx, after).await {
+            let (batch, from_disk) = match read(ctx, after).await {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(peer = %peer.id, error = %e, "cannot read the log");
                     return Err(format!("cannot read the log: {e}"));
                 }
             };
-            // Records must follow without a hole: retention may delete from
-            // the head of the log while this batch is being read from disk.
-            let gap = match batch.first() {
-                Some((first, _)) => {
-                    *first != after + 1 || batch.windows(2).any(|w| w[1].0 != w[0].0 + 1)
+            // Retention may delete from the head of the log while this batch
+            // is being read from disk.
+            match check_batch(after, last_seq, batch.iter().map(|(seq, _)| *seq)) {
+                Batch::Gap => {
+                    tracing::warn!(
+                        peer = %peer.id,
+                        cursor = after,
+                        "peer fell behind the start of the log; repairing it with anti-entropy"
+                    );
+                    peer.handle(ctx, Event::Gap);
+                    return Ok(End::Blocked);
                 }
-                None => last_seq > after,
-            };
-            if gap {
-                tracing::warn!(
-                    peer = %peer.id,
-                    cursor = after,
-                    "peer fell behind the start of the log; repairing it with anti-entropy"
-                );
-                peer.mark_for_repair();
-                return Ok(End::Blocked);
+                Batch::Empty => {}
+                Batch::Send => {
+                    peer.handle(ctx, Event::Read { from_disk });
+                }
             }
             if let Some(&(upto, _)) = batch.last() {
                 let count = batch.len() as u64;
@@ -307,18 +314,13 @@ async fn session(
 
 /// Moves the peer's cursor past an answered batch and records what it said.
 fn acknowledged(ctx: &Ctx, peer: &Peer, batch: Sent, resp: &proto::ReplicateResponse) {
-    {
-        let mut s = peer.lock();
-        s.acked_seq = s.acked_seq.max(batch.upto);
-        s.connected = true;
-        s.last_error = None;
-    }
+    crate::metrics::stage("replicate_round_trip", batch.at.elapsed());
+    peer.handle(ctx, Event::Acked { upto: batch.upto });
     let last = resp
         .refused
         .last()
         .map(|r| format!("{}: {}", r.key, r.reason));
     peer.refused(resp.refused.len() as u64, last);
-    ctx.writer.save_cursor(&peer.id, batch.upto);
     crate::metrics::replicated_out(&peer.id, batch.count);
 }
 

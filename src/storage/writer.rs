@@ -406,6 +406,7 @@ impl Writer {
     /// commands (only their reply senders are needed afterwards), so the
     /// write path does not copy them.
     fn commit(&mut self, cmds: &mut [Command]) -> Result<Vec<Outcome>> {
+        let started = std::time::Instant::now();
         let store = Arc::clone(&self.store);
         let mut batch = store.db.batch();
         let mut overlay: HashMap<String, Option<Entry>> = HashMap::new();
@@ -545,6 +546,8 @@ impl Writer {
             // Hand the bytes to the OS so that a crash of the process alone loses nothing.
             FsyncMode::Periodic | FsyncMode::Never => PersistMode::Buffer,
         };
+        let prepared = std::time::Instant::now();
+        crate::metrics::stage("writer_prepare", prepared - started);
         if let Err(e) = batch.durability(Some(durability)).commit() {
             let why =
                 format!("storage failed ({e}); this node refuses writes until it is restarted");
@@ -553,6 +556,7 @@ impl Writer {
             self.fatal.cancel();
             return Err(Error::Storage(e));
         }
+        crate::metrics::stage("writer_commit", prepared.elapsed());
 
         store.touch_digests(changes.iter().map(String::as_str));
         // Before the seq is announced: a stream woken by it finds the records.
