@@ -22,6 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Smaller first buffers than tonic's 8 KiB: see src/grpc_codec.rs.
+        .codec_path("crate::grpc_codec::SmallBufferCodec")
         .compile_fds(fds)?;
 
     let etcd = protox::compile(["proto/etcd/rpc.proto"], ["proto"])?;

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod grpc_codec;
 pub mod high_water;
 pub mod metrics;
 pub mod planted;
