@@ -54,14 +54,15 @@ pub enum Phase {
 }
 
 impl Phase {
-    /// The name shown in status.
+    /// The name shown in status: one word, so that the status table splits
+    /// on whitespace.
     pub fn as_str(self) -> &'static str {
         match self {
-            Phase::Waiting => "waiting for a round",
+            Phase::Waiting => "waiting",
             Phase::Connecting => "connecting",
             Phase::Streaming => "streaming",
-            Phase::CatchingUp => "catching up from disk",
-            Phase::BackingOff => "backing off",
+            Phase::CatchingUp => "catching-up",
+            Phase::BackingOff => "backing-off",
             Phase::Repairing => "repairing",
         }
     }
@@ -464,7 +465,7 @@ mod tests {
     fn reads_from_disk_show_as_catching_up() {
         let mut s = streaming(0);
         step(&mut s, Event::Read { from_disk: true });
-        assert_eq!(s.phase().as_str(), "catching up from disk");
+        assert_eq!(s.phase().as_str(), "catching-up");
         step(&mut s, Event::Read { from_disk: false });
         assert_eq!(s.phase(), Phase::Streaming);
         step(&mut s, Event::RoundStarted(Mode::Periodic));
@@ -538,6 +539,20 @@ mod tests {
             "it was not catching up from a fresh start"
         );
         assert_eq!(stream_gate(&s), Gate::Open);
+    }
+
+    #[test]
+    fn every_phase_name_is_one_word_for_the_status_table() {
+        use Phase::*;
+        for p in [
+            Waiting, Connecting, Streaming, CatchingUp, BackingOff, Repairing,
+        ] {
+            let name = p.as_str();
+            assert!(
+                !name.is_empty() && !name.contains(char::is_whitespace),
+                "{name:?}"
+            );
+        }
     }
 
     #[test]
