@@ -12,19 +12,19 @@ use meshkv::{
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-/// jemalloc, not glibc's malloc. Measured with `bench/compare.sh` on 3 local
-/// nodes, it cut the CPU per replicated write by about a quarter, mostly
-/// time glibc spent in `_int_malloc`, `malloc_consolidate` and free-list
-/// upkeep, and it returns freed memory (memtables after a flush) to the OS
-/// by itself, where glibc needed arena caps and periodic `malloc_trim`.
+/// jemalloc, not glibc's malloc. Measured on 3 local nodes, it cut the CPU
+/// per replicated write by about a sixth, mostly time glibc spent in
+/// `_int_malloc`, `malloc_consolidate` and free-list upkeep, and it returns
+/// freed memory (memtables after a flush) to the OS by itself, where glibc
+/// needed arena caps and periodic `malloc_trim`.
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's settings, read when it starts: a background thread returns
-/// dirty pages to the OS after a second, so a node at rest holds what it
-/// uses (the RSS after 1,000,000 keys stays under 150 MiB), and two arenas
-/// are plenty for a process that runs on two cores.
+/// dirty pages to the OS after a second, so a node at rest holds little
+/// more than it uses (104 to 158 MiB after 1,000,000 keys in three
+/// `bench/compare.sh` runs), and two arenas are plenty on two cores.
 #[cfg(not(target_env = "msvc"))]
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]

@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    machine::{step, stream_gate, Actions, Event, Gate, PeerState},
+    machine::{step, stream_gate, Event, Gate, PeerState},
     Ctx,
 };
 
@@ -55,7 +55,7 @@ impl Peer {
     }
 
     /// Steps the peer's state machine and carries out what it asks.
-    pub(crate) fn handle(&self, ctx: &Ctx, event: Event) -> Actions {
+    pub(crate) fn handle(&self, ctx: &Ctx, event: Event) {
         let act = step(&mut self.lock(), event);
         if let Some(seq) = act.save_cursor {
             ctx.writer.save_cursor(&self.id, seq);
@@ -72,7 +72,6 @@ impl Peer {
         if act.synced {
             ctx.synced.send_replace(true);
         }
-        act
     }
 
     /// Records refusals the peer reported; logs the first of each new kind.

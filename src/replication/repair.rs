@@ -71,7 +71,8 @@ pub async fn run(
         let woken = peer.wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        let Some(mode) = round_due(&peer.state(), Instant::now() >= next_round) else {
+        let due = round_due(&peer.lock(), Instant::now() >= next_round);
+        let Some(mode) = due else {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = woken => {}
