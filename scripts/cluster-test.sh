@@ -240,8 +240,16 @@ for n in "${NODES[@]}"; do
   for o in "${NODES[@]}"; do [ "$o" = "$n" ] || others+=("${PORT[$o]}:roll-$n-to-$o"); done
   start_writers "${others[@]}"
   sleep 2
-  docker restart -t 10 "$(cid "$n")" >/dev/null
+  clean_before=$(docker logs "$(cid "$n")" 2>&1 | grep -c "stopped cleanly" || true)
+  t0=$(date +%s.%N)
+  # The compose files' stop_grace_period (15 s): past it Docker would SIGKILL.
+  docker restart -t 15 "$(cid "$n")" >/dev/null
+  stop_s=$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$t0" "$(date +%s.%N)")
   wait_healthy "$n"
+  logs=$(docker logs "$(cid "$n")" 2>&1)
+  clean_after=$(grep -c "stopped cleanly" <<<"$logs" || true)
+  [ "$clean_after" -gt "$clean_before" ] || fail "rolling restart: $n did not log a clean stop"
+  if grep -q "did not drain" <<<"$logs"; then fail "rolling restart: $n's connections did not drain"; fi
   sleep 2
   stop_writers
   for o in "${NODES[@]}"; do
@@ -249,7 +257,7 @@ for n in "${NODES[@]}"; do
     errs=$(count "$WORK/roll-$n-to-$o.err")
     [ "$errs" = 0 ] || fail "rolling restart: $errs writes to live $o failed while $n restarted"
   done
-  say "rolling restart: $n restarted; $(cat "$WORK"/roll-"$n"-to-*.ok | wc -l) writes to the other two, none failed"
+  say "rolling restart: $n stopped cleanly and restarted in ${stop_s}s; $(cat "$WORK"/roll-"$n"-to-*.ok | wc -l) writes to the other two, none failed"
 done
 converge
 check_acked rolling "$WORK"/roll-*.ok

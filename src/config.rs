@@ -61,6 +61,10 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// How writes reach the peers and how replicas are repaired.
     pub replication: ReplicationConfig,
+    /// After SIGTERM, how long in-flight requests may take to finish before
+    /// the node stops anyway, in milliseconds. Keep it below the supervisor's
+    /// grace period (Docker's is 10 s) so that a stop is never a SIGKILL.
+    pub drain_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -80,6 +84,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             metrics_listen: None,
             replication: ReplicationConfig::default(),
+            drain_timeout_ms: 5_000,
         }
     }
 }
@@ -239,10 +244,10 @@ pub struct ReplicationConfig {
     /// known to hold them. A node whose data is older than this starts in
     /// catch-up: it pulls from each peer before it pushes anything.
     pub tombstone_ttl_secs: u64,
-    /// Remote versions further ahead of the local clock than this are logged
-    /// and counted, in milliseconds. They are applied all the same (see the
-    /// README's guarantees), and versions up to this far ahead still count as
-    /// in flight for anti-entropy.
+    /// Remote versions further ahead of the local clock than this are
+    /// refused, logged and counted, in milliseconds (see DESIGN "Clock
+    /// skew"). Versions up to this far ahead still count as in flight for
+    /// anti-entropy.
     pub max_clock_skew_ms: u64,
 }
 
@@ -693,6 +698,12 @@ impl Config {
             return bad(
                 "replication.batch_max_bytes",
                 "must be at most 64 MiB".into(),
+            );
+        }
+        if self.drain_timeout_ms > 600_000 {
+            return bad(
+                "drain_timeout_ms",
+                format!("{} is above 600000 (10 minutes)", self.drain_timeout_ms),
             );
         }
         if !(1..=1024).contains(&self.storage.memtable_mb) {

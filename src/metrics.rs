@@ -135,7 +135,8 @@ pub fn tombstones_purged(n: u64) {
     metrics::counter!("meshkv_tombstones_purged_total").increment(n);
 }
 
-/// A remote version arrived further ahead of our clock than `max_clock_skew`.
+/// A remote version arrived further ahead of our clock than `max_clock_skew`
+/// and was refused.
 pub fn clock_skew_event() {
     metrics::counter!("meshkv_clock_skew_events_total").increment(1);
 }

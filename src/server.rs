@@ -5,8 +5,9 @@
 //! A node whose data dir is empty or stale reports NOT_SERVING until its
 //! first anti-entropy round with a peer has finished. Shutdown runs in the
 //! reverse order: health goes NOT_SERVING, the server stops accepting and
-//! drains in-flight requests (for at most [`DRAIN_TIMEOUT`]), background
-//! tasks stop, and the writer commits what it still holds, syncs and exits.
+//! drains in-flight requests (for at most `drain_timeout_ms`; inbound
+//! replication streams end at once), background tasks stop, and the writer
+//! commits what it still holds, syncs and exits.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -33,10 +34,6 @@ use crate::{
     storage::{admission::LaneLimits, blocking::Blocking, writer, Recovered, Store, WriterOptions},
     wire,
 };
-
-/// How long shutdown waits for connections to finish their requests and
-/// close. Past it the node stops waiting; writes already queued still commit.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Concurrent gRPC calls one connection may have open. Peers need a handful
 /// (two pipelined batches and a repair); load generators a few hundred.
@@ -425,6 +422,7 @@ where
     let replication = ReplicationServer::new(ReplicationService::new(
         Arc::clone(&members),
         writer.clone(),
+        shutdown.clone(),
     ))
     .max_decoding_message_size(max_peer)
     .max_encoding_message_size(max_peer);
@@ -561,10 +559,12 @@ where
         c.and(p)
     };
     tokio::pin!(server);
+    // Past it the node stops waiting; writes already queued still commit.
+    let drain_timeout = Duration::from_millis(config.drain_timeout_ms);
     let served = tokio::select! {
         r = &mut server => r,
-        () = async { shutdown.cancelled().await; tokio::time::sleep(DRAIN_TIMEOUT).await } => {
-            tracing::warn!(timeout = ?DRAIN_TIMEOUT, "connections did not drain in time; stopping anyway");
+        () = async { shutdown.cancelled().await; tokio::time::sleep(drain_timeout).await } => {
+            tracing::warn!(timeout = ?drain_timeout, "connections did not drain in time; stopping anyway");
             Ok(())
         }
     };

@@ -47,9 +47,9 @@ pub const ANSWER_BUDGET: usize = 4 * 1024 * 1024;
 pub const MAX_FETCH_KEYS: usize = 1024;
 
 /// Versions whose physical part reaches this (2^47 ms, about the year 6400)
-/// are refused: applying one would move the HLC so close to its 48-bit ceiling
-/// that it could stop advancing. Anything below is applied, however far it is
-/// ahead of the local clock (see `docs/DESIGN.md`, "Clock skew").
+/// are refused before they reach the writer, which also refuses anything
+/// further ahead of its own clock than `max_clock_skew_ms`
+/// (`storage::writer::apply`; see `docs/DESIGN.md`, "Clock skew").
 pub const MAX_PHYSICAL_MS: u64 = 1 << 47;
 
 /// A [`proto::ReplicateRequest`] whose mutations are already encoded: a

@@ -162,6 +162,146 @@ async fn a_refused_entry_is_skipped_reported_and_counted_never_a_stall() {
     assert!(line.contains("node1") && line.ends_with(" 2"), "{line}");
 }
 
+/// Issue 22, item 1, as a user found it: one entry at the HLC's ceiling,
+/// sent to node1 in node2's name, used to raise node1's clock so far that
+/// every later write of node1 was refused by every peer, and anti-entropy
+/// spread the entry (and the stall) to every node. Now the entry is refused
+/// and the clock does not move: writes on every node reach every peer,
+/// before and after anti-entropy rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_from_the_far_future_is_refused_and_replication_stays_live() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> = cluster::nodes(tmp.path(), 3, &[])
+        .into_iter()
+        .map(|n| n.env("MESHKV_REPLICATION__ANTI_ENTROPY_INTERVAL_SECS", "1"))
+        .collect();
+    cluster::start_all(&mut nodes).await;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let m = |key: &str, hlc: u64| proto::Mutation {
+        key: key.into(),
+        version: Some(proto::Version {
+            hlc,
+            node_id: "node2".into(),
+        }),
+        value: Some(b"x".to_vec()),
+    };
+    let resp = nodes[0]
+        .replication()
+        .replicate(proto::ReplicateRequest {
+            cluster_id: "meshkv".into(),
+            origin: "node2".into(),
+            mutations: vec![m("p", i64::MAX as u64), m("q", (now_ms + 3_600_000) << 16)],
+            repair: false,
+        })
+        .await
+        .expect("a batch with refused entries is not an error")
+        .into_inner();
+    assert_eq!(resp.applied, 0);
+    let refused: Vec<(u32, &str)> = resp
+        .refused
+        .iter()
+        .map(|r| (r.index, r.key.as_str()))
+        .collect();
+    assert_eq!(refused, [(0, "p"), (1, "q")], "{resp:?}");
+    assert!(
+        resp.refused[1]
+            .reason
+            .contains("ahead of this node's clock"),
+        "{resp:?}"
+    );
+
+    let rounds = |st: proto::ClusterStatusResponse| -> Vec<u64> {
+        st.peers.iter().map(|p| p.repair_rounds).collect()
+    };
+    for pass in ["before", "after"] {
+        let before: Vec<Vec<u64>> = {
+            let mut v = Vec::new();
+            for n in &nodes {
+                v.push(rounds(status(n).await));
+            }
+            v
+        };
+        for (i, n) in nodes.iter().enumerate() {
+            let v = write(n, &format!("k-{pass}-{i}"), b"v".to_vec()).await;
+            assert!(
+                v.hlc >> 16 < now_ms + 600_000,
+                "{}'s clock moved to {} ms",
+                n.id,
+                v.hlc >> 16
+            );
+        }
+        for (i, from) in nodes.iter().enumerate() {
+            for to in &nodes {
+                let key = format!("k-{pass}-{i}");
+                wait_until(
+                    &format!("{key} from {} on {} ({pass} anti-entropy)", from.id, to.id),
+                    Duration::from_secs(10),
+                    || async { read(to, &key).await.is_some() },
+                )
+                .await;
+            }
+        }
+        for n in &nodes {
+            assert_eq!(read(n, "p").await, None, "{}", n.id);
+            assert_eq!(read(n, "q").await, None, "{}", n.id);
+        }
+        // Let every node finish at least two rounds with every peer.
+        for (n, was) in nodes.iter().zip(&before) {
+            wait_until(
+                &format!("two anti-entropy rounds on {}", n.id),
+                Duration::from_secs(20),
+                || async {
+                    let now = rounds(status(n).await);
+                    now.len() == was.len() && now.iter().zip(was).all(|(a, b)| *a >= b + 2)
+                },
+            )
+            .await;
+        }
+    }
+}
+
+/// Issue 22, item 2: a node with a live peer took the whole 10 s drain
+/// timeout to stop, because the peer's inbound ReplicateStream never ended,
+/// and Docker's 10 s grace period turned every stop into a SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_live_peers_exits_zero_within_two_seconds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nodes = cluster::nodes(tmp.path(), 3, &[]);
+    cluster::start_all(&mut nodes).await;
+    for (i, n) in nodes.iter().enumerate() {
+        write(n, &format!("k{i}"), b"v".to_vec()).await;
+    }
+    for n in &nodes {
+        wait_until(
+            &format!("{} streaming to every peer", n.id),
+            Duration::from_secs(20),
+            || async {
+                let st = status(n).await;
+                st.peers.len() == 2 && st.peers.iter().all(|p| p.phase == "streaming")
+            },
+        )
+        .await;
+    }
+    // Stop them one by one: the first two with live peers on both sides.
+    for n in nodes.iter_mut() {
+        let started = Instant::now();
+        let exit = n.terminate().await;
+        let took = started.elapsed();
+        let log = n.log();
+        assert!(exit.success(), "{} exited {exit}:\n{log}", n.id);
+        assert!(
+            took < Duration::from_secs(2),
+            "{} took {took:?} to stop:\n{log}",
+            n.id
+        );
+        assert!(!log.contains("did not drain"), "{}:\n{log}", n.id);
+        assert!(log.contains("stopped cleanly"), "{}:\n{log}", n.id);
+    }
+}
+
 /// Clients flood node2 until its client queue refuses them; node1's writes
 /// keep reaching node2 through the peer lane, with no replication error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -588,7 +588,7 @@ async fn sigterm_drains_and_exits_zero_and_data_survives() {
     let status = node.terminate().await;
     assert!(status.success(), "exit {status}:\n{}", node.log());
     assert!(
-        started.elapsed() < meshkv::server::DRAIN_TIMEOUT,
+        started.elapsed() < std::time::Duration::from_secs(2),
         "shutdown took {:?} with an idle client connected",
         started.elapsed()
     );

@@ -1,14 +1,24 @@
 //! The Replicate path: decode a batch, check each entry alone, merge the
-//! survivors with last-writer-wins, and store them with the storage codec.
-//! Nothing panics; a refusal names its entry; merging is order-independent;
-//! every stored entry decodes back to itself.
+//! survivors by the writer's own rule (`apply::decide`), and store them with
+//! the storage codec. Nothing panics; a refusal names its entry; within the
+//! tombstone horizon the outcome does not depend on delivery order; nothing
+//! from further ahead than the lead limit is applied; every stored entry
+//! decodes back to itself.
 #![no_main]
 
 use std::collections::BTreeMap;
 
 use libfuzzer_sys::fuzz_target;
-use meshkv::{proto, storage::codec, version, wire};
+use meshkv::{clock, proto, storage::codec, storage::writer::apply, version, wire};
 use prost::Message;
+
+/// A receiver whose horizon never passes (order matters past it by design).
+const CTX: apply::Context = apply::Context {
+    now_ms: 1 << 40,
+    ttl_ms: u64::MAX,
+    max_lead_ms: 60_000,
+    streamed: true,
+};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(req) = proto::ReplicateRequest::decode(data) else {
@@ -26,11 +36,10 @@ fuzz_target!(|data: &[u8]| {
         (&mut backward, ok.iter().rev().collect()),
     ] {
         for (key, entry) in entries {
-            let merged = match maps.remove(key) {
-                Some(old) => version::merge(old, entry.clone()),
-                None => entry.clone(),
-            };
-            maps.insert(key.clone(), merged);
+            if apply::decide(maps.get(key), entry, &CTX) == apply::Decision::Apply {
+                assert!(clock::physical_ms(entry.version.hlc) <= CTX.now_ms + CTX.max_lead_ms);
+                maps.insert(key.clone(), entry.clone());
+            }
         }
     }
     assert_eq!(forward, backward, "merge depends on delivery order");

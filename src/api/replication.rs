@@ -4,6 +4,7 @@ use std::{collections::VecDeque, sync::Arc};
 
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
@@ -25,12 +26,23 @@ pub const STREAM_APPLYING: usize = 4;
 pub struct ReplicationService {
     members: Arc<Membership>,
     writer: WriterHandle,
+    /// Cancelled when the node starts to shut down: inbound streams end.
+    shutdown: CancellationToken,
 }
 
 impl ReplicationService {
-    /// A receiver trusting `members`, applying through `writer`.
-    pub fn new(members: Arc<Membership>, writer: WriterHandle) -> Self {
-        Self { members, writer }
+    /// A receiver trusting `members`, applying through `writer`, whose
+    /// streams end once `shutdown` is cancelled.
+    pub fn new(
+        members: Arc<Membership>,
+        writer: WriterHandle,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            members,
+            writer,
+            shutdown,
+        }
     }
 }
 
@@ -49,15 +61,34 @@ async fn apply(
     // Each entry is checked alone: one that must be refused is skipped
     // and reported, and the rest of the batch is applied, so the sender's
     // stream moves on instead of retrying the same batch forever.
-    let (mutations, refused) = wire::split_batch(req.mutations);
-    for r in &refused {
-        tracing::debug!(origin = %req.origin, key = %r.key, reason = %r.reason, "refused a replicated entry");
-    }
+    let (mutations, mut refused) = wire::split_batch(req.mutations);
+    // Where each entry handed to the writer sits in the request, so that
+    // the writer's refusals name the index the sender knows.
+    let positions: Vec<u32> = {
+        let mut malformed = refused.iter().map(|r| r.index).peekable();
+        (0..received as u32)
+            .filter(|i| malformed.next_if_eq(i).is_none())
+            .collect()
+    };
     let applied = if mutations.is_empty() {
         0
     } else {
-        writer.apply(mutations, !req.repair).await?
+        let done = writer.apply(mutations, !req.repair).await?;
+        refused.extend(
+            done.refused
+                .into_iter()
+                .map(|(at, key, why)| proto::Refusal {
+                    index: positions.get(at).copied().unwrap_or(u32::MAX),
+                    key,
+                    reason: why.to_string(),
+                }),
+        );
+        refused.sort_by_key(|r| r.index);
+        done.applied
     };
+    for r in &refused {
+        tracing::debug!(origin = %req.origin, key = %r.key, reason = %r.reason, "refused a replicated entry");
+    }
     crate::metrics::replicated_in(&req.origin, received, applied, refused.len() as u64);
     crate::metrics::stage("replicate_apply", started.elapsed());
     if let Some(ms) = stamped_ms {
@@ -85,21 +116,38 @@ async fn oldest(
 /// Serves one origin's stream until it ends: up to [`STREAM_APPLYING`]
 /// batches applied at once, answered in order. The first message is checked
 /// against the membership; every later one must name the same origin.
+///
+/// The origin never ends its stream by itself, so at shutdown this side
+/// does: it stops reading, answers the batches already being applied, and
+/// closes with UNAVAILABLE. Otherwise the stream would hold the server's
+/// graceful drain open until its timeout. The origin resumes from its cursor
+/// with whichever run of this node comes back.
 async fn serve_stream(
     members: Arc<Membership>,
     writer: WriterHandle,
     conn: Option<ConnInfo>,
     mut inbound: Streaming<proto::ReplicateRequest>,
     out: mpsc::Sender<std::result::Result<proto::ReplicateResponse, Status>>,
+    shutdown: CancellationToken,
 ) {
     let mut sender: Option<(String, String)> = None;
     let mut applying = VecDeque::with_capacity(STREAM_APPLYING);
     let mut ended = false;
+    let mut stopping = false;
     loop {
         if ended && applying.is_empty() {
+            if stopping {
+                let _ = out
+                    .send(Err(Status::unavailable("the node is shutting down")))
+                    .await;
+            }
             return;
         }
         tokio::select! {
+            () = shutdown.cancelled(), if !ended => {
+                ended = true;
+                stopping = true;
+            }
             done = oldest(&mut applying) => {
                 applying.pop_front();
                 let answer = done.map_err(Status::from);
@@ -164,6 +212,7 @@ impl Replication for ReplicationService {
             conn,
             request.into_inner(),
             tx,
+            self.shutdown.clone(),
         ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }

@@ -420,7 +420,12 @@ async fn pull(
             stats.last_refused = Some(format!("{}: {}", r.key, r.reason));
         }
         if !entries.is_empty() {
-            stats.pulled += ctx.writer.apply(entries, false).await?;
+            let done = ctx.writer.apply(entries, false).await?;
+            stats.pulled += done.applied;
+            for (_, key, why) in done.refused {
+                stats.refused += 1;
+                stats.last_refused = Some(format!("{key}: {why}"));
+            }
         }
     }
     Ok(())

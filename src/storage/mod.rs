@@ -35,4 +35,4 @@ pub mod writer;
 
 pub use digest::{bucket_of, Digests, BUCKETS};
 pub use engine::{cursor_key, seen_keys, Recovered, Store};
-pub use writer::{WriterHandle, WriterOptions};
+pub use writer::{apply::Refusal, Applied, WriterHandle, WriterOptions};
