@@ -18,7 +18,7 @@ use crate::{
     storage::{
         bucket_of,
         codec::{to_mutation, version_from_proto},
-        BUCKETS,
+        Store, BUCKETS,
     },
     version::Version,
     wire::{self, ANSWER_BUDGET},
@@ -348,45 +348,64 @@ async fn push(
     stats: &mut RoundStats,
 ) -> Result<()> {
     let budget = ctx.config.batch_max_bytes.min(wire::MAX_FILL);
-    // Values are loaded a fetch-sized slice of keys at a time.
-    for slice in keys.chunks(KEYS_PER_FETCH) {
-        let mutations = {
+    let mut rest = keys;
+    while !rest.is_empty() {
+        let (batch, taken) = {
             let store = Arc::clone(&ctx.store);
-            let slice = slice.to_vec();
+            let slice = rest[..rest.len().min(KEYS_PER_FETCH)].to_vec();
             ctx.blocking
-                .run("push read", move || -> Result<Vec<proto::Mutation>> {
-                    let mut out = Vec::with_capacity(slice.len());
-                    for key in slice {
-                        if let Some(e) = store.get(&key)? {
-                            out.push(to_mutation(&key, &e));
-                        }
-                    }
-                    Ok(out)
-                })
+                .run("push read", move || load_batch(&store, &slice, budget))
                 .await??
         };
-        for batch in wire::chunk_by_size(mutations, budget) {
-            let resp = repl
-                .replicate(request(
-                    proto::ReplicateRequest {
-                        cluster_id: ctx.cluster_id.clone(),
-                        origin: ctx.node_id.clone(),
-                        mutations: batch,
-                        repair: true,
-                    },
-                    timeout,
-                ))
-                .await
-                .map_err(Error::from_peer(peer))?
-                .into_inner();
-            stats.pushed += resp.applied;
-            for r in resp.refused {
-                stats.refused += 1;
-                stats.last_refused = Some(format!("{}: {}", r.key, r.reason));
-            }
+        rest = &rest[taken..];
+        if batch.is_empty() {
+            continue;
+        }
+        let resp = repl
+            .replicate(request(
+                proto::ReplicateRequest {
+                    cluster_id: ctx.cluster_id.clone(),
+                    origin: ctx.node_id.clone(),
+                    mutations: batch,
+                    repair: true,
+                },
+                timeout,
+            ))
+            .await
+            .map_err(Error::from_peer(peer))?
+            .into_inner();
+        stats.pushed += resp.applied;
+        for r in resp.refused {
+            stats.refused += 1;
+            stats.last_refused = Some(format!("{}: {}", r.key, r.reason));
         }
     }
     Ok(())
+}
+
+/// Reads the entries of `keys`, in order, until one more would take the
+/// batch past `budget` encoded bytes (the first always goes), and returns
+/// them with how many keys it covered (keys no longer stored count as
+/// covered). So a push holds one batch of values at a time, whatever their
+/// size. The entry that did not fit is read again for the next batch.
+fn load_batch(
+    store: &Store,
+    keys: &[String],
+    budget: usize,
+) -> Result<(Vec<proto::Mutation>, usize)> {
+    let mut out = Vec::new();
+    let mut filled = 0;
+    for (i, key) in keys.iter().enumerate() {
+        let Some(e) = store.get(key)? else { continue };
+        let m = to_mutation(key, &e);
+        let len = wire::framed_len(prost::Message::encoded_len(&m));
+        if !wire::fits(out.len(), filled, len, budget) {
+            return Ok((out, i));
+        }
+        filled += len;
+        out.push(m);
+    }
+    Ok((out, keys.len()))
 }
 
 /// Fetches the peer's winning entries for `keys` and applies them.
@@ -446,6 +465,42 @@ fn progress(peer: &str, processed: u32, asked: usize) -> Result<usize> {
 mod tests {
     use super::*;
     use crate::clock::from_physical_ms;
+
+    /// Issue 22, item 5: a push read 256 full values (256 MiB at the default
+    /// value limit) before it split them into batches.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_push_reads_one_batch_of_values_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer, _seq, join) = crate::storage::writer::for_tests(dir.path());
+        let keys: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
+        for k in &keys {
+            writer
+                .write(k.clone(), Some(vec![7; 1 << 20]))
+                .await
+                .unwrap();
+        }
+        let budget = 4 << 20;
+        let (mut rest, mut batches) = (&keys[..], 0);
+        while !rest.is_empty() {
+            let (batch, taken) = load_batch(&store, rest, budget).unwrap();
+            let bytes: usize = batch.iter().map(prost::Message::encoded_len).sum();
+            assert!(bytes <= budget, "a batch of {bytes} bytes");
+            assert!(
+                taken >= 1 && taken == batch.len(),
+                "{taken} keys, {} entries",
+                batch.len()
+            );
+            rest = &rest[taken..];
+            batches += 1;
+        }
+        assert_eq!(batches, 4, "1 MiB values, 3 to a 4 MiB batch");
+        // Keys no longer stored are covered, not read.
+        let gone = vec!["nope".to_string(), "k0".to_string()];
+        let (batch, taken) = load_batch(&store, &gone, budget).unwrap();
+        assert_eq!((batch.len(), taken), (1, 2));
+        drop(writer);
+        join.join().await.unwrap();
+    }
 
     fn v(hlc: u64, node: &str) -> Version {
         Version {
