@@ -37,6 +37,11 @@ use crate::{
 /// Batches sent to one peer and not yet acknowledged, at most this many.
 pub const PIPELINE: usize = 4;
 
+/// The slowest transfer a stream tolerates, in bytes per second: a batch
+/// gets `rpc_timeout_ms` plus its size at this rate, so that a record of
+/// many MiB on a slow link is still delivered instead of timing out forever.
+pub const MIN_TRANSFER_BYTES_PER_SEC: u64 = 1024 * 1024;
+
 const METHOD: &str = "/meshkv.v1.Replication/ReplicateStream";
 
 /// A batch on its way.
@@ -46,17 +51,27 @@ pub struct Sent {
     pub upto: u64,
     /// Its records.
     pub count: u64,
-    /// When it was sent: its answer is due `timeout` later.
+    /// Its records' bytes.
+    pub bytes: u64,
+    /// When it was sent.
     pub at: Instant,
 }
 
 /// What is in flight on one stream. Pure: no sockets, no clock of its own.
+///
+/// A stream is judged by its progress, not by when everything completes:
+/// the oldest batch is due `timeout` (plus its transfer time at
+/// [`MIN_TRANSFER_BYTES_PER_SEC`]) after it was sent or after the previous
+/// answer, whichever is later. Batches queued together are not all due at
+/// once.
 #[derive(Debug)]
 pub struct Pipeline {
     sent: VecDeque<Sent>,
     /// The peer's cursor: every seq up to it is acknowledged.
     acked: u64,
     timeout: Duration,
+    /// When the last answer arrived.
+    progress_at: Option<Instant>,
 }
 
 impl Pipeline {
@@ -66,6 +81,7 @@ impl Pipeline {
             sent: VecDeque::with_capacity(PIPELINE),
             acked,
             timeout,
+            progress_at: None,
         }
     }
 
@@ -84,23 +100,36 @@ impl Pipeline {
         self.sent.is_empty()
     }
 
-    /// Records a batch sent at `at` ending at seq `upto`.
-    pub fn sent(&mut self, upto: u64, count: u64, at: Instant) {
+    /// Records a batch of `count` records and `bytes` sent at `at`, ending
+    /// at seq `upto`.
+    pub fn sent(&mut self, upto: u64, count: u64, bytes: u64, at: Instant) {
         debug_assert!(upto > self.next_after() && self.has_room());
-        self.sent.push_back(Sent { upto, count, at });
+        self.sent.push_back(Sent {
+            upto,
+            count,
+            bytes,
+            at,
+        });
     }
 
-    /// The peer answered the oldest batch: returns it, with the cursor moved
-    /// to its end, or `None` for an answer to nothing (a broken peer).
-    pub fn answered(&mut self) -> Option<Sent> {
+    /// The peer answered the oldest batch at `at`: returns it, with the
+    /// cursor moved to its end, or `None` for an answer to nothing (a broken
+    /// peer).
+    pub fn answered(&mut self, at: Instant) -> Option<Sent> {
         let s = self.sent.pop_front()?;
         self.acked = self.acked.max(s.upto);
+        self.progress_at = Some(at);
         Some(s)
     }
 
     /// The moment by which the oldest batch must be answered, if any is out.
     pub fn deadline(&self) -> Option<Instant> {
-        self.sent.front().map(|s| s.at + self.timeout)
+        self.sent.front().map(|s| {
+            let from = self.progress_at.map_or(s.at, |p| p.max(s.at));
+            let transfer =
+                Duration::from_millis(s.bytes.saturating_mul(1000) / MIN_TRANSFER_BYTES_PER_SEC);
+            from + self.timeout + transfer
+        })
     }
 }
 
@@ -265,6 +294,7 @@ async fn session(
             }
             if let Some(&(upto, _)) = batch.last() {
                 let count = batch.len() as u64;
+                let bytes = batch.iter().map(|(_, r)| r.len() as u64).sum();
                 let request = EncodedReplicateRequest {
                     cluster_id: ctx.cluster_id.clone(),
                     origin: ctx.node_id.clone(),
@@ -275,7 +305,7 @@ async fn session(
                 if tx.try_send(request).is_err() {
                     return Err("the peer closed the stream".into());
                 }
-                pipeline.sent(upto, count, Instant::now());
+                pipeline.sent(upto, count, bytes, Instant::now());
                 continue;
             }
         }
@@ -295,7 +325,7 @@ async fn session(
                     Ok(None) => return Err("the peer closed the stream".into()),
                     Err(s) => return Err(format!("{}: {}", s.code(), s.message())),
                 };
-                let Some(batch) = pipeline.answered() else {
+                let Some(batch) = pipeline.answered(Instant::now()) else {
                     return Err("the peer answered a batch that was never sent".into());
                 };
                 acknowledged(ctx, peer, batch, &resp);
@@ -334,18 +364,22 @@ mod tests {
         let mut p = Pipeline::new(10, Duration::from_secs(5));
         assert!(p.is_idle() && p.deadline().is_none());
         assert_eq!(p.next_after(), 10);
-        p.sent(15, 5, t0);
-        p.sent(20, 5, t0 + Duration::from_secs(1));
+        p.sent(15, 5, 0, t0);
+        p.sent(20, 5, 0, t0 + Duration::from_secs(1));
         // The next batch starts after the last one sent, not after the cursor.
         assert_eq!(p.next_after(), 20);
         assert_eq!(p.deadline(), Some(t0 + Duration::from_secs(5)));
-        assert_eq!(p.answered().map(|s| s.upto), Some(15));
+        assert_eq!(p.answered(t0).map(|s| s.upto), Some(15));
         assert_eq!(p.deadline(), Some(t0 + Duration::from_secs(6)));
-        assert_eq!(p.answered().map(|s| (s.upto, s.count)), Some((20, 5)));
+        assert_eq!(
+            p.answered(t0 + Duration::from_secs(2))
+                .map(|s| (s.upto, s.count)),
+            Some((20, 5))
+        );
         assert!(p.is_idle());
         assert_eq!(p.next_after(), 20);
         // An answer to nothing is refused, and the cursor stays.
-        assert_eq!(p.answered(), None);
+        assert_eq!(p.answered(t0), None);
         assert_eq!(p.next_after(), 20);
     }
 
@@ -355,10 +389,41 @@ mod tests {
         let mut p = Pipeline::new(0, Duration::from_secs(1));
         for i in 1..=PIPELINE as u64 {
             assert!(p.has_room());
-            p.sent(i, 1, t0);
+            p.sent(i, 1, 0, t0);
         }
         assert!(!p.has_room());
-        p.answered();
+        p.answered(t0);
         assert!(p.has_room());
+    }
+
+    /// Issue 22, item 4: four batches queued at once all had to be answered
+    /// within one timeout of their sending, and a record that takes longer
+    /// than the timeout to send and apply was never delivered.
+    #[test]
+    fn a_stream_is_judged_by_progress_and_big_batches_get_time_to_travel() {
+        let t0 = Instant::now();
+        let secs = Duration::from_secs;
+        let mut p = Pipeline::new(0, secs(5));
+        for i in 1..=PIPELINE as u64 {
+            p.sent(i, 1, 4 << 20, t0);
+        }
+        // 4 MiB at the slowest rate tolerated: 4 s on top of the timeout.
+        assert_eq!(p.deadline(), Some(t0 + secs(9)));
+        // One answer every 8 s: each batch is within its own deadline.
+        for i in 1..=PIPELINE as u64 {
+            let now = t0 + secs(8 * i);
+            assert!(now <= p.deadline().unwrap(), "batch {i} overdue at {now:?}");
+            assert_eq!(p.answered(now).map(|s| s.upto), Some(i));
+        }
+        // A 64 MiB record alone gets 64 s to travel.
+        let t1 = t0 + secs(100);
+        p.sent(5, 1, 64 << 20, t1);
+        assert_eq!(p.deadline(), Some(t1 + secs(5 + 64)));
+        // A peer that stops answering is still caught.
+        let mut q = Pipeline::new(0, secs(5));
+        q.sent(1, 1, 100, t0);
+        q.sent(2, 1, 100, t0);
+        q.answered(t0 + secs(1));
+        assert_eq!(q.deadline(), Some(t0 + secs(6)));
     }
 }
