@@ -21,19 +21,43 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// Tombstones purged per writer request.
 const PURGE_CHUNK: usize = 1024;
 
-/// Whether the oldest remaining log record must go.
-///
-/// It goes if every peer acknowledged it, if the log is over its byte cap,
-/// or if it is older than the age cutoff (`cutoff_ms == 0`: no age limit).
-pub fn drop_record(
-    seq: u64,
-    min_acked: u64,
-    bytes_left: u64,
-    max_bytes: u64,
-    record_ms: u64,
-    cutoff_ms: u64,
-) -> bool {
-    seq <= min_acked || bytes_left > max_bytes || (cutoff_ms > 0 && record_ms < cutoff_ms)
+/// What log retention decides with, in one pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Every peer acknowledged every record up to this seq.
+    pub min_acked: u64,
+    /// The byte cap (`max_log_bytes`).
+    pub max_bytes: u64,
+    /// Records older than this physical time go (0: no age limit).
+    pub cutoff_ms: u64,
+    /// A peer repairing a gap will resume its stream after this seq: the
+    /// records after it are held up to [`HELD_CAP_FACTOR`] times the byte
+    /// cap. Otherwise, when more than the cap is written during one repair
+    /// round, the stream that resumes finds a gap at once and the peer
+    /// repairs forever.
+    pub held_after: Option<u64>,
+}
+
+/// How far past `max_log_bytes` a repairing peer's backlog may hold the log.
+pub const HELD_CAP_FACTOR: u64 = 2;
+
+impl Retention {
+    /// Whether the oldest remaining log record, `seq`, must go, with
+    /// `bytes_left` in the log and written at `record_ms`.
+    ///
+    /// It goes if every peer acknowledged it, if the log is over its byte cap
+    /// (the raised one for a held record), or if it is older than the age
+    /// cutoff.
+    pub fn drops(&self, seq: u64, bytes_left: u64, record_ms: u64) -> bool {
+        let held = self.held_after.is_some_and(|after| seq > after);
+        let cap = match held {
+            true => self.max_bytes.saturating_mul(HELD_CAP_FACTOR),
+            false => self.max_bytes,
+        };
+        seq <= self.min_acked
+            || bytes_left > cap
+            || (self.cutoff_ms > 0 && record_ms < self.cutoff_ms)
+    }
 }
 
 /// What tombstone collection knows about one peer.
@@ -109,10 +133,14 @@ pub async fn run(manager: Arc<PeerManager>, shutdown: CancellationToken) {
         manager.export_gauges();
         let now_ms = clock.now_ms();
         let min_acked = manager.min_acked();
-        let max_bytes = ctx.config.max_log_bytes;
-        let cutoff_ms = match ctx.config.max_log_age_secs {
-            0 => 0,
-            age => now_ms.saturating_sub(age * 1000),
+        let policy = Retention {
+            min_acked,
+            max_bytes: ctx.config.max_log_bytes,
+            cutoff_ms: match ctx.config.max_log_age_secs {
+                0 => 0,
+                age => now_ms.saturating_sub(age * 1000),
+            },
+            held_after: manager.log_held_after(),
         };
         let store = Arc::clone(&ctx.store);
         let started = std::time::Instant::now();
@@ -121,7 +149,7 @@ pub async fn run(manager: Arc<PeerManager>, shutdown: CancellationToken) {
             .run("log truncation", move || {
                 store.truncate_log(|seq, m, left| {
                     let ms = m.version.as_ref().map_or(0, |v| physical_ms(v.hlc));
-                    drop_record(seq, min_acked, left, max_bytes, ms, cutoff_ms)
+                    policy.drops(seq, left, ms)
                 })
             })
             .await
@@ -251,23 +279,48 @@ async fn collect_tombstones(manager: &PeerManager, cutoff_hlc: u64, shutdown: &C
 mod tests {
     use super::*;
 
+    fn policy(cutoff_ms: u64, held_after: Option<u64>) -> Retention {
+        Retention {
+            min_acked: 5,
+            max_bytes: 100,
+            cutoff_ms,
+            held_after,
+        }
+    }
+
     #[test]
     fn acknowledged_records_go_first() {
-        assert!(drop_record(5, 5, 0, 100, 1_000, 0));
-        assert!(!drop_record(6, 5, 0, 100, 1_000, 0));
+        assert!(policy(0, None).drops(5, 0, 1_000));
+        assert!(!policy(0, None).drops(6, 0, 1_000));
     }
 
     #[test]
     fn the_byte_cap_drops_unacknowledged_records() {
-        assert!(drop_record(6, 5, 101, 100, 1_000, 0));
-        assert!(!drop_record(6, 5, 100, 100, 1_000, 0));
+        assert!(policy(0, None).drops(6, 101, 1_000));
+        assert!(!policy(0, None).drops(6, 100, 1_000));
     }
 
     #[test]
     fn the_age_cap_drops_old_records_unless_disabled() {
-        assert!(drop_record(6, 5, 0, 100, 999, 1_000));
-        assert!(!drop_record(6, 5, 0, 100, 1_000, 1_000));
-        assert!(!drop_record(6, 5, 0, 100, 1, 0));
+        assert!(policy(1_000, None).drops(6, 0, 999));
+        assert!(!policy(1_000, None).drops(6, 0, 1_000));
+        assert!(!policy(0, None).drops(6, 0, 1));
+    }
+
+    /// Issue 22, item 6: when more than the byte cap was written during a
+    /// repair round, retention dropped the records the stream was to resume
+    /// from, and the peer found a gap at once and repaired forever.
+    #[test]
+    fn a_repairing_peers_backlog_is_held_up_to_twice_the_cap() {
+        let held = policy(0, Some(5));
+        assert!(!held.drops(6, 150, 1_000), "held past the cap");
+        assert!(!held.drops(6, 200, 1_000));
+        assert!(held.drops(6, 201, 1_000), "but not past twice the cap");
+        // Records the repairing peer has acknowledged are not held by it.
+        assert!(policy(0, Some(3)).drops(4, 0, 1_000));
+        assert!(policy(0, Some(9)).drops(6, 101, 1_000));
+        // Acknowledged by everyone: gone whatever is held.
+        assert!(held.drops(5, 0, 1_000));
     }
 
     fn tomb(hlc: u64, node: &str) -> Entry {

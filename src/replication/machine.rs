@@ -110,6 +110,11 @@ pub struct PeerState {
     pub last_complete_round_ms: Option<u64>,
     /// Expired tombstones waiting on this peer, from the last collection.
     pub tombstones_waiting: u64,
+    /// Since a repair round started, retention holds the log after this
+    /// peer's cursor (up to twice `max_log_bytes`), so the stream can resume
+    /// where the repair leaves it. Released once the stream reads from the
+    /// in-memory window again (it has caught up), or a round fails.
+    pub holds_log: bool,
 }
 
 impl PeerState {
@@ -133,6 +138,7 @@ impl PeerState {
             last_refused: None,
             last_complete_round_ms: None,
             tombstones_waiting: 0,
+            holds_log: false,
         }
     }
 
@@ -250,6 +256,7 @@ pub fn step(s: &mut PeerState, event: Event) -> Actions {
             s.stream = StreamPhase::Streaming;
         }
         Event::Read { from_disk } => {
+            s.holds_log &= from_disk;
             s.stream = if from_disk {
                 StreamPhase::CatchingUp
             } else {
@@ -279,9 +286,13 @@ pub fn step(s: &mut PeerState, event: Event) -> Actions {
             s.high_water_checked = true;
             s.regressed |= regressed;
         }
-        Event::RoundStarted(mode) => s.round = Some(mode),
+        Event::RoundStarted(mode) => {
+            s.round = Some(mode);
+            s.holds_log |= mode == Mode::Repair;
+        }
         Event::RoundFailed(error) => {
             s.round = None;
+            s.holds_log = false;
             s.connected = false;
             s.last_error = Some(error);
         }
@@ -459,6 +470,27 @@ mod tests {
         assert_eq!((s.connected, s.phase()), (false, Phase::BackingOff));
         step(&mut s, Event::Acked { upto: 21 });
         assert_eq!((s.connected, s.last_error.clone()), (true, None));
+    }
+
+    /// Issue 22, item 6: see `log::tests::a_repairing_peers_backlog_is_held_up_to_twice_the_cap`.
+    #[test]
+    fn a_repair_holds_the_log_until_the_stream_reads_from_the_window_again() {
+        let mut s = streaming(10);
+        step(&mut s, Event::Gap);
+        step(&mut s, Event::RoundStarted(Mode::Periodic));
+        assert!(!s.holds_log, "only a repair holds the log");
+        step(&mut s, Event::RoundStarted(Mode::Repair));
+        assert!(s.holds_log);
+        step(&mut s, end(Mode::Repair, true, 50));
+        assert!(s.holds_log, "until the resumed stream has caught up");
+        step(&mut s, Event::Read { from_disk: true });
+        assert!(s.holds_log);
+        step(&mut s, Event::Read { from_disk: false });
+        assert!(!s.holds_log);
+        // A peer that cannot finish a round does not hold the log.
+        step(&mut s, Event::RoundStarted(Mode::Repair));
+        step(&mut s, Event::RoundFailed("unreachable".into()));
+        assert!(!s.holds_log);
     }
 
     #[test]

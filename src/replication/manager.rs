@@ -246,6 +246,17 @@ impl PeerManager {
             .unwrap_or_else(|| self.last_seq())
     }
 
+    /// The lowest cursor of the peers whose repair holds the log (see
+    /// [`PeerState::holds_log`](super::machine::PeerState::holds_log)).
+    pub fn log_held_after(&self) -> Option<u64> {
+        self.peers
+            .iter()
+            .map(|p| p.state())
+            .filter(|s| s.holds_log)
+            .map(|s| s.acked_seq)
+            .min()
+    }
+
     /// For a peer whose cursor is `acked_seq`: our own log records with an
     /// HLC below the returned value were acknowledged by it (`u64::MAX` if it
     /// has everything; 0 if a record it needs already left the log, so that
