@@ -211,7 +211,9 @@ pub struct RoundEnd {
     pub push_error: Option<String>,
     /// The last seq committed before the round started.
     pub resume_at: u64,
-    /// Wall-clock ms at which the round started.
+    /// [`Store::visible_ms`](crate::storage::Store::visible_ms) when the
+    /// round started: every entry applied before it was in what the round
+    /// compared.
     pub started_ms: u64,
 }
 
@@ -306,7 +308,9 @@ pub fn step(s: &mut PeerState, event: Event) -> Actions {
             } else {
                 s.last_error = end.push_error;
             }
-            if end.complete {
+            // A catch-up round pushes nothing: it proves nothing about what
+            // the peer holds.
+            if end.complete && end.mode != Mode::CatchUp {
                 s.last_complete_round_ms = Some(end.started_ms);
             }
             if !end.finished {
@@ -470,6 +474,30 @@ mod tests {
         assert_eq!((s.connected, s.phase()), (false, Phase::BackingOff));
         step(&mut s, Event::Acked { upto: 21 });
         assert_eq!((s.connected, s.last_error.clone()), (true, None));
+    }
+
+    /// Issue 22, item 7: a pull-only catch-up round set the proof time that
+    /// tombstone collection trusts, though it delivered nothing to the peer.
+    #[test]
+    fn only_a_round_that_pushes_is_proof_for_tombstone_collection() {
+        let mut s = PeerState::new(0, true);
+        let catch_up = |complete| {
+            Event::RoundEnded(RoundEnd {
+                mode: Mode::CatchUp,
+                finished: true,
+                complete,
+                keys: 0,
+                push_error: None,
+                resume_at: 0,
+                started_ms: 1000,
+            })
+        };
+        step(&mut s, Event::RoundStarted(Mode::CatchUp));
+        step(&mut s, catch_up(true));
+        assert_eq!(s.last_complete_round_ms, None);
+        step(&mut s, Event::RoundStarted(Mode::Periodic));
+        step(&mut s, end(Mode::Periodic, true, 0));
+        assert_eq!(s.last_complete_round_ms, Some(1000));
     }
 
     /// Issue 22, item 6: see `log::tests::a_repairing_peers_backlog_is_held_up_to_twice_the_cap`.

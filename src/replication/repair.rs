@@ -81,8 +81,11 @@ pub async fn run(
             continue;
         };
         let started_ms = ctx.clock.now_ms();
-        // Everything committed before the round began is in the data it compares.
+        // Everything committed before the round began is in the data it
+        // compares: the log up to this seq, and every entry applied before
+        // the visible time (what tombstone collection may trust).
         let resume_at = ctx.last_seq();
+        let visible_ms = ctx.store.visible_ms();
         let rules = rules(&ctx, &peer, mode, started_ms);
         peer.handle(&ctx, Event::RoundStarted(mode));
         tracing::info!(peer = %peer.id, ?mode, "anti-entropy round starting");
@@ -93,7 +96,7 @@ pub async fn run(
         match round {
             Ok(stats) => {
                 peer.refused(stats.refused, stats.last_refused.clone());
-                let end = RoundEnd::new(mode, &stats, resume_at, started_ms);
+                let end = RoundEnd::new(mode, &stats, resume_at, visible_ms);
                 let finished = end.finished;
                 peer.handle(&ctx, Event::RoundEnded(end));
                 tracing::info!(

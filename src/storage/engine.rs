@@ -76,6 +76,8 @@ pub struct Store {
     log_start: AtomicU64,
     /// The HLC high-water mark as of the last commit.
     high_water: AtomicU64,
+    /// See [`Store::visible_ms`].
+    visible_ms: AtomicU64,
     /// The newest log records, encoded, for the streams that keep up.
     pub window: LogWindow,
     _lock: DirLock,
@@ -188,6 +190,7 @@ impl Store {
             log_bytes: AtomicU64::new(log_bytes),
             log_start: AtomicU64::new(log_start),
             high_water: AtomicU64::new(high_water),
+            visible_ms: AtomicU64::new(0),
             window: LogWindow::new(last_seq, WINDOW_BYTES),
             _lock: lock,
         });
@@ -340,6 +343,22 @@ impl Store {
     /// not synced): losing one to a crash only costs a little repeated work.
     pub(crate) fn batch_meta_u64(&self, batch: &mut fjall::OwnedWriteBatch, key: &str, v: u64) {
         batch.insert(&self.meta, key, v.to_be_bytes().to_vec());
+    }
+
+    /// Every entry stored with an `applied_ms` below this is committed and
+    /// its bucket marked dirty, so any digest computed from now on covers it.
+    /// An anti-entropy round takes this at its start as the proof time that
+    /// tombstone collection trusts (`applied_ms` alone is stamped before the
+    /// commit, and a round started during a slow commit would count as proof
+    /// without the entry). Raised by the writer after each commit and
+    /// whenever it goes idle; 0 after a restart, where every bucket starts
+    /// dirty and the writer's first idle moment raises it.
+    pub fn visible_ms(&self) -> u64 {
+        self.visible_ms.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn publish_visible(&self, ms: u64) {
+        self.visible_ms.fetch_max(ms, Ordering::AcqRel);
     }
 
     /// The HLC high-water mark as of the last commit.

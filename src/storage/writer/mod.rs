@@ -377,17 +377,43 @@ impl Writer {
     /// The production loop, on its own OS thread.
     fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         let mut cmds = Vec::with_capacity(self.opts.max_batch);
-        while let Some(first) = rx.blocking_recv() {
+        loop {
+            let first = match rx.try_recv() {
+                Ok(m) => m,
+                Err(_) => {
+                    self.idle();
+                    match rx.blocking_recv() {
+                        Some(m) => m,
+                        None => break,
+                    }
+                }
+            };
             self.step(first, &mut rx, &mut cmds);
         }
         self.finish();
+    }
+
+    /// Nothing is being committed and everything committed is marked: all
+    /// is visible up to now.
+    fn idle(&self) {
+        self.store.publish_visible(self.hlc.wall_ms());
     }
 
     /// The same loop as a task, committing inline: for simulation, where
     /// another thread would make runs irreproducible.
     async fn run_inline(mut self, mut rx: mpsc::Receiver<Msg>) {
         let mut cmds = Vec::with_capacity(self.opts.max_batch);
-        while let Some(first) = rx.recv().await {
+        loop {
+            let first = match rx.try_recv() {
+                Ok(m) => m,
+                Err(_) => {
+                    self.idle();
+                    match rx.recv().await {
+                        Some(m) => m,
+                        None => break,
+                    }
+                }
+            };
             self.step(first, &mut rx, &mut cmds);
         }
         self.finish();
@@ -493,7 +519,9 @@ impl Writer {
         let mut outcomes = Vec::with_capacity(cmds.len());
         let mut seq = self.last_seq;
         let mut log_bytes = 0u64;
-        let now_ms = self.hlc.wall_ms();
+        // Never below what was published as visible: an entry applied at or
+        // after it must not count as covered by a round that started then.
+        let now_ms = self.hlc.wall_ms().max(store.visible_ms());
         let ttl_ms = self.opts.tombstone_ttl.as_millis() as u64;
 
         for cmd in cmds {
@@ -639,6 +667,7 @@ impl Writer {
         crate::metrics::stage("writer_commit", prepared.elapsed());
 
         store.touch_digests(changes.iter().map(String::as_str));
+        store.publish_visible(now_ms);
         // Before the seq is announced: a stream woken by it finds the records.
         store.window.append(records);
         store.add_log_bytes(log_bytes);
@@ -1142,6 +1171,55 @@ mod tests {
         w.commit(&mut []).unwrap();
         assert_eq!(store.cursor("n2").unwrap(), 42);
         assert!(w.pending.is_empty());
+    }
+
+    /// Issue 22, item 7: `applied_ms` is stamped before the commit, so a
+    /// round that started during a slow commit counted as proof that a peer
+    /// holds a tombstone the round never saw. Rounds now take the visible
+    /// time, which covers only entries already committed and marked.
+    #[test]
+    fn the_visible_time_follows_commits_and_never_lets_applied_ms_fall_below_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, rec) = open(dir.path());
+        let clock = Arc::new(crate::clock::tests::ManualClock(
+            std::sync::atomic::AtomicU64::new(5_000),
+        ));
+        let mut w = bare_writer(store.clone(), &rec, clock.clone());
+        assert_eq!(
+            store.visible_ms(),
+            0,
+            "nothing is proven before the writer runs"
+        );
+        let delete = |w: &mut Writer, key: &str| {
+            w.commit(&mut [Command::Local {
+                writes: vec![(key.into(), None)],
+                reply: oneshot::channel().0,
+                _permit: None,
+            }])
+            .unwrap();
+        };
+        delete(&mut w, "a");
+        assert_eq!(store.visible_ms(), 5_000);
+        // Idle: everything is visible up to the wall clock.
+        clock.0.store(7_000, std::sync::atomic::Ordering::SeqCst);
+        w.idle();
+        assert_eq!(store.visible_ms(), 7_000);
+        // The wall clock steps back: the next entry is still stamped at or
+        // above the visible time, so no round that started before it is
+        // taken as proof of it.
+        clock.0.store(6_000, std::sync::atomic::Ordering::SeqCst);
+        delete(&mut w, "b");
+        let mut applied = None;
+        store
+            .for_each(|key, _, ms| {
+                if key == "b" {
+                    applied = Some(ms);
+                }
+                Ok(true)
+            })
+            .unwrap();
+        assert_eq!(applied, Some(7_000));
+        assert_eq!(store.visible_ms(), 7_000);
     }
 
     /// Issue 22, item 8: a cursor or seen mark saved while the queue was full
