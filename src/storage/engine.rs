@@ -440,6 +440,20 @@ impl Store {
         Ok(out)
     }
 
+    /// The highest HLC of any stored entry, reading versions only; `None` if
+    /// `stop` said so first (it is asked every 65536 entries).
+    pub fn max_stored_hlc(&self, stop: impl Fn() -> bool) -> Result<Option<u64>> {
+        let mut max = 0;
+        for (i, kv) in self.data.iter().enumerate() {
+            if i % 65_536 == 65_535 && stop() {
+                return Ok(None);
+            }
+            let (_, v) = kv.into_inner()?;
+            max = max.max(codec::decode_version(&v)?.hlc);
+        }
+        Ok(Some(max))
+    }
+
     /// Every entry with the moment it was applied (tombstones only; 0 for
     /// values), in storage order, until `f` returns `Ok(false)`.
     pub fn for_each(&self, mut f: impl FnMut(String, Entry, u64) -> Result<bool>) -> Result<()> {

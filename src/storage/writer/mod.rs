@@ -62,6 +62,8 @@ enum Msg {
     Request(Command),
     /// [`Pending`] holds something to persist.
     Wake,
+    /// The start-up scan found no stored version above this one.
+    StoredMax(u64),
     /// Stop taking requests; commit what is queued, sync and exit.
     Close,
 }
@@ -340,7 +342,11 @@ pub fn spawn(
         fatal,
         failed: None,
         pending,
+        clock_checked: recovered.fresh,
     };
+    if !recovered.fresh {
+        scan_stored_versions(Arc::clone(&writer.store), handle.tx.clone(), blocking);
+    }
     let join = match blocking {
         Blocking::Inline => WriterJoin::Task(tokio::spawn(writer.run_inline(rx))),
         Blocking::Pool => WriterJoin::Thread(
@@ -364,6 +370,11 @@ struct Writer {
     failed: Option<String>,
     /// `meta` records to persist with the next batch.
     pending: Shared,
+    /// The clock has observed every stored version (the start-up scan is
+    /// done). Until then each local write reads its key's stored version
+    /// first, so that it wins even if the data dir holds versions above its
+    /// persisted clock mark (a file-by-file copy of a running node).
+    clock_checked: bool,
 }
 
 /// What one request gets back once the batch is committed.
@@ -424,6 +435,20 @@ impl Writer {
             // Later receives still return what is buffered, then None.
             Msg::Close => rx.close(),
             Msg::Wake => {}
+            Msg::StoredMax(hlc) => {
+                let lead_ms = self.opts.max_clock_skew.as_millis() as u64;
+                let limit = crate::clock::from_physical_ms(self.hlc.wall_ms() + lead_ms);
+                if hlc > limit {
+                    tracing::warn!(
+                        stored = hlc,
+                        "a stored version is further ahead of the clock than max_clock_skew_ms; \
+                         the clock follows it only that far"
+                    );
+                }
+                self.hlc.observe(hlc.min(limit));
+                self.clock_checked = true;
+                tracing::debug!(stored = hlc, "the clock has observed every stored version");
+            }
             Msg::Request(cmd) => cmds.push(cmd),
         }
     }
@@ -529,9 +554,15 @@ impl Writer {
                 Command::Local { writes, .. } => {
                     let mut versions = Vec::with_capacity(writes.len());
                     for (key, value) in writes.iter_mut() {
-                        // No read of the old version: the clock has seen every
-                        // stored version, so a local write always wins, and the
-                        // digests are rescanned lazily (see `storage::digest`).
+                        // No read of the old version once the clock has seen
+                        // every stored version: a local write then always
+                        // wins, and the digests are rescanned lazily (see
+                        // `storage::digest`).
+                        if !self.clock_checked {
+                            if let Some(old) = self.current(&overlay, key)? {
+                                self.hlc.observe(old.version.hlc);
+                            }
+                        }
                         let entry = Entry {
                             version: Version {
                                 hlc: self.hlc.now(),
@@ -711,6 +742,30 @@ pub(crate) fn for_tests(
     (store, writer, seq, join)
 }
 
+/// Reads the version of every stored entry in the background and tells the
+/// writer the highest; it stops early if the writer closes first.
+fn scan_stored_versions(store: Arc<Store>, tx: mpsc::Sender<Msg>, blocking: Blocking) {
+    tokio::spawn(async move {
+        let closed = tx.clone();
+        let started = std::time::Instant::now();
+        let scanned = blocking
+            .run("stored version scan", move || {
+                store.max_stored_hlc(|| closed.is_closed())
+            })
+            .await;
+        match scanned {
+            Ok(Ok(Some(max))) => {
+                tracing::debug!(took = ?started.elapsed(), "stored versions scanned");
+                let _ = tx.send(Msg::StoredMax(max)).await;
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) | Err(e) => {
+                tracing::warn!(error = %e, "cannot scan the stored versions; local writes keep reading the old version first");
+            }
+        }
+    });
+}
+
 /// Syncs every `interval` for `fsync = "periodic"` until `stop`. The server
 /// cancels `stop` only after the writer thread has exited, so that writes
 /// committed while shutdown drains are synced on schedule too (the writer
@@ -844,6 +899,75 @@ mod tests {
         t.join().await.unwrap();
     }
 
+    /// Issue 22, item 9: a data dir holding versions above its persisted
+    /// clock mark (a file-by-file copy of a running node) acknowledged local
+    /// writes that lost to the older ones already stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_local_write_beats_stored_versions_above_the_persisted_clock_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let ahead = crate::clock::from_physical_ms(SystemClock.now_ms() + 20_000);
+        let stored = |key: &str| Entry {
+            version: Version {
+                hlc: ahead,
+                node: "n2".into(),
+            },
+            value: Some(key.as_bytes().to_vec()),
+        };
+        {
+            let (store, rec) = open(dir.path());
+            let mut w = bare_writer(store.clone(), &rec, Arc::new(SystemClock));
+            let keys = ["early", "late"];
+            w.commit(&mut [Command::Remote {
+                mutations: keys.iter().map(|k| (k.to_string(), stored(k))).collect(),
+                streamed: false,
+                reply: oneshot::channel().0,
+                _permit: None,
+            }])
+            .unwrap();
+            // The copy caught the data but not the clock mark.
+            let mut batch = store.db.batch();
+            store.batch_meta(&mut batch, 1, rec.last_seq);
+            batch.commit().unwrap();
+        }
+        let (store, rec) = open(dir.path());
+        assert!(rec.high_water < ahead && !rec.fresh);
+        let (w, _seq, join) = spawn(
+            store.clone(),
+            &rec,
+            Arc::new(SystemClock),
+            opts(16),
+            CancellationToken::new(),
+            Blocking::Pool,
+        )
+        .unwrap();
+        // At once, before the start-up scan can have reported, and later.
+        let v = w
+            .write("early".into(), Some(b"mine".to_vec()))
+            .await
+            .unwrap();
+        assert!(
+            v > stored("early").version,
+            "{v} loses to the stored version"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let v = w
+            .write("late".into(), Some(b"mine".to_vec()))
+            .await
+            .unwrap();
+        assert!(
+            v > stored("late").version,
+            "{v} loses to the stored version"
+        );
+        for key in ["early", "late"] {
+            assert_eq!(
+                store.get(key).unwrap().unwrap().value.as_deref(),
+                Some(&b"mine"[..])
+            );
+        }
+        drop(w);
+        join.join().await.unwrap();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn clock_and_seq_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
@@ -936,6 +1060,7 @@ mod tests {
             fatal: CancellationToken::new(),
             failed: None,
             pending: Shared::default(),
+            clock_checked: true,
         }
     }
 
