@@ -817,6 +817,23 @@ mod tests {
         }
     }
 
+    /// A running writer on the system clock.
+    fn start(
+        store: Arc<Store>,
+        rec: &Recovered,
+        opts: WriterOptions,
+    ) -> (WriterHandle, watch::Receiver<u64>, WriterJoin) {
+        spawn(
+            store,
+            rec,
+            Arc::new(SystemClock),
+            opts,
+            CancellationToken::new(),
+            Blocking::Pool,
+        )
+        .unwrap()
+    }
+
     fn open(dir: &std::path::Path) -> (Arc<Store>, Recovered) {
         Store::open(dir, "n1", "c", 8, 4).unwrap()
     }
@@ -825,15 +842,7 @@ mod tests {
     async fn writes_read_back_and_versions_increase() {
         let dir = tempfile::tempdir().unwrap();
         let (store, rec) = open(dir.path());
-        let (w, mut seq, t) = spawn(
-            store.clone(),
-            &rec,
-            Arc::new(SystemClock),
-            opts(16),
-            CancellationToken::new(),
-            Blocking::Pool,
-        )
-        .unwrap();
+        let (w, mut seq, t) = start(store.clone(), &rec, opts(16));
         let v1 = w.write("k".into(), Some(b"a".to_vec())).await.unwrap();
         let v2 = w.write("k".into(), None).await.unwrap();
         assert!(v2 > v1);
@@ -848,15 +857,7 @@ mod tests {
     async fn remote_merge_keeps_the_highest_version_and_advances_the_clock() {
         let dir = tempfile::tempdir().unwrap();
         let (store, rec) = open(dir.path());
-        let (w, _seq, t) = spawn(
-            store.clone(),
-            &rec,
-            Arc::new(SystemClock),
-            opts(16),
-            CancellationToken::new(),
-            Blocking::Pool,
-        )
-        .unwrap();
+        let (w, _seq, t) = start(store.clone(), &rec, opts(16));
         // Ahead of this node's clock, but within max_clock_skew.
         let far = crate::clock::from_physical_ms(SystemClock.now_ms() + 30_000);
         let newer = Entry {
@@ -931,15 +932,7 @@ mod tests {
         }
         let (store, rec) = open(dir.path());
         assert!(rec.high_water < ahead && !rec.fresh);
-        let (w, _seq, join) = spawn(
-            store.clone(),
-            &rec,
-            Arc::new(SystemClock),
-            opts(16),
-            CancellationToken::new(),
-            Blocking::Pool,
-        )
-        .unwrap();
+        let (w, _seq, join) = start(store.clone(), &rec, opts(16));
         // At once, before the start-up scan can have reported, and later.
         let v = w
             .write("early".into(), Some(b"mine".to_vec()))
@@ -1017,15 +1010,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (store, rec) = open(dir.path());
-            let (w, _s, t) = spawn(
-                store.clone(),
-                &rec,
-                Arc::new(SystemClock),
-                opts(16),
-                CancellationToken::new(),
-                Blocking::Pool,
-            )
-            .unwrap();
+            let (w, _s, t) = start(store.clone(), &rec, opts(16));
             for i in 0..10 {
                 w.write(format!("k{i}"), Some(vec![0; 10])).await.unwrap();
             }
@@ -1166,15 +1151,7 @@ mod tests {
         let (store, rec) = open(dir.path());
         let mut o = opts(2);
         o.clients.requests = 1;
-        let (w, _s, t) = spawn(
-            store.clone(),
-            &rec,
-            Arc::new(SystemClock),
-            o,
-            CancellationToken::new(),
-            Blocking::Pool,
-        )
-        .unwrap();
+        let (w, _s, t) = start(store.clone(), &rec, o);
         // Hold the only client slot, as a flood of clients would.
         let _held = w.clients.try_admit(1).unwrap();
         let err = w.write("c".into(), Some(vec![1])).await.unwrap_err();
