@@ -84,8 +84,15 @@ t0=$(now)
 "$BIN" bench --endpoint "$(url node1)" --requests $((KEYS / 1000)) --batch 1000 --concurrency 8 \
   --keys sequential --keyspace "$KEYS" --value-size "$VALUE" --quiet >/dev/null
 load_s=$(since "$t0")
+# Status refreshes a node's digests, which costs more the more keys are
+# dirty: poll gently, and show progress.
 for n in node2 node3; do
-  until [ "$(field "$n" "int(s.get('keys', 0))")" -ge "$KEYS" ] 2>/dev/null; do sleep 1; done
+  while :; do
+    have=$(field "$n" "int(s.get('keys', 0))")
+    [ "$have" != ERR ] && [ "$have" -ge "$KEYS" ] && break
+    say "waiting for $n to hold every key: $have of $KEYS after $(since "$t0")s"
+    sleep 10
+  done
 done
 level_s=$(since "$t0")
 say "loaded in ${load_s}s; every node holds every key after ${level_s}s"
