@@ -1,0 +1,607 @@
+//! The writer's tests: real storage in a temporary directory, driven
+//! through a handle or step by step through a bare [`Writer`](super::Writer).
+
+use super::*;
+use crate::clock::SystemClock;
+
+fn opts(queue_depth: usize) -> WriterOptions {
+    WriterOptions {
+        node_id: "n1".into(),
+        fsync: FsyncMode::Always,
+        clients: LaneLimits {
+            requests: queue_depth,
+            bytes: 1 << 20,
+        },
+        peers: LaneLimits {
+            requests: queue_depth,
+            bytes: 1 << 20,
+        },
+        max_batch: 64,
+        max_clock_skew: Duration::from_secs(60),
+        tombstone_ttl: Duration::from_secs(3600),
+    }
+}
+
+/// A running writer on the system clock.
+fn start(
+    store: Arc<Store>,
+    rec: &Recovered,
+    opts: WriterOptions,
+) -> (WriterHandle, watch::Receiver<u64>, WriterJoin) {
+    spawn(
+        store,
+        rec,
+        Arc::new(SystemClock),
+        opts,
+        CancellationToken::new(),
+        Blocking::Pool,
+    )
+    .unwrap()
+}
+
+fn open(dir: &std::path::Path) -> (Arc<Store>, Recovered) {
+    Store::open(dir, "n1", "c", 8, 4).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_read_back_and_versions_increase() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, rec) = open(dir.path());
+    let (w, mut seq, t) = start(store.clone(), &rec, opts(16));
+    let v1 = w.write("k".into(), Some(b"a".to_vec())).await.unwrap();
+    let v2 = w.write("k".into(), None).await.unwrap();
+    assert!(v2 > v1);
+    assert!(store.get("k").unwrap().unwrap().is_tombstone());
+    assert_eq!(*seq.borrow_and_update(), 2);
+    assert_eq!(store.log_after(0, 10, 1 << 20).unwrap().len(), 2);
+    drop(w);
+    t.join().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_merge_keeps_the_highest_version_and_advances_the_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, rec) = open(dir.path());
+    let (w, _seq, t) = start(store.clone(), &rec, opts(16));
+    // Ahead of this node's clock, but within max_clock_skew.
+    let far = crate::clock::from_physical_ms(SystemClock.now_ms() + 30_000);
+    let newer = Entry {
+        version: Version {
+            hlc: far,
+            node: "n2".into(),
+        },
+        value: Some(b"new".to_vec()),
+    };
+    let older = Entry {
+        version: Version {
+            hlc: 5,
+            node: "n3".into(),
+        },
+        value: Some(b"old".to_vec()),
+    };
+    let applied = w
+        .apply(
+            vec![("k".into(), newer.clone()), ("k".into(), older.clone())],
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied.applied, 1);
+    assert_eq!(
+        w.apply(vec![("k".into(), newer.clone())], false)
+            .await
+            .unwrap()
+            .applied,
+        0,
+        "replay"
+    );
+    assert_eq!(store.get("k").unwrap().unwrap(), newer);
+    // A later local write must beat the remote one it has observed.
+    let v = w.write("k".into(), Some(b"local".to_vec())).await.unwrap();
+    assert!(v > newer.version);
+    // Remote entries are not re-logged: the log holds only local writes.
+    assert_eq!(store.log_after(0, 10, 1 << 20).unwrap().len(), 1);
+    drop(w);
+    t.join().await.unwrap();
+}
+
+/// Issue 22, item 9: a data dir holding versions above its persisted
+/// clock mark (a file-by-file copy of a running node) acknowledged local
+/// writes that lost to the older ones already stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_write_beats_stored_versions_above_the_persisted_clock_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let ahead = crate::clock::from_physical_ms(SystemClock.now_ms() + 20_000);
+    let stored = |key: &str| Entry {
+        version: Version {
+            hlc: ahead,
+            node: "n2".into(),
+        },
+        value: Some(key.as_bytes().to_vec()),
+    };
+    {
+        let (store, rec) = open(dir.path());
+        let mut w = bare_writer(store.clone(), &rec, Arc::new(SystemClock));
+        let keys = ["early", "late"];
+        w.commit(&mut [Command::Remote {
+            mutations: keys.iter().map(|k| (k.to_string(), stored(k))).collect(),
+            streamed: false,
+            reply: oneshot::channel().0,
+            _permit: None,
+        }])
+        .unwrap();
+        // The copy caught the data but not the clock mark.
+        let mut batch = store.db.batch();
+        store.batch_meta(&mut batch, 1, rec.last_seq);
+        batch.commit().unwrap();
+    }
+    let (store, rec) = open(dir.path());
+    assert!(rec.high_water < ahead && !rec.fresh);
+    let (w, _seq, join) = start(store.clone(), &rec, opts(16));
+    // At once, before the start-up scan can have reported, and later.
+    let v = w
+        .write("early".into(), Some(b"mine".to_vec()))
+        .await
+        .unwrap();
+    assert!(
+        v > stored("early").version,
+        "{v} loses to the stored version"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let v = w
+        .write("late".into(), Some(b"mine".to_vec()))
+        .await
+        .unwrap();
+    assert!(
+        v > stored("late").version,
+        "{v} loses to the stored version"
+    );
+    for key in ["early", "late"] {
+        assert_eq!(
+            store.get(key).unwrap().unwrap().value.as_deref(),
+            Some(&b"mine"[..])
+        );
+    }
+    drop(w);
+    join.join().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clock_and_seq_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let last = {
+        let (store, rec) = open(dir.path());
+        let (w, _s, t) = spawn(
+            store,
+            &rec,
+            Arc::new(SystemClock),
+            opts(16),
+            CancellationToken::new(),
+            Blocking::Pool,
+        )
+        .unwrap();
+        let v = w.write("a".into(), Some(vec![1])).await.unwrap();
+        drop(w);
+        t.join().await.unwrap();
+        v
+    };
+    let (store, rec) = open(dir.path());
+    assert!(rec.high_water >= last.hlc);
+    assert_eq!(rec.last_seq, 1);
+    assert!(!rec.fresh);
+    // Even with the wall clock at zero, new versions come after old ones.
+    struct Zero;
+    impl PhysicalClock for Zero {
+        fn now_ms(&self) -> u64 {
+            0
+        }
+    }
+    let (w, _s, t) = spawn(
+        store,
+        &rec,
+        Arc::new(Zero),
+        opts(16),
+        CancellationToken::new(),
+        Blocking::Pool,
+    )
+    .unwrap();
+    assert!(w.write("a".into(), Some(vec![2])).await.unwrap() > last);
+    drop(w);
+    t.join().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncation_moves_the_log_start_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, rec) = open(dir.path());
+        let (w, _s, t) = start(store.clone(), &rec, opts(16));
+        for i in 0..10 {
+            w.write(format!("k{i}"), Some(vec![0; 10])).await.unwrap();
+        }
+        let full = store.log_bytes();
+        assert_eq!(store.log_first_seq().unwrap(), Some(1));
+        let (n, bytes) = store.truncate_log(|seq, _, _| seq <= 5).unwrap();
+        assert_eq!(n, 5);
+        assert_eq!(store.log_bytes(), full - bytes);
+        assert_eq!(store.log_first_seq().unwrap(), Some(6));
+        assert_eq!(store.log_after(0, 100, 1 << 20).unwrap()[0].0, 6);
+        store.truncate_log(|seq, _, _| seq <= 8).unwrap();
+        assert_eq!(store.log_first_seq().unwrap(), Some(9));
+        drop(w);
+        t.join().await.unwrap();
+    }
+    let (store, rec) = open(dir.path());
+    assert_eq!(rec.last_seq, 10);
+    assert_eq!(store.log_first_seq().unwrap(), Some(9));
+    assert_eq!(store.truncate_log(|_, _, _| true).unwrap().0, 2);
+    assert_eq!(store.log_first_seq().unwrap(), None);
+    assert_eq!(store.log_bytes(), 0);
+}
+
+/// A writer without its thread, so a test can hand `commit` any batch.
+fn bare_writer(store: Arc<Store>, rec: &Recovered, clock: Arc<dyn PhysicalClock>) -> Writer {
+    Writer {
+        hlc: Hlc::new(clock, rec.high_water),
+        last_seq: rec.last_seq,
+        store,
+        opts: opts(16),
+        seq_tx: watch::channel(0).0,
+        fatal: CancellationToken::new(),
+        failed: None,
+        pending: Shared::default(),
+        clock_checked: true,
+    }
+}
+
+/// The digests and key count rebuilt from what is stored.
+fn recount(store: &Store) -> (crate::storage::Digests, u64) {
+    let mut d = crate::storage::Digests::default();
+    let mut n = 0;
+    store
+        .for_each(|k, e, _| {
+            d.replace(k.as_bytes(), None, &e.version);
+            n += 1;
+            Ok(true)
+        })
+        .unwrap();
+    (d, n)
+}
+
+#[test]
+fn purge_and_write_of_one_key_in_one_batch_keep_digests_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, rec) = open(dir.path());
+    let mut w = bare_writer(store.clone(), &rec, Arc::new(SystemClock));
+    let local = |k: &str, v: Option<&[u8]>| Command::Local {
+        writes: vec![(k.into(), v.map(<[u8]>::to_vec))],
+        reply: oneshot::channel().0,
+        _permit: None,
+    };
+    w.commit(&mut [
+        local("k", Some(b"a")),
+        local("k", None),
+        local("other", Some(b"o")),
+    ])
+    .unwrap();
+    let tomb = store.get("k").unwrap().unwrap();
+    assert!(tomb.is_tombstone());
+    // In one batch: purge the tombstone, then write the key again.
+    let purge = Command::Forget {
+        entries: vec![("k".into(), tomb.version.clone())],
+        only_tombstones: true,
+        reply: oneshot::channel().0,
+    };
+    w.commit(&mut [purge, local("k", Some(b"b"))]).unwrap();
+    assert_eq!(
+        store.get("k").unwrap().unwrap().value.as_deref(),
+        Some(&b"b"[..])
+    );
+    let (digests, keys) = recount(&store);
+    assert_eq!(store.refresh_digests().unwrap(), digests);
+    assert_eq!(store.key_count(), keys);
+    assert_eq!(keys, 2);
+}
+
+#[test]
+fn an_expired_remote_tombstone_is_stored_only_where_it_beats_a_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, rec) = open(dir.path());
+    let mut w = bare_writer(store.clone(), &rec, Arc::new(SystemClock));
+    let at = |ms: u64, value: Option<&[u8]>| Entry {
+        version: Version {
+            hlc: crate::clock::from_physical_ms(ms),
+            node: "n2".into(),
+        },
+        value: value.map(<[u8]>::to_vec),
+    };
+    let remote = |key: &str, e: Entry| Command::Remote {
+        mutations: vec![(key.into(), e)],
+        streamed: false,
+        reply: oneshot::channel().0,
+        _permit: None,
+    };
+    // Long ago: a value, then its delete, both far older than the TTL.
+    w.commit(&mut [remote("old", at(1_000, Some(b"v")))])
+        .unwrap();
+    assert!(store.get("old").unwrap().is_some());
+    w.commit(&mut [
+        remote("old", at(2_000, None)),
+        remote("never", at(2_000, None)),
+    ])
+    .unwrap();
+    let old = store.get("old").unwrap().expect("the delete is kept");
+    assert!(
+        old.is_tombstone(),
+        "an expired delete that beat a value is stored: peers count this node as \
+         holding it before they purge theirs (simulation seed 1111)"
+    );
+    assert_eq!(
+        store.get("never").unwrap(),
+        None,
+        "an expired tombstone for an absent key is not stored"
+    );
+    let (digests, keys) = recount(&store);
+    assert_eq!(store.refresh_digests().unwrap(), digests);
+    assert_eq!((store.key_count(), keys), (1, 1));
+    // A recent tombstone is stored as usual.
+    let now = SystemClock.now_ms();
+    w.commit(&mut [remote("fresh", at(now, None))]).unwrap();
+    assert!(store.get("fresh").unwrap().unwrap().is_tombstone());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_lane_full_of_writes_does_not_shed_peer_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, rec) = open(dir.path());
+    let mut o = opts(2);
+    o.clients.requests = 1;
+    let (w, _s, t) = start(store.clone(), &rec, o);
+    // Hold the only client slot, as a flood of clients would.
+    let _held = w.clients.try_admit(1).unwrap();
+    let err = w.write("c".into(), Some(vec![1])).await.unwrap_err();
+    assert!(matches!(err, Error::Overloaded(_)), "{err}");
+    assert_eq!(
+        tonic::Status::from(err).code(),
+        tonic::Code::ResourceExhausted
+    );
+    let remote = Entry {
+        version: Version {
+            hlc: 7,
+            node: "n2".into(),
+        },
+        value: Some(b"r".to_vec()),
+    };
+    let applied = tokio::time::timeout(
+        Duration::from_secs(10),
+        w.apply(vec![("r".into(), remote)], false),
+    )
+    .await
+    .expect("a peer batch waited on the client lane")
+    .unwrap();
+    assert_eq!(applied.applied, 1);
+    drop(w);
+    t.join().await.unwrap();
+}
+
+/// Issue 22, item 1: one entry near the HLC's ceiling used to drag the
+/// clock with it, and every later local version was refused by every peer.
+#[test]
+fn a_remote_version_far_ahead_is_refused_unobserved_and_taken_once_the_clock_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, rec) = open(dir.path());
+    let now = 1_800_000_000_000u64;
+    let clock = Arc::new(crate::clock::tests::ManualClock(
+        std::sync::atomic::AtomicU64::new(now),
+    ));
+    let mut w = bare_writer(store.clone(), &rec, clock.clone());
+    let entry = |ms: u64| Entry {
+        version: Version {
+            hlc: crate::clock::from_physical_ms(ms),
+            node: "n2".into(),
+        },
+        value: Some(b"future".to_vec()),
+    };
+    let remote = |w: &mut Writer, e: &Entry| {
+        let mut out = w
+            .commit(&mut [Command::Remote {
+                mutations: vec![("ok".into(), entry(now)), ("k".into(), e.clone())],
+                streamed: true,
+                reply: oneshot::channel().0,
+                _permit: None,
+            }])
+            .unwrap();
+        match out.pop() {
+            Some(Outcome::Applied(a)) => a,
+            _ => panic!("an applied outcome"),
+        }
+    };
+    let ceiling = entry((1 << 47) - 1);
+    let ahead = entry(now + 61_000);
+    for far in [&ceiling, &ahead] {
+        let done = remote(&mut w, far);
+        assert_eq!(done.refused.len(), 1, "{done:?}");
+        let (at, key, why) = &done.refused[0];
+        assert_eq!((*at, key.as_str()), (1, "k"));
+        assert!(why.to_string().contains("max_clock_skew_ms"), "{why}");
+        assert_eq!(
+            store.get("k").unwrap(),
+            None,
+            "a refused entry is not stored"
+        );
+    }
+    let mut out = w
+        .commit(&mut [Command::Local {
+            writes: vec![("mine".into(), Some(b"v".to_vec()))],
+            reply: oneshot::channel().0,
+            _permit: None,
+        }])
+        .unwrap();
+    let Some(Outcome::Local(v)) = out.pop() else {
+        panic!("a local outcome")
+    };
+    assert_eq!(
+        crate::clock::physical_ms(v[0].hlc),
+        now,
+        "the clock did not observe the refused versions"
+    );
+    // Once this node's clock is within the limit, the same entry is taken.
+    clock
+        .0
+        .store(now + 1_000, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(remote(&mut w, &ahead).refused, vec![]);
+    assert_eq!(store.get("k").unwrap(), Some(ahead.clone()));
+    let mut out = w
+        .commit(&mut [Command::Local {
+            writes: vec![("k".into(), Some(b"mine".to_vec()))],
+            reply: oneshot::channel().0,
+            _permit: None,
+        }])
+        .unwrap();
+    let Some(Outcome::Local(v)) = out.pop() else {
+        panic!("a local outcome")
+    };
+    assert!(
+        v[0] > ahead.version,
+        "the clock observed the accepted version"
+    );
+}
+
+#[test]
+fn cursors_ride_along_and_a_batch_of_cursors_alone_is_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, rec) = open(dir.path());
+    let mut w = bare_writer(store.clone(), &rec, Arc::new(SystemClock));
+    w.pending.update(|p| {
+        p.cursors.insert(crate::storage::cursor_key("n2"), 42);
+    });
+    w.commit(&mut []).unwrap();
+    assert_eq!(store.cursor("n2").unwrap(), 42);
+    assert!(w.pending.is_empty());
+}
+
+/// Issue 22, item 7: `applied_ms` is stamped before the commit, so a
+/// round that started during a slow commit counted as proof that a peer
+/// holds a tombstone the round never saw. Rounds now take the visible
+/// time, which covers only entries already committed and marked.
+#[test]
+fn the_visible_time_follows_commits_and_never_lets_applied_ms_fall_below_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, rec) = open(dir.path());
+    let clock = Arc::new(crate::clock::tests::ManualClock(
+        std::sync::atomic::AtomicU64::new(5_000),
+    ));
+    let mut w = bare_writer(store.clone(), &rec, clock.clone());
+    assert_eq!(
+        store.visible_ms(),
+        0,
+        "nothing is proven before the writer runs"
+    );
+    let delete = |w: &mut Writer, key: &str| {
+        w.commit(&mut [Command::Local {
+            writes: vec![(key.into(), None)],
+            reply: oneshot::channel().0,
+            _permit: None,
+        }])
+        .unwrap();
+    };
+    delete(&mut w, "a");
+    assert_eq!(store.visible_ms(), 5_000);
+    // Idle: everything is visible up to the wall clock.
+    clock.0.store(7_000, std::sync::atomic::Ordering::SeqCst);
+    w.idle();
+    assert_eq!(store.visible_ms(), 7_000);
+    // The wall clock steps back: the next entry is still stamped at or
+    // above the visible time, so no round that started before it is
+    // taken as proof of it.
+    clock.0.store(6_000, std::sync::atomic::Ordering::SeqCst);
+    delete(&mut w, "b");
+    let mut applied = None;
+    store
+        .for_each(|key, _, ms| {
+            if key == "b" {
+                applied = Some(ms);
+            }
+            Ok(true)
+        })
+        .unwrap();
+    assert_eq!(applied, Some(7_000));
+    assert_eq!(store.visible_ms(), 7_000);
+}
+
+/// Issue 22, item 8: a cursor or seen mark saved while the queue was full
+/// was dropped, and a peer's three marks could be saved in part.
+#[test]
+fn records_saved_while_the_queue_is_full_go_with_the_next_batch_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, rec) = open(dir.path());
+    let mut w = bare_writer(store.clone(), &rec, Arc::new(SystemClock));
+    let (tx, mut rx) = mpsc::channel(1);
+    let lane = |l| Lane::new(l, "test");
+    let h = WriterHandle {
+        tx,
+        clients: lane(opts(16).clients),
+        peers: lane(opts(16).peers),
+        pending: w.pending.clone(),
+    };
+    // The queue is full: one purge waits in it.
+    let (reply, _answer) = oneshot::channel();
+    h.tx.try_send(Msg::Request(Command::Forget {
+        entries: Vec::new(),
+        only_tombstones: true,
+        reply,
+    }))
+    .unwrap_or_else(|_| panic!("room for one"));
+    h.save_cursor("n2", 42);
+    h.save_cursor("n2", 40); // a late save from another task
+    let run1 = SeenMarks {
+        incarnation: 10,
+        current: 500,
+        prior: 0,
+    };
+    let run2 = SeenMarks {
+        incarnation: 60,
+        current: 50,
+        prior: 500,
+    };
+    h.save_seen_marks("n3", run2);
+    h.save_seen_marks("n3", run1); // older, and saved late
+    let first = rx.try_recv().unwrap();
+    w.step(first, &mut rx, &mut Vec::new());
+    assert_eq!(store.cursor("n2").unwrap(), 42);
+    assert_eq!(store.seen_marks("n3").unwrap(), run2);
+    assert!(w.pending.is_empty());
+    // With an empty queue a save wakes the writer itself.
+    h.save_cursor("n2", 43);
+    let wake = rx.try_recv().expect("a wake-up");
+    w.step(wake, &mut rx, &mut Vec::new());
+    assert_eq!(store.cursor("n2").unwrap(), 43);
+}
+
+#[tokio::test(start_paused = true)]
+async fn periodic_sync_runs_until_stopped_not_until_shutdown_begins() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let syncs = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&syncs);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(periodic_sync(
+        move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        },
+        Duration::from_millis(100),
+        CancellationToken::new(),
+        stop.clone(),
+        Blocking::Pool,
+    ));
+    tokio::time::sleep(Duration::from_millis(1050)).await;
+    let before = syncs.load(Ordering::SeqCst);
+    assert!(before >= 5, "{before} syncs in a second");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        syncs.load(Ordering::SeqCst) > before,
+        "still syncing until stopped"
+    );
+    stop.cancel();
+    task.await.unwrap();
+}
