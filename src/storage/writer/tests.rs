@@ -107,9 +107,11 @@ async fn remote_merge_keeps_the_highest_version_and_advances_the_clock() {
 
 /// Issue 22, item 9: a data dir holding versions above its persisted
 /// clock mark (a file-by-file copy of a running node) acknowledged local
-/// writes that lost to the older ones already stored.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_local_write_beats_stored_versions_above_the_persisted_clock_mark() {
+/// writes that lost to the older ones already stored. Until the start-up
+/// scan reports, a local write reads its key's stored version; after, the
+/// clock has observed the highest.
+#[test]
+fn a_local_write_beats_stored_versions_above_the_persisted_clock_mark() {
     let dir = tempfile::tempdir().unwrap();
     let ahead = crate::clock::from_physical_ms(SystemClock.now_ms() + 20_000);
     let stored = |key: &str| Entry {
@@ -119,51 +121,49 @@ async fn a_local_write_beats_stored_versions_above_the_persisted_clock_mark() {
         },
         value: Some(key.as_bytes().to_vec()),
     };
-    {
-        let (store, rec) = open(dir.path());
-        let mut w = bare_writer(store.clone(), &rec, Arc::new(SystemClock));
-        let keys = ["early", "late"];
-        w.commit(&mut [Command::Remote {
-            mutations: keys.iter().map(|k| (k.to_string(), stored(k))).collect(),
-            streamed: false,
-            reply: oneshot::channel().0,
-            _permit: None,
-        }])
-        .unwrap();
-        // The copy caught the data but not the clock mark.
-        let mut batch = store.db.batch();
-        store.batch_meta(&mut batch, 1, rec.last_seq);
-        batch.commit().unwrap();
-    }
     let (store, rec) = open(dir.path());
-    assert!(rec.high_water < ahead && !rec.fresh);
-    let (w, _seq, join) = start(store.clone(), &rec, opts(16));
-    // At once, before the start-up scan can have reported, and later.
-    let v = w
-        .write("early".into(), Some(b"mine".to_vec()))
-        .await
-        .unwrap();
+    let mut w = bare_writer(store.clone(), &rec, Arc::new(SystemClock));
+    let keys = ["early", "late"];
+    commit_remote(
+        &mut w,
+        keys.iter().map(|k| (k.to_string(), stored(k))).collect(),
+        false,
+    );
+    // The copy caught the data but not the clock mark: a writer that
+    // starts from it.
+    let unchecked = || {
+        let mut w = bare_writer(store.clone(), &rec, Arc::new(SystemClock));
+        w.clock_checked = false;
+        w
+    };
+    assert!(rec.high_water < ahead);
+
+    // Before the scan: the write reads what is stored under its key.
+    let v = commit_local(&mut unchecked(), "early", Some(b"mine"));
     assert!(
         v > stored("early").version,
         "{v} loses to the stored version"
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let v = w
-        .write("late".into(), Some(b"mine".to_vec()))
-        .await
-        .unwrap();
+
+    // The scan finds the highest stored version (now the write just made);
+    // once the writer has it, the fast path (no read) still wins.
+    let highest = store.max_stored_hlc(|| false).unwrap();
+    assert_eq!(highest, Some(v.hlc));
+    let mut w = unchecked();
+    let (_tx, mut rx) = mpsc::channel(1);
+    w.step(Msg::StoredMax(ahead), &mut rx, &mut Vec::new());
+    assert!(w.clock_checked);
+    let v = commit_local(&mut w, "late", Some(b"mine"));
     assert!(
         v > stored("late").version,
         "{v} loses to the stored version"
     );
-    for key in ["early", "late"] {
+    for key in keys {
         assert_eq!(
             store.get(key).unwrap().unwrap().value.as_deref(),
             Some(&b"mine"[..])
         );
     }
-    drop(w);
-    join.join().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,6 +251,37 @@ fn bare_writer(store: Arc<Store>, rec: &Recovered, clock: Arc<dyn PhysicalClock>
         failed: None,
         pending: Shared::default(),
         clock_checked: true,
+    }
+}
+
+/// Commits one local write (`None`: a delete) through a bare writer.
+fn commit_local(w: &mut Writer, key: &str, value: Option<&[u8]>) -> Version {
+    let mut out = w
+        .commit(&mut [Command::Local {
+            writes: vec![(key.into(), value.map(<[u8]>::to_vec))],
+            reply: oneshot::channel().0,
+            _permit: None,
+        }])
+        .unwrap();
+    match out.pop() {
+        Some(Outcome::Local(mut v)) => v.pop().expect("a version"),
+        _ => panic!("a local outcome"),
+    }
+}
+
+/// Commits one batch of remote entries through a bare writer.
+fn commit_remote(w: &mut Writer, mutations: Vec<(String, Entry)>, streamed: bool) -> Applied {
+    let mut out = w
+        .commit(&mut [Command::Remote {
+            mutations,
+            streamed,
+            reply: oneshot::channel().0,
+            _permit: None,
+        }])
+        .unwrap();
+    match out.pop() {
+        Some(Outcome::Applied(a)) => a,
+        _ => panic!("an applied outcome"),
     }
 }
 
@@ -403,18 +434,11 @@ fn a_remote_version_far_ahead_is_refused_unobserved_and_taken_once_the_clock_cat
         value: Some(b"future".to_vec()),
     };
     let remote = |w: &mut Writer, e: &Entry| {
-        let mut out = w
-            .commit(&mut [Command::Remote {
-                mutations: vec![("ok".into(), entry(now)), ("k".into(), e.clone())],
-                streamed: true,
-                reply: oneshot::channel().0,
-                _permit: None,
-            }])
-            .unwrap();
-        match out.pop() {
-            Some(Outcome::Applied(a)) => a,
-            _ => panic!("an applied outcome"),
-        }
+        commit_remote(
+            w,
+            vec![("ok".into(), entry(now)), ("k".into(), e.clone())],
+            true,
+        )
     };
     let ceiling = entry((1 << 47) - 1);
     let ahead = entry(now + 61_000);
@@ -430,18 +454,9 @@ fn a_remote_version_far_ahead_is_refused_unobserved_and_taken_once_the_clock_cat
             "a refused entry is not stored"
         );
     }
-    let mut out = w
-        .commit(&mut [Command::Local {
-            writes: vec![("mine".into(), Some(b"v".to_vec()))],
-            reply: oneshot::channel().0,
-            _permit: None,
-        }])
-        .unwrap();
-    let Some(Outcome::Local(v)) = out.pop() else {
-        panic!("a local outcome")
-    };
+    let v = commit_local(&mut w, "mine", Some(b"v"));
     assert_eq!(
-        crate::clock::physical_ms(v[0].hlc),
+        crate::clock::physical_ms(v.hlc),
         now,
         "the clock did not observe the refused versions"
     );
@@ -451,20 +466,8 @@ fn a_remote_version_far_ahead_is_refused_unobserved_and_taken_once_the_clock_cat
         .store(now + 1_000, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(remote(&mut w, &ahead).refused, vec![]);
     assert_eq!(store.get("k").unwrap(), Some(ahead.clone()));
-    let mut out = w
-        .commit(&mut [Command::Local {
-            writes: vec![("k".into(), Some(b"mine".to_vec()))],
-            reply: oneshot::channel().0,
-            _permit: None,
-        }])
-        .unwrap();
-    let Some(Outcome::Local(v)) = out.pop() else {
-        panic!("a local outcome")
-    };
-    assert!(
-        v[0] > ahead.version,
-        "the clock observed the accepted version"
-    );
+    let v = commit_local(&mut w, "k", Some(b"mine"));
+    assert!(v > ahead.version, "the clock observed the accepted version");
 }
 
 #[test]
@@ -497,15 +500,7 @@ fn the_visible_time_follows_commits_and_never_lets_applied_ms_fall_below_it() {
         0,
         "nothing is proven before the writer runs"
     );
-    let delete = |w: &mut Writer, key: &str| {
-        w.commit(&mut [Command::Local {
-            writes: vec![(key.into(), None)],
-            reply: oneshot::channel().0,
-            _permit: None,
-        }])
-        .unwrap();
-    };
-    delete(&mut w, "a");
+    commit_local(&mut w, "a", None);
     assert_eq!(store.visible_ms(), 5_000);
     // Idle: everything is visible up to the wall clock.
     clock.0.store(7_000, std::sync::atomic::Ordering::SeqCst);
@@ -515,7 +510,7 @@ fn the_visible_time_follows_commits_and_never_lets_applied_ms_fall_below_it() {
     // above the visible time, so no round that started before it is
     // taken as proof of it.
     clock.0.store(6_000, std::sync::atomic::Ordering::SeqCst);
-    delete(&mut w, "b");
+    commit_local(&mut w, "b", None);
     let mut applied = None;
     store
         .for_each(|key, _, ms| {
