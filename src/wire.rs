@@ -173,6 +173,19 @@ pub fn split_batch(mutations: Vec<proto::Mutation>) -> (Vec<(String, Entry)>, Ve
     (ok, refused)
 }
 
+/// Where the `at`-th entry that [`split_batch`] let through sat in the
+/// request, given the request indices it refused (in order): the index a
+/// refusal of that entry must name.
+pub fn request_index(malformed: &[u32], at: usize) -> u32 {
+    let mut index = at as u32;
+    for &m in malformed {
+        if m <= index {
+            index += 1;
+        }
+    }
+    index
+}
+
 /// At most 128 bytes of a peer-supplied string, for logs and refusals.
 fn truncated(s: &str) -> &str {
     if s.len() <= 128 {
@@ -189,6 +202,17 @@ fn truncated(s: &str) -> &str {
 mod tests {
     use super::*;
     use crate::clock::from_physical_ms;
+
+    #[test]
+    fn a_refusal_after_the_split_names_the_index_in_the_request() {
+        // Request entries 0..6; 1 and 2 were malformed, so the writer saw
+        // 0, 3, 4, 5 as its entries 0, 1, 2, 3.
+        let malformed = [1, 2];
+        let seen: Vec<u32> = (0..4).map(|at| request_index(&malformed, at)).collect();
+        assert_eq!(seen, [0, 3, 4, 5]);
+        assert_eq!(request_index(&[], 7), 7);
+        assert_eq!(request_index(&[0, 1, 2], 0), 3);
+    }
 
     #[test]
     fn an_encoded_request_is_an_ordinary_request_on_the_wire() {

@@ -62,23 +62,16 @@ async fn apply(
     // and reported, and the rest of the batch is applied, so the sender's
     // stream moves on instead of retrying the same batch forever.
     let (mutations, mut refused) = wire::split_batch(req.mutations);
-    // Where each entry handed to the writer sits in the request, so that
-    // the writer's refusals name the index the sender knows.
-    let positions: Vec<u32> = {
-        let mut malformed = refused.iter().map(|r| r.index).peekable();
-        (0..received as u32)
-            .filter(|i| malformed.next_if_eq(i).is_none())
-            .collect()
-    };
     let applied = if mutations.is_empty() {
         0
     } else {
         let done = writer.apply(mutations, !req.repair).await?;
+        let malformed: Vec<u32> = refused.iter().map(|r| r.index).collect();
         refused.extend(
             done.refused
                 .into_iter()
                 .map(|(at, key, why)| proto::Refusal {
-                    index: positions.get(at).copied().unwrap_or(u32::MAX),
+                    index: wire::request_index(&malformed, at),
                     key,
                     reason: why.to_string(),
                 }),

@@ -251,9 +251,10 @@ impl PeerManager {
     pub fn log_held_after(&self) -> Option<u64> {
         self.peers
             .iter()
-            .map(|p| p.state())
-            .filter(|s| s.holds_log)
-            .map(|s| s.acked_seq)
+            .filter_map(|p| {
+                let s = p.lock();
+                s.holds_log.then_some(s.acked_seq)
+            })
             .min()
     }
 
