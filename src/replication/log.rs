@@ -66,7 +66,8 @@ pub struct PeerGc {
     /// Our own log records with an HLC below this were acknowledged by the
     /// peer (`u64::MAX`: all of them; 0: one it needs already left the log).
     pub own_acked_below_hlc: u64,
-    /// When the last complete anti-entropy round with the peer started.
+    /// The visible time when the last complete anti-entropy round with the
+    /// peer that pushed started (see `PeerState::last_complete_round_ms`).
     pub last_complete_round_ms: Option<u64>,
 }
 

@@ -105,8 +105,9 @@ pub struct PeerState {
     pub refused: u64,
     /// The last refusal, as "key: reason".
     pub last_refused: Option<String>,
-    /// Wall-clock ms at which the last complete round with the peer started:
-    /// it then held, or beat, every settled entry this node held.
+    /// The store's visible time when the last complete round with the peer
+    /// that pushed (not a catch-up) started: the peer then held, or beat,
+    /// every settled entry this node had applied before it.
     pub last_complete_round_ms: Option<u64>,
     /// Expired tombstones waiting on this peer, from the last collection.
     pub tombstones_waiting: u64,
@@ -214,12 +215,12 @@ pub struct RoundEnd {
     /// [`Store::visible_ms`](crate::storage::Store::visible_ms) when the
     /// round started: every entry applied before it was in what the round
     /// compared.
-    pub started_ms: u64,
+    pub visible_ms: u64,
 }
 
 impl RoundEnd {
     /// The summary of `stats` for a round in `mode`.
-    pub fn new(mode: Mode, stats: &RoundStats, resume_at: u64, started_ms: u64) -> Self {
+    pub fn new(mode: Mode, stats: &RoundStats, resume_at: u64, visible_ms: u64) -> Self {
         Self {
             mode,
             finished: stats.finished(),
@@ -227,7 +228,7 @@ impl RoundEnd {
             keys: stats.pushed + stats.pulled + stats.forgotten,
             push_error: stats.push_error.clone(),
             resume_at,
-            started_ms,
+            visible_ms,
         }
     }
 }
@@ -311,7 +312,7 @@ pub fn step(s: &mut PeerState, event: Event) -> Actions {
             // A catch-up round pushes nothing: it proves nothing about what
             // the peer holds.
             if end.complete && end.mode != Mode::CatchUp {
-                s.last_complete_round_ms = Some(end.started_ms);
+                s.last_complete_round_ms = Some(end.visible_ms);
             }
             if !end.finished {
                 return act;
@@ -423,7 +424,7 @@ mod tests {
             keys: 3,
             push_error: (!finished).then(|| "push failed".into()),
             resume_at,
-            started_ms: 1000,
+            visible_ms: 1000,
         })
     }
 
@@ -481,19 +482,8 @@ mod tests {
     #[test]
     fn only_a_round_that_pushes_is_proof_for_tombstone_collection() {
         let mut s = PeerState::new(0, true);
-        let catch_up = |complete| {
-            Event::RoundEnded(RoundEnd {
-                mode: Mode::CatchUp,
-                finished: true,
-                complete,
-                keys: 0,
-                push_error: None,
-                resume_at: 0,
-                started_ms: 1000,
-            })
-        };
         step(&mut s, Event::RoundStarted(Mode::CatchUp));
-        step(&mut s, catch_up(true));
+        step(&mut s, end(Mode::CatchUp, true, 0));
         assert_eq!(s.last_complete_round_ms, None);
         step(&mut s, Event::RoundStarted(Mode::Periodic));
         step(&mut s, end(Mode::Periodic, true, 0));
