@@ -11,7 +11,7 @@ use crate::{
     error::Error,
     proto::{self, admin_server::Admin},
     replication::PeerManager,
-    storage::codec::to_mutation,
+    storage::{codec::to_mutation, Refresh},
 };
 
 /// Entries read from storage per step of a Dump, and buffered for its client.
@@ -94,8 +94,13 @@ impl Admin for AdminService {
         let ctx = self.manager.ctx();
         let store = &ctx.store;
         let fingerprint = {
-            let digests = ctx.digests().await.map_err(Status::from)?;
-            let bytes: Vec<u8> = digests
+            // Exact, so operators can compare nodes: a full rescan, versions only.
+            let view = ctx
+                .digests(usize::MAX, Refresh::Wait)
+                .await
+                .map_err(Status::from)?;
+            let bytes: Vec<u8> = view
+                .digests
                 .as_slice()
                 .iter()
                 .flat_map(|d| d.to_le_bytes())

@@ -13,7 +13,8 @@ use crate::{
     security::ConnInfo,
     storage::{
         codec::{to_mutation, version_to_proto},
-        Digests, BUCKETS,
+        digest::ANSWER_SCAN_BUDGET,
+        Digests, Refresh, BUCKETS,
     },
     wire::{self, ANSWER_BUDGET, MAX_FETCH_KEYS},
 };
@@ -48,7 +49,14 @@ impl AntiEntropy for AntiEntropyService {
                 req.digests.len()
             ))
         })?;
-        let buckets = self.ctx.digests().await?.diff(&theirs);
+        // Bounded: never waits for a refresh already running, and reads at
+        // most ANSWER_SCAN_BUDGET versions; what it leaves unsettled is
+        // answered as differing.
+        let buckets = self
+            .ctx
+            .digests(ANSWER_SCAN_BUDGET, Refresh::IfIdle)
+            .await?
+            .to_compare(&theirs);
         let seen = self
             .ctx
             .peer_reports_high_water(&req.origin, req.incarnation, req.high_water);

@@ -163,8 +163,8 @@ pub struct StorageConfig {
     pub fsync_interval_ms: u64,
     /// The storage engine's block cache, in MiB.
     pub cache_mb: u64,
-    /// The largest in-memory write buffer (memtable) of the data and the log
-    /// keyspaces, in MiB. Together with the cache this bounds most of the
+    /// The largest in-memory write buffer (memtable) of each of the kv,
+    /// versions and log keyspaces, in MiB. Together with the cache this bounds most of the
     /// engine's memory.
     pub memtable_mb: u64,
 }

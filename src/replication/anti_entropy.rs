@@ -18,7 +18,7 @@ use crate::{
     storage::{
         bucket_of,
         codec::{to_mutation, version_from_proto},
-        Store, BUCKETS,
+        Refresh, Store, BUCKETS,
     },
     version::Version,
     wire::{self, ANSWER_BUDGET},
@@ -232,7 +232,11 @@ pub async fn round(
 ) -> Result<RoundStats> {
     let peer = peer_state.id.as_str();
     let timeout = Duration::from_millis(ctx.config.rpc_timeout_ms);
-    let digests = ctx.digests().await?.as_slice().to_vec();
+    // Our own refresh has no deadline to meet, so it waits and scans all
+    // that is dirty; a bucket a commit touched meanwhile stays unsettled and
+    // is compared below whatever the peer says of it.
+    let view = ctx.digests(usize::MAX, Refresh::Wait).await?;
+    let digests = view.digests.as_slice().to_vec();
     let answer = ae
         .digest(request(
             proto::DigestRequest {
@@ -268,19 +272,21 @@ pub async fn round(
         rules.mode = Mode::CatchUp;
         rules.forget_old = true;
     }
-    let mut stats = RoundStats {
-        differing_buckets: answer.buckets.len(),
-        peer_catching_up: answer.catching_up,
-        regressed,
-        ..RoundStats::default()
-    };
-    let differing: Vec<u16> = answer
+    let mut differing: Vec<u16> = answer
         .buckets
         .into_iter()
         .filter(|b| (*b as usize) < BUCKETS)
         .map(|b| b as u16)
+        .chain(view.unsettled)
         .collect();
-
+    differing.sort_unstable();
+    differing.dedup();
+    let mut stats = RoundStats {
+        differing_buckets: differing.len(),
+        peer_catching_up: answer.catching_up,
+        regressed,
+        ..RoundStats::default()
+    };
     let mut rest: &[u16] = &differing;
     while !rest.is_empty() {
         let ask = &rest[..rest.len().min(BUCKETS_PER_CALL)];

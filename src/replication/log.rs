@@ -200,10 +200,18 @@ fn scan(
 ) -> crate::Result<(Vec<Purge>, Vec<u64>)> {
     let mut out: Vec<Purge> = Vec::new();
     let mut waiting = vec![0u64; gc.peers.len()];
-    store.for_each(|key, entry, applied_ms| {
+    store.for_each_version(|key, indexed| {
         if stop.is_cancelled() {
             return Ok(false);
         }
+        if !indexed.tombstone {
+            return Ok(true);
+        }
+        let applied_ms = indexed.applied_ms;
+        let entry = Entry {
+            version: indexed.version,
+            value: None,
+        };
         if !expired(&entry, gc.cutoff_hlc) {
             return Ok(true);
         }

@@ -62,12 +62,19 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// The digests, after rescanning what changed since the last call (on
-    /// the blocking pool: after a restart that is every key).
-    pub async fn digests(&self) -> crate::error::Result<crate::storage::Digests> {
+    /// The digests, after rescanning on the blocking pool what changed
+    /// since the last call, up to `budget` versions (see
+    /// [`Store::refresh_digests`](crate::storage::Store::refresh_digests)).
+    pub async fn digests(
+        &self,
+        budget: usize,
+        mode: crate::storage::Refresh,
+    ) -> crate::error::Result<crate::storage::DigestView> {
         let store = Arc::clone(&self.store);
         self.blocking
-            .run("digest refresh", move || store.refresh_digests())
+            .run("digest refresh", move || {
+                store.refresh_digests(budget, mode)
+            })
             .await?
     }
 

@@ -9,20 +9,26 @@ use crate::{
     version::{Entry, Version},
 };
 
-/// The `data` key of a user key: its bucket, big-endian, then the key.
-pub fn data_key(key: &str) -> Vec<u8> {
+/// The `versions` key of a user key: its bucket, big-endian, then the key.
+/// (Also the key of the `data` keyspace of layout 1, which start-up migrates.)
+pub fn version_key(key: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + key.len());
     k.extend_from_slice(&bucket_of(key.as_bytes()).to_be_bytes());
     k.extend_from_slice(key.as_bytes());
     k
 }
 
-/// The user key inside a `data` key.
-pub fn user_key(data_key: &[u8]) -> Result<String> {
-    let raw = data_key
+/// The user key inside a `versions` key.
+pub fn user_key(version_key: &[u8]) -> Result<String> {
+    let raw = version_key
         .get(2..)
-        .ok_or_else(|| Error::Corrupt("data key shorter than its bucket prefix".into()))?;
-    String::from_utf8(raw.to_vec()).map_err(|_| Error::Corrupt("data key is not UTF-8".into()))
+        .ok_or_else(|| Error::Corrupt("versions key shorter than its bucket prefix".into()))?;
+    kv_user_key(raw)
+}
+
+/// The user key of a `kv` key, which is the key itself.
+pub fn kv_user_key(raw: &[u8]) -> Result<String> {
+    String::from_utf8(raw.to_vec()).map_err(|_| Error::Corrupt("stored key is not UTF-8".into()))
 }
 
 /// The `log` key of a sequence number; big-endian so keys sort by seq.
@@ -54,7 +60,7 @@ pub fn version_from_proto(v: proto::Version) -> Version {
     }
 }
 
-/// Encodes the value of a `data` entry. `applied_ms` (when this node applied
+/// Encodes the value of a `kv` entry. `applied_ms` (when this node applied
 /// it) is kept for tombstones only: tombstone collection needs it, values not.
 pub fn encode_entry(e: &Entry, applied_ms: u64) -> Vec<u8> {
     proto::StoredEntry {
@@ -65,12 +71,12 @@ pub fn encode_entry(e: &Entry, applied_ms: u64) -> Vec<u8> {
     .encode_to_vec()
 }
 
-/// Decodes the value of a `data` entry.
+/// Decodes the value of a `kv` entry.
 pub fn decode_entry(bytes: &[u8]) -> Result<Entry> {
     decode_stored(bytes).map(|(e, _)| e)
 }
 
-/// Decodes a `data` entry with the moment it was applied (0 for values).
+/// Decodes a `kv` entry with the moment it was applied (0 for values).
 pub fn decode_stored(bytes: &[u8]) -> Result<(Entry, u64)> {
     let stored = proto::StoredEntry::decode(bytes)
         .map_err(|e| Error::Corrupt(format!("data entry: {e}")))?;
@@ -86,15 +92,40 @@ pub fn decode_stored(bytes: &[u8]) -> Result<(Entry, u64)> {
     ))
 }
 
-/// Decodes only the version of a `data` entry; the value is skipped, never
-/// copied, so comparisons over many keys do not hold their values.
-pub fn decode_version(bytes: &[u8]) -> Result<Version> {
+/// What the `versions` keyspace holds for one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Indexed {
+    /// The stored version.
+    pub version: Version,
+    /// The entry is a tombstone.
+    pub tombstone: bool,
+    /// For a tombstone, when this node applied it; 0 for values.
+    pub applied_ms: u64,
+}
+
+/// Encodes the `versions` entry of an entry stored with `applied_ms`.
+pub fn encode_version(e: &Entry, applied_ms: u64) -> Vec<u8> {
+    proto::StoredVersion {
+        version: Some(version_to_proto(&e.version)),
+        tombstone: e.is_tombstone(),
+        applied_ms: if e.is_tombstone() { applied_ms } else { 0 },
+    }
+    .encode_to_vec()
+}
+
+/// Decodes a `versions` entry.
+pub fn decode_version(bytes: &[u8]) -> Result<Indexed> {
     let stored = proto::StoredVersion::decode(bytes)
-        .map_err(|e| Error::Corrupt(format!("data entry: {e}")))?;
-    stored
+        .map_err(|e| Error::Corrupt(format!("versions entry: {e}")))?;
+    let version = stored
         .version
         .map(version_from_proto)
-        .ok_or_else(|| Error::Corrupt("data entry without a version".into()))
+        .ok_or_else(|| Error::Corrupt("versions entry without a version".into()))?;
+    Ok(Indexed {
+        version,
+        tombstone: stored.tombstone,
+        applied_ms: stored.applied_ms,
+    })
 }
 
 /// A key and entry as the protobuf mutation shipped to peers and logged.
@@ -122,15 +153,18 @@ mod tests {
             };
             let bytes = encode_entry(&e, 99);
             assert_eq!(decode_entry(&bytes).unwrap(), e);
-            assert_eq!(decode_version(&bytes).unwrap(), e.version);
             let applied = decode_stored(&bytes).unwrap().1;
             assert_eq!(applied, if e.is_tombstone() { 99 } else { 0 });
+            let indexed = decode_version(&encode_version(&e, 99)).unwrap();
+            assert_eq!(indexed.version, e.version);
+            assert_eq!(indexed.tombstone, e.is_tombstone());
+            assert_eq!(indexed.applied_ms, applied);
         }
     }
 
     #[test]
-    fn data_keys_carry_their_bucket_and_round_trip() {
-        let k = data_key("hello");
+    fn version_keys_carry_their_bucket_and_round_trip() {
+        let k = version_key("hello");
         assert_eq!(u16::from_be_bytes([k[0], k[1]]), bucket_of(b"hello"));
         assert_eq!(user_key(&k).unwrap(), "hello");
         assert!(user_key(&[1]).is_err());

@@ -11,12 +11,20 @@
 //! and it was the largest cost of the write path after the commit itself.
 //! The writer marks the key's bucket dirty instead ([`DigestBook::touch`]),
 //! and whoever needs the digests (an anti-entropy round, a peer's Digest
-//! request, `meshkv status`) first rescans the dirty buckets, which are
-//! one prefix each in storage. A generation per bucket makes a rescan that
-//! raced a commit leave its bucket dirty rather than record a stale digest
-//! as clean. This is Garage's `merkle_todo` idea, at bucket granularity
-//! (deuxfleurs-org/garage `src/table/data.rs`). At start-up every bucket is
-//! dirty, so a restart does not scan the data before serving.
+//! request, `meshkv status`) first rescans dirty buckets, which are one
+//! prefix each of the `versions` keyspace: versions only, never values. A
+//! generation per bucket makes a rescan that raced a commit leave its bucket
+//! dirty rather than record a stale digest as clean. This is Garage's
+//! `merkle_todo` idea, at bucket granularity (deuxfleurs-org/garage
+//! `src/table/data.rs`). At start-up every bucket is dirty, so a restart does
+//! not scan the data before serving.
+//!
+//! **Bounded.** A refresh may stop after a budget of versions, and a bucket
+//! it did not reach is *unsettled*: its digest vouches for nothing.
+//! [`DigestView::to_compare`] therefore lists unsettled buckets beside the
+//! ones that differ, so a bounded refresh can only make a round compare more
+//! buckets, never miss one. Successive bounded refreshes start where the
+//! last one stopped, so every dirty bucket is reached in turn.
 
 use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3};
 
@@ -24,6 +32,9 @@ use crate::version::Version;
 
 /// Number of buckets. 4096 digests of 8 bytes make a 32 KiB exchange.
 pub const BUCKETS: usize = 4096;
+/// The most versions a peer's Digest request rescans before it is answered:
+/// about 10 MB of `versions` entries, a fraction of a second on a slow disk.
+pub const ANSWER_SCAN_BUDGET: usize = 1 << 18;
 const BUCKET_SEED: u64 = 0x6d65_7368_6b76_0001;
 const ENTRY_SEED: u64 = 0x6d65_7368_6b76_0002;
 
@@ -109,8 +120,31 @@ pub struct DigestBook {
     generation: Box<[u64; BUCKETS]>,
     /// The generation the digest and count were scanned at.
     scanned: Box<[u64; BUCKETS]>,
-    counts: Box<[u32; BUCKETS]>,
+    pub(super) counts: Box<[u32; BUCKETS]>,
     keys: u64,
+    /// Where the next refresh starts looking for dirty buckets.
+    next: u16,
+}
+
+/// The digests as a refresh left them, with the buckets they cannot vouch for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigestView {
+    /// Every bucket's digest as of its last scan.
+    pub digests: Digests,
+    /// Buckets changed since their last scan (or never scanned), in order.
+    pub unsettled: Vec<u16>,
+}
+
+impl DigestView {
+    /// The buckets to compare against a peer's `theirs`: those whose
+    /// digests differ and those this side has not rescanned, in order.
+    pub fn to_compare(&self, theirs: &Digests) -> Vec<u16> {
+        let mut out = self.digests.diff(theirs);
+        out.extend_from_slice(&self.unsettled);
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
 }
 
 impl DigestBook {
@@ -122,6 +156,7 @@ impl DigestBook {
             scanned: Box::new([0; BUCKETS]),
             counts: Box::new([0; BUCKETS]),
             keys: 0,
+            next: 0,
         }
     }
 
@@ -131,12 +166,33 @@ impl DigestBook {
         self.generation[usize::from(bucket)] += 1;
     }
 
-    /// The buckets to scan, each with the generation to pass to [`settle`](Self::settle).
+    /// The buckets to scan, each with the generation to pass to
+    /// [`settle`](Self::settle), starting where the last refresh stopped
+    /// (see [`resume_after`](Self::resume_after)) and wrapping around.
     pub fn dirty(&self) -> Vec<(u16, u64)> {
-        (0..BUCKETS)
+        let start = usize::from(self.next);
+        (start..start + BUCKETS)
+            .map(|b| b % BUCKETS)
             .filter(|&b| self.generation[b] != self.scanned[b])
             .map(|b| (b as u16, self.generation[b]))
             .collect()
+    }
+
+    /// Records that a bounded refresh stopped after `bucket`, so the next
+    /// one starts past it: under steady writes the first buckets are dirty
+    /// again at every call, and must not starve the rest.
+    pub fn resume_after(&mut self, bucket: u16) {
+        self.next = ((usize::from(bucket) + 1) % BUCKETS) as u16;
+    }
+
+    /// The digests with the buckets still dirty.
+    pub fn view(&self) -> DigestView {
+        let mut unsettled: Vec<u16> = self.dirty().into_iter().map(|(b, _)| b).collect();
+        unsettled.sort_unstable();
+        DigestView {
+            digests: self.digests.clone(),
+            unsettled,
+        }
     }
 
     /// Records a scan of `bucket` that started at `generation`. The bucket
@@ -287,6 +343,47 @@ mod tests {
         assert_eq!(book.digests().as_slice()[usize::from(b)], 7);
         assert_eq!(book.keys(), 2);
         assert!(!book.dirty().iter().any(|(d, _)| *d == b));
+    }
+
+    #[test]
+    fn unsettled_buckets_are_compared_as_if_they_differed() {
+        let mut book = DigestBook::all_dirty();
+        let map: std::collections::BTreeMap<_, _> =
+            [(b"a".to_vec(), v(1, "n")), (b"b".to_vec(), v(2, "n"))].into();
+        scan(&mut book, &map);
+        let settled = book.view();
+        assert!(settled.unsettled.is_empty());
+        assert!(settled.to_compare(&settled.digests).is_empty());
+        // A commit to `a` leaves its old digest in place but unsettled: the
+        // peer's equal digest must not hide the change.
+        book.touch(bucket_of(b"a"));
+        let view = book.view();
+        assert_eq!(view.digests, settled.digests);
+        assert_eq!(view.to_compare(&settled.digests), vec![bucket_of(b"a")]);
+        // A differing bucket and an unsettled one are each listed once.
+        let mut theirs = settled.digests.clone();
+        theirs.replace(b"a", None, &v(9, "m"));
+        theirs.replace(b"b", None, &v(9, "m"));
+        let mut both = vec![bucket_of(b"a"), bucket_of(b"b")];
+        both.sort_unstable();
+        assert_eq!(view.to_compare(&theirs), both);
+    }
+
+    #[test]
+    fn a_bounded_refresh_resumes_where_the_last_one_stopped() {
+        let mut book = DigestBook::all_dirty();
+        // Scan two buckets, as a refresh whose budget ran out would.
+        for (b, generation) in book.dirty().into_iter().take(2) {
+            book.settle(b, generation, 0, 0);
+            book.resume_after(b);
+        }
+        // Bucket 0 is written again: it waits its turn behind the rest.
+        book.touch(0);
+        let order: Vec<u16> = book.dirty().into_iter().map(|(b, _)| b).collect();
+        assert_eq!(order.len(), BUCKETS - 1);
+        assert_eq!(order[0], 2);
+        assert_eq!(*order.last().unwrap(), 0);
+        assert_eq!(book.view().unsettled[0], 0);
     }
 
     #[test]

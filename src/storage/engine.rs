@@ -17,7 +17,7 @@ use crate::{
     proto,
     storage::{
         codec,
-        digest::{bucket_of, entry_hash, DigestBook, Digests},
+        digest::{bucket_of, entry_hash, DigestBook, DigestView},
         lock::DirLock,
         window::{LogWindow, WINDOW_BYTES},
     },
@@ -59,7 +59,10 @@ pub fn seen_keys(peer: &str) -> [String; 3] {
 /// thread-safe); every write goes through the [`writer`](super::writer).
 pub struct Store {
     pub(crate) db: Database,
-    pub(crate) data: Keyspace,
+    /// `key` → `StoredEntry`.
+    pub(crate) kv: Keyspace,
+    /// `bucket ‖ key` → `StoredVersion`, written with every `kv` change.
+    pub(crate) versions: Keyspace,
     pub(crate) log: Keyspace,
     pub(crate) meta: Keyspace,
     /// Touched by the writer after every commit; scanned lazily by
@@ -87,6 +90,15 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").finish_non_exhaustive()
     }
+}
+
+/// How [`Store::refresh_digests`] treats a refresh already running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresh {
+    /// Wait for it, then scan: for rounds and their own digests.
+    Wait,
+    /// Answer from the book at once: for a peer's Digest, which has a deadline.
+    IfIdle,
 }
 
 /// What start-up learned from the disk.
@@ -140,7 +152,8 @@ impl Store {
         // Memtables bound most of the engine's memory; fjall's default is 64 MiB each.
         let memtable = memtable_mb.max(1) * 1024 * 1024;
         let opts = move || KeyspaceCreateOptions::default().max_memtable_size(memtable);
-        let data = db.keyspace("data", opts)?;
+        let kv = db.keyspace("kv", opts)?;
+        let versions = db.keyspace("versions", opts)?;
         let log = db.keyspace("log", opts)?;
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
 
@@ -178,11 +191,13 @@ impl Store {
             log_bytes += v.len() as u64;
         }
 
-        let fresh = data.first_key_value().is_none();
+        super::migrate::from_layout_1(&db, &kv, &versions)?;
+        let fresh = kv.first_key_value().is_none();
         db.persist(PersistMode::SyncAll)?;
         let store = Arc::new(Store {
             db,
-            data,
+            kv,
+            versions,
             log,
             meta,
             digests: Mutex::new(DigestBook::all_dirty()),
@@ -206,8 +221,8 @@ impl Store {
 
     /// The newest entry this node holds for `key` (tombstones included).
     pub fn get(&self, key: &str) -> Result<Option<Entry>> {
-        self.data
-            .get(codec::data_key(key))?
+        self.kv
+            .get(key.as_bytes())?
             .map(|v| codec::decode_entry(&v))
             .transpose()
     }
@@ -403,21 +418,24 @@ impl Store {
             if covered > 0 && bytes > budget {
                 break;
             }
-            for kv in self.data.prefix(b.to_be_bytes()) {
+            let mut n = 0;
+            for kv in self.versions.prefix(b.to_be_bytes()) {
                 let (k, v) = kv.into_inner()?;
                 let key = codec::user_key(&k)?;
-                let version = codec::decode_version(&v)?;
+                let version = codec::decode_version(&v)?.version;
                 // Key, hlc, node id and framing, as a KeyVersion on the wire.
                 bytes += key.len() + version.node.len() + 24;
                 out.push((key, version));
+                n += 1;
             }
+            super::blocking::charge(n, 0);
             covered += 1;
         }
         Ok((out, covered))
     }
 
-    /// Up to `max` entries in storage order after the data key `after` (from
-    /// the start if `None`), each with its data key to resume from: a scan in
+    /// Up to `max` entries in key order after the key `after` (from the
+    /// start if `None`), each with its stored key to resume from: a scan in
     /// chunks that holds nothing open between them.
     pub fn scan_after(
         &self,
@@ -430,13 +448,20 @@ impl Store {
             None => Bound::Unbounded,
         };
         let mut out = Vec::new();
-        for kv in self.data.range::<Vec<u8>, _>((lower, Bound::Unbounded)) {
+        let mut bytes = 0;
+        for kv in self.kv.range::<Vec<u8>, _>((lower, Bound::Unbounded)) {
             let (k, v) = kv.into_inner()?;
-            out.push((k.to_vec(), codec::user_key(&k)?, codec::decode_entry(&v)?));
+            bytes += v.len() as u64;
+            out.push((
+                k.to_vec(),
+                codec::kv_user_key(&k)?,
+                codec::decode_entry(&v)?,
+            ));
             if out.len() >= max {
                 break;
             }
         }
+        super::blocking::charge(out.len() as u64, bytes);
         Ok(out)
     }
 
@@ -444,23 +469,24 @@ impl Store {
     /// `stop` said so first (it is asked every 65536 entries).
     pub fn max_stored_hlc(&self, stop: impl Fn() -> bool) -> Result<Option<u64>> {
         let mut max = 0;
-        for (i, kv) in self.data.iter().enumerate() {
+        for (i, kv) in self.versions.iter().enumerate() {
             if i % 65_536 == 65_535 && stop() {
                 return Ok(None);
             }
-            let (_, v) = kv.into_inner()?;
-            max = max.max(codec::decode_version(&v)?.hlc);
+            max = max.max(codec::decode_version(&kv.value()?)?.version.hlc);
         }
         Ok(Some(max))
     }
 
-    /// Every entry with the moment it was applied (tombstones only; 0 for
-    /// values), in storage order, until `f` returns `Ok(false)`.
-    pub fn for_each(&self, mut f: impl FnMut(String, Entry, u64) -> Result<bool>) -> Result<()> {
-        for kv in self.data.iter() {
+    /// The version of every entry, in bucket order, until `f` returns
+    /// `Ok(false)`. Values are never read.
+    pub fn for_each_version(
+        &self,
+        mut f: impl FnMut(String, codec::Indexed) -> Result<bool>,
+    ) -> Result<()> {
+        for kv in self.versions.iter() {
             let (k, v) = kv.into_inner()?;
-            let (entry, applied_ms) = codec::decode_stored(&v)?;
-            if !f(codec::user_key(&k)?, entry, applied_ms)? {
+            if !f(codec::user_key(&k)?, codec::decode_version(&v)?)? {
                 break;
             }
         }
@@ -483,39 +509,90 @@ impl Store {
         }
     }
 
-    /// The digests of every bucket, after rescanning the buckets written
-    /// since the last refresh. Blocking: one prefix scan per dirty bucket,
-    /// which after a restart is every key. A bucket a commit touches during
-    /// its scan keeps its scanned digest and stays dirty for the next call.
-    pub fn refresh_digests(&self) -> Result<Digests> {
-        let _one_at_a_time = self.refresh.lock().unwrap_or_else(|p| p.into_inner());
+    /// The digests, after rescanning dirty buckets until about `budget`
+    /// versions were read (the bucket in progress is always finished), with
+    /// the buckets left unsettled. One refresh scans at a time: with
+    /// [`Refresh::Wait`] a caller waits for the one running, with
+    /// [`Refresh::IfIdle`] it answers from the book at once instead, so a
+    /// burst of callers never queues up scans. Blocking. A bucket a commit
+    /// touches during its scan keeps its scanned digest and stays dirty.
+    pub fn refresh_digests(&self, budget: usize, mode: Refresh) -> Result<DigestView> {
+        let guard = match mode {
+            Refresh::Wait => Some(self.refresh.lock().unwrap_or_else(|p| p.into_inner())),
+            Refresh::IfIdle => match self.refresh.try_lock() {
+                Ok(g) => Some(g),
+                Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => None,
+            },
+        };
+        if guard.is_some() {
+            self.rescan_dirty(budget)?;
+        }
+        Ok(self.book().view())
+    }
+
+    /// Rescans dirty buckets, versions only, until `budget` versions were read.
+    fn rescan_dirty(&self, budget: usize) -> Result<()> {
         let dirty = self.book().dirty();
         let started = std::time::Instant::now();
+        let (mut read, mut scanned) = (0usize, 0usize);
         for &(bucket, generation) in &dirty {
+            if read >= budget {
+                break;
+            }
             let (mut digest, mut count) = (0u64, 0u32);
-            for kv in self.data.prefix(bucket.to_be_bytes()) {
+            for kv in self.versions.prefix(bucket.to_be_bytes()) {
                 let (k, v) = kv.into_inner()?;
-                // The data key is `bucket (2 bytes) ‖ key`.
-                digest ^= entry_hash(&k[2..], &codec::decode_version(&v)?);
+                // The versions key is `bucket (2 bytes) ‖ key`.
+                digest ^= entry_hash(&k[2..], &codec::decode_version(&v)?.version);
                 count = count.saturating_add(1);
             }
-            self.book().settle(bucket, generation, digest, count);
+            read += count as usize;
+            scanned += 1;
+            super::blocking::charge(u64::from(count), 0);
+            let mut book = self.book();
+            book.settle(bucket, generation, digest, count);
+            book.resume_after(bucket);
         }
         let took = started.elapsed();
         if took > std::time::Duration::from_secs(1) {
             tracing::info!(
-                buckets = dirty.len(),
-                keys = self.key_count(),
+                buckets = scanned,
+                versions = read,
+                left = dirty.len() - scanned,
                 ?took,
-                "digests rebuilt"
+                "digests rescanned"
             );
         }
-        Ok(self.book().digests().clone())
+        Ok(())
     }
 
     /// Syncs the journal to disk.
     pub fn sync(&self) -> Result<()> {
         Ok(self.db.persist(PersistMode::SyncAll)?)
+    }
+
+    /// Adds `entry` under `key` to a batch: its `kv` entry and its
+    /// `versions` entry, which must never be written apart.
+    pub(crate) fn batch_put(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        key: &str,
+        entry: &Entry,
+        applied_ms: u64,
+    ) {
+        batch.insert(&self.kv, key, codec::encode_entry(entry, applied_ms));
+        batch.insert(
+            &self.versions,
+            codec::version_key(key),
+            codec::encode_version(entry, applied_ms),
+        );
+    }
+
+    /// Adds the removal of `key` from both keyspaces to a batch.
+    pub(crate) fn batch_remove(&self, batch: &mut fjall::OwnedWriteBatch, key: &str) {
+        batch.remove(&self.kv, key);
+        batch.remove(&self.versions, codec::version_key(key));
     }
 
     /// Adds the clock high-water mark and the last log seq to a batch, so that
@@ -529,6 +606,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::{Digests, BUCKETS};
 
     #[test]
     fn a_bucket_scan_returns_versions_and_stops_after_its_budget() {
@@ -547,11 +625,7 @@ mod tests {
                 },
                 value: Some(vec![7; 64 * 1024]),
             };
-            batch.insert(
-                &store.data,
-                codec::data_key(&key),
-                codec::encode_entry(&entry, 0),
-            );
+            store.batch_put(&mut batch, &key, &entry, 0);
         }
         batch.commit().unwrap();
         let buckets: Vec<u16> = buckets.into_iter().collect();
@@ -566,6 +640,81 @@ mod tests {
         for i in [0u64, 123, 399] {
             assert_eq!(all[&format!("key-{i}")].hlc, i);
         }
+    }
+
+    /// Issue 22, item 3: a Digest answer rescanned every dirty bucket in
+    /// full, values included, however long that took.
+    #[test]
+    fn a_digest_refresh_reads_no_values_and_stops_at_its_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), "n1", "c", 8, 4).unwrap();
+        let mut batch = store.db.batch();
+        let keys = 3_000;
+        for i in 0..keys {
+            let entry = Entry {
+                version: Version {
+                    hlc: i + 1,
+                    node: "n1".into(),
+                },
+                value: Some(vec![1; 100]),
+            };
+            store.batch_put(&mut batch, &format!("k{i}"), &entry, 0);
+        }
+        batch.commit().unwrap();
+        // Garbage where the values are: a refresh that read one would fail.
+        for i in 0..keys {
+            store
+                .kv
+                .insert(format!("k{i}"), [0xff, 0xff, 0xff])
+                .unwrap();
+        }
+        let full = {
+            let mut d = Digests::default();
+            for i in 0..keys {
+                let v = Version {
+                    hlc: i + 1,
+                    node: "n1".into(),
+                };
+                d.replace(format!("k{i}").as_bytes(), None, &v);
+            }
+            d
+        };
+
+        // Another refresh running: an answer does not wait for it, nor scan.
+        let busy = store.refresh.lock().unwrap();
+        let view = store.refresh_digests(100, Refresh::IfIdle).unwrap();
+        assert_eq!(view.unsettled.len(), BUCKETS);
+        drop(busy);
+
+        // One bounded call reads its budget and at most one bucket more; the
+        // buckets it did not reach are compared as if they differed.
+        let view = store.refresh_digests(100, Refresh::IfIdle).unwrap();
+        let settled = BUCKETS - view.unsettled.len();
+        assert!((1..=BUCKETS).contains(&settled));
+        let read: u32 = (0..BUCKETS)
+            .filter(|b| !view.unsettled.contains(&(*b as u16)))
+            .map(|b| store.book().counts[b])
+            .sum();
+        assert!((100..120).contains(&read), "{read} versions read");
+        let compare = view.to_compare(&full);
+        assert!(view.unsettled.iter().all(|b| compare.contains(b)));
+
+        // Bounded calls in turn settle every bucket, and then agree with
+        // the digests of what is stored.
+        let mut calls = 1;
+        while !store
+            .refresh_digests(100, Refresh::IfIdle)
+            .unwrap()
+            .unsettled
+            .is_empty()
+        {
+            calls += 1;
+            assert!(calls < 200, "bounded refreshes never settle");
+        }
+        let view = store.refresh_digests(100, Refresh::IfIdle).unwrap();
+        assert_eq!(view.digests, full);
+        assert!(view.to_compare(&full).is_empty());
+        assert_eq!(store.key_count(), keys);
     }
 
     #[test]

@@ -1,9 +1,13 @@
 //! Durable state of one node, on the fjall LSM engine.
 //!
-//! Three keyspaces are written together in atomic batches:
+//! Four keyspaces are written together in atomic batches:
 //!
-//! - `data`: `bucket (u16 BE) ‖ key` → [`StoredEntry`](crate::proto::StoredEntry).
-//!   Prefixing the key with its anti-entropy bucket lets a repair range-scan
+//! - `kv`: `key` → [`StoredEntry`](crate::proto::StoredEntry), so key order
+//!   is storage order.
+//! - `versions`: `bucket (u16 BE) ‖ key` → [`StoredVersion`](crate::proto::StoredVersion),
+//!   written in the same batch as every `kv` change. Anti-entropy and
+//!   tombstone collection scan it, a bucket or all of it, and never read a
+//!   value; prefixing the key with its bucket lets a repair range-scan
 //!   exactly one bucket instead of the whole map.
 //! - `log`: `seq (u64 BE)` → [`Mutation`](crate::proto::Mutation): the writes
 //!   that originated on this node, in order. Peers are fed from here, so a
@@ -30,9 +34,10 @@ pub mod codec;
 pub mod digest;
 mod engine;
 mod lock;
+mod migrate;
 pub mod window;
 pub mod writer;
 
-pub use digest::{bucket_of, Digests, BUCKETS};
-pub use engine::{cursor_key, seen_keys, Recovered, Store};
+pub use digest::{bucket_of, DigestView, Digests, BUCKETS};
+pub use engine::{cursor_key, seen_keys, Recovered, Refresh, Store};
 pub use writer::{apply::Refusal, Applied, WriterHandle, WriterOptions};

@@ -132,6 +132,20 @@ fn seeds_converge_and_keep_every_acknowledged_write() {
     );
 }
 
+/// A map too big for a Digest answer that reads every value within its
+/// deadline still converges: answers read versions only, and a bounded
+/// number of them (issue 22, item 3).
+#[test]
+fn a_big_map_is_repaired_within_the_digest_deadline() {
+    let keys = 30_000;
+    let outcome = run::run_scenario(7, scenario::Scenario::big_map(keys))
+        .unwrap_or_else(|e| panic!("big map: {e}"));
+    println!(
+        "big map: {keys} keys converged {:?} after the heal",
+        outcome.converged_after
+    );
+}
+
 /// Seeds that once failed, each kept with what it found.
 #[test]
 fn regression_seeds() {

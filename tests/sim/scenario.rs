@@ -65,6 +65,8 @@ pub enum OpKind {
 #[derive(Debug, Clone)]
 pub struct Scenario {
     pub max_latency_ms: u64,
+    /// Every node's `replication.rpc_timeout_ms`.
+    pub rpc_timeout_ms: u64,
     pub knobs: Vec<Knobs>,
     pub faults: Vec<Timed>,
     pub ops: Vec<Op>,
@@ -207,6 +209,58 @@ impl Scenario {
         }
         Self {
             max_latency_ms,
+            rpc_timeout_ms: 1_000,
+            knobs,
+            faults,
+            ops,
+        }
+    }
+
+    /// Issue 22, item 3: a map big enough that a Digest answer which
+    /// rescanned every key with its value (about 5 µs each at the
+    /// simulation's scan cost) would outlive the 100 ms deadline. Node n3 is
+    /// cut off while n1 takes `keys` keys of 1 KiB; the logs are too small to
+    /// hold them, so only anti-entropy rounds can bring n3 up to date.
+    pub fn big_map(keys: usize) -> Self {
+        let knobs = (0..NODES.len())
+            .map(|_| Knobs {
+                max_value_bytes: 4096,
+                max_log_bytes: 256 * 1024,
+                anti_entropy_interval_secs: 1,
+                tombstone_ttl_secs: 60,
+                skew_ms: 0,
+            })
+            .collect();
+        // Batches well under the client message limit (64 KiB past the
+        // value limit).
+        const PER_BATCH: usize = 48;
+        let batches = keys.div_ceil(PER_BATCH);
+        let gap_ms = (ACTIVE_MS - 2_000) / batches as u64;
+        let ops = (0..batches)
+            .map(|b| Op {
+                gap_ms,
+                node: 0,
+                kind: OpKind::Batch(
+                    (b * PER_BATCH..((b + 1) * PER_BATCH).min(keys))
+                        .map(|i| {
+                            let mut v = format!("big-{i}-").into_bytes();
+                            v.resize(1024, b'.');
+                            (format!("big-{i:06}"), v)
+                        })
+                        .collect(),
+                ),
+            })
+            .collect();
+        let faults = [0, 1]
+            .map(|other| Timed {
+                at_ms: 0,
+                heal_ms: ACTIVE_MS,
+                fault: Fault::Partition(2, other),
+            })
+            .to_vec();
+        Self {
+            max_latency_ms: 2,
+            rpc_timeout_ms: 100,
             knobs,
             faults,
             ops,

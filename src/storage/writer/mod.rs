@@ -348,7 +348,7 @@ pub fn spawn(
         scan_stored_versions(Arc::clone(&writer.store), handle.tx.clone(), blocking);
     }
     let join = match blocking {
-        Blocking::Inline => WriterJoin::Task(tokio::spawn(writer.run_inline(rx))),
+        Blocking::Inline(_) => WriterJoin::Task(tokio::spawn(writer.run_inline(rx))),
         Blocking::Pool => WriterJoin::Thread(
             thread::Builder::new()
                 .name("meshkv-writer".into())
@@ -624,11 +624,7 @@ impl Writer {
             };
             st.seq += 1;
             let seq = st.seq;
-            st.batch.insert(
-                &store.data,
-                codec::data_key(key),
-                codec::encode_entry(&entry, st.now_ms),
-            );
+            store.batch_put(&mut st.batch, key, &entry, st.now_ms);
             let record = prost::bytes::Bytes::from(codec::to_mutation(key, &entry).encode_to_vec());
             st.log_bytes += record.len() as u64;
             st.batch
@@ -683,11 +679,7 @@ impl Writer {
                 | apply::Decision::PastHorizon
                 | apply::Decision::ExpiredTombstone => continue,
             }
-            st.batch.insert(
-                &self.store.data,
-                codec::data_key(key),
-                codec::encode_entry(entry, st.now_ms),
-            );
+            self.store.batch_put(&mut st.batch, key, entry, st.now_ms);
             st.changes.push(key.clone());
             st.overlay.insert(key.clone(), Some(entry.clone()));
             done.applied += 1;
@@ -709,7 +701,7 @@ impl Writer {
                 .is_some_and(|c| &c.version == version && (c.is_tombstone() || !only_tombstones));
             if matches {
                 tracing::trace!(key = %key, version = %version, only_tombstones, "forgotten");
-                st.batch.remove(&self.store.data, codec::data_key(key));
+                self.store.batch_remove(&mut st.batch, key);
                 st.changes.push(key.clone());
                 st.overlay.insert(key.clone(), None);
                 purged += 1;

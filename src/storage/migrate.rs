@@ -1,0 +1,140 @@
+//! Start-up migration of a data dir written by an older layout.
+//!
+//! Layout 1 kept every entry in one keyspace, `data`, keyed `bucket ‖ key`:
+//! good for anti-entropy, which scans a bucket at a time, but every such scan
+//! read the values too, and nothing could list keys in order. Layout 2 splits
+//! it into `kv` (keyed by the key itself, so key order is storage order) and
+//! `versions` (keyed `bucket ‖ key`, the version alone). See the storage
+//! section of `docs/DESIGN.md`.
+//!
+//! The move is crash-safe without a marker: each chunk inserts its entries
+//! into both new keyspaces and removes them from `data` in one atomic batch,
+//! so an interrupted migration resumes from what is left in `data`, and the
+//! old keyspace is deleted only once it is empty.
+
+use std::time::{Duration, Instant};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+
+use crate::{error::Result, storage::codec};
+
+/// Entries moved per atomic batch: bounds the batch's memory (a chunk of
+/// maximum-size values is the one large case) and what a crash repeats.
+const CHUNK: usize = 1024;
+
+/// Moves a layout-1 `data` keyspace, if there is one, into `kv` and `versions`.
+pub fn from_layout_1(db: &Database, kv: &Keyspace, versions: &Keyspace) -> Result<()> {
+    if !db.keyspace_exists("data") {
+        return Ok(());
+    }
+    let data = db.keyspace("data", KeyspaceCreateOptions::default)?;
+    tracing::info!("migrating the data dir to storage layout 2 (kv + versions)");
+    let started = Instant::now();
+    let mut last_report = started;
+    let mut moved = 0u64;
+    // Each chunk starts past the last key moved: starting over from the
+    // front would step over the tombstones of every chunk before it.
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let mut batch = db.batch();
+        let mut n = 0;
+        let lower = match after.take() {
+            Some(k) => std::ops::Bound::Excluded(k),
+            None => std::ops::Bound::Unbounded,
+        };
+        for item in data
+            .range::<Vec<u8>, _>((lower, std::ops::Bound::Unbounded))
+            .take(CHUNK)
+        {
+            let (k, v) = item.into_inner()?;
+            let key = codec::user_key(&k)?;
+            let (entry, applied_ms) = codec::decode_stored(&v)?;
+            batch.insert(kv, key.as_bytes(), &v[..]);
+            batch.insert(versions, &k[..], codec::encode_version(&entry, applied_ms));
+            batch.remove(&data, k.clone());
+            after = Some(k.to_vec());
+            n += 1;
+        }
+        if n == 0 {
+            break;
+        }
+        batch.commit()?;
+        moved += n;
+        if last_report.elapsed() > Duration::from_secs(5) {
+            last_report = Instant::now();
+            tracing::info!(moved, "migrating storage layout");
+        }
+    }
+    db.delete_keyspace(data)?;
+    db.persist(fjall::PersistMode::SyncAll)?;
+    tracing::info!(moved, took = ?started.elapsed(), "storage layout 2 in place");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        storage::{Refresh, Store},
+        version::{Entry, Version},
+    };
+
+    fn entry(hlc: u64, value: Option<&[u8]>) -> Entry {
+        Entry {
+            version: Version {
+                hlc,
+                node: "n1".into(),
+            },
+            value: value.map(<[u8]>::to_vec),
+        }
+    }
+
+    #[test]
+    fn a_layout_1_dir_opens_with_every_entry_in_both_new_keyspaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 2 * CHUNK as u64 + 7;
+        {
+            // Write layout 1 by hand: `data`, keyed bucket ‖ key.
+            let (store, _) = Store::open(dir.path(), "n1", "c", 8, 4).unwrap();
+            let data = store
+                .db
+                .keyspace("data", KeyspaceCreateOptions::default)
+                .unwrap();
+            for i in 0..n {
+                let key = format!("k{i:05}");
+                let value = (i % 10 != 0).then_some(b"v".as_slice());
+                let stored = codec::encode_entry(&entry(i + 1, value), 5);
+                data.insert(codec::version_key(&key), stored).unwrap();
+            }
+        }
+        let (store, rec) = Store::open(dir.path(), "n1", "c", 8, 4).unwrap();
+        assert!(!rec.fresh);
+        assert!(!store.db.keyspace_exists("data"));
+        assert_eq!(store.get("k00003").unwrap(), Some(entry(4, Some(b"v"))));
+        assert!(store.get("k00010").unwrap().unwrap().is_tombstone());
+        let mut tombstones = 0;
+        store
+            .for_each_version(|_, v| {
+                tombstones += u64::from(v.tombstone);
+                assert_eq!(v.applied_ms, if v.tombstone { 5 } else { 0 });
+                Ok(true)
+            })
+            .unwrap();
+        assert_eq!(tombstones, n.div_ceil(10));
+        let view = store.refresh_digests(usize::MAX, Refresh::Wait).unwrap();
+        assert!(view.unsettled.is_empty());
+        assert_eq!(store.key_count(), n);
+        // Key order is storage order now.
+        let first: Vec<String> = store
+            .scan_after(None, 3)
+            .unwrap()
+            .into_iter()
+            .map(|(_, k, _)| k)
+            .collect();
+        assert_eq!(first, ["k00000", "k00001", "k00002"]);
+        drop(store);
+        // A second open has nothing to move.
+        let (store, _) = Store::open(dir.path(), "n1", "c", 8, 4).unwrap();
+        assert_eq!(store.get("k00003").unwrap(), Some(entry(4, Some(b"v"))));
+    }
+}
