@@ -59,7 +59,7 @@ pub enum Error {
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
     /// A client command's request failed; the message is one sentence for
-    /// the person who ran it (see `cli::request_error`).
+    /// the person who ran it (see `client::connect::request_error`).
     #[error("{0}")]
     Client(String),
 }

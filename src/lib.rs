@@ -5,22 +5,23 @@
 //! locally. Each key is a last-writer-wins register ordered by [`version`]s
 //! stamped from a hybrid logical [`clock`]; merging is commutative,
 //! associative and idempotent, so every replica converges on the highest
-//! version however writes are delivered. [`server::run`] wires it together.
+//! version however writes are delivered. [`node::run`] wires it together;
+//! [`client`] is the command line and the benchmark, which reach a node only
+//! through its API.
 
 pub mod api;
-pub mod bench;
-pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod error;
 pub mod grpc_codec;
 pub mod high_water;
 pub mod metrics;
+pub mod node;
 pub mod planted;
 pub mod proto;
 pub mod replication;
 pub mod security;
-pub mod server;
 pub mod storage;
 pub mod version;
 pub mod wire;

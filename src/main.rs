@@ -4,10 +4,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use meshkv::{
-    cli::{run_client, Cli, Command, Outcome, ServeArgs},
+    client::{run_client, Cli, Command, Outcome, ServeArgs},
     config::{self, LogFormat},
     error::one_line,
-    server,
+    node,
 };
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -74,7 +74,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     rt.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(on_signal(shutdown.clone()));
-        server::run(config, shutdown).await
+        node::run(config, shutdown).await
     })?;
     Ok(())
 }

@@ -9,10 +9,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    error::{Error, Result},
-    replication::PeerView,
-};
+use crate::error::{Error, Result};
 
 /// Latency buckets in seconds: 100 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -141,16 +138,33 @@ pub fn clock_skew_event() {
     metrics::counter!("meshkv_clock_skew_events_total").increment(1);
 }
 
+/// What the per-peer gauges show of one peer.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerGauges<'a> {
+    /// The peer's node id.
+    pub peer: &'a str,
+    /// Local writes it has not acknowledged.
+    pub backlog_entries: u64,
+    /// Their approximate bytes.
+    pub backlog_bytes: u64,
+    /// Age of the oldest of them, in seconds.
+    pub lag_seconds: f64,
+    /// The highest seq it acknowledged.
+    pub acked_seq: u64,
+    /// A stream to it is up.
+    pub connected: bool,
+}
+
 /// Per-peer replication gauges.
-pub fn peer_gauges(v: &PeerView) {
-    let peer = v.id.clone();
+pub fn peer_gauges(g: PeerGauges<'_>) {
+    let peer = g.peer.to_string();
     metrics::gauge!("meshkv_peer_backlog_entries", "peer" => peer.clone())
-        .set(v.backlog_entries as f64);
+        .set(g.backlog_entries as f64);
     metrics::gauge!("meshkv_peer_backlog_bytes", "peer" => peer.clone())
-        .set(v.backlog_bytes as f64);
-    metrics::gauge!("meshkv_peer_lag_seconds", "peer" => peer.clone()).set(v.lag_seconds);
-    metrics::gauge!("meshkv_peer_acked_seq", "peer" => peer.clone()).set(v.state.acked_seq as f64);
-    metrics::gauge!("meshkv_peer_connected", "peer" => peer).set(if v.state.connected {
+        .set(g.backlog_bytes as f64);
+    metrics::gauge!("meshkv_peer_lag_seconds", "peer" => peer.clone()).set(g.lag_seconds);
+    metrics::gauge!("meshkv_peer_acked_seq", "peer" => peer.clone()).set(g.acked_seq as f64);
+    metrics::gauge!("meshkv_peer_connected", "peer" => peer).set(if g.connected {
         1.0
     } else {
         0.0

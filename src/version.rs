@@ -7,6 +7,8 @@
 
 use std::{cmp::Ordering, fmt, sync::Arc};
 
+use crate::proto;
+
 /// The id of a node, shared cheaply between the many entries that carry it.
 pub type NodeId = Arc<str>;
 
@@ -62,6 +64,34 @@ pub fn merge(a: Entry, b: Entry) -> Entry {
         b
     } else {
         a
+    }
+}
+
+// The protobuf forms, for the wire and the log. Here, below every layer
+// that speaks protobuf, so that none of them needs another for them.
+
+/// A domain version as its protobuf form.
+pub fn version_to_proto(v: &Version) -> proto::Version {
+    proto::Version {
+        hlc: v.hlc,
+        node_id: v.node.to_string(),
+    }
+}
+
+/// A protobuf version as a domain version.
+pub fn version_from_proto(v: proto::Version) -> Version {
+    Version {
+        hlc: v.hlc,
+        node: v.node_id.into(),
+    }
+}
+
+/// A key and entry as the protobuf mutation shipped to peers and logged.
+pub fn to_mutation(key: &str, e: &Entry) -> proto::Mutation {
+    proto::Mutation {
+        key: key.to_string(),
+        version: Some(version_to_proto(&e.version)),
+        value: e.value.clone(),
     }
 }
 

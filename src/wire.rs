@@ -26,8 +26,7 @@ use crate::{
     config::{valid_id, MAX_KEY_BYTES, MAX_VALUE_BYTES_CEILING},
     error::{Error, Result},
     proto,
-    storage::codec::version_from_proto,
-    version::Entry,
+    version::{version_from_proto, Entry},
 };
 
 /// The largest message any peer service decodes or encodes, on every node:

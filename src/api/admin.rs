@@ -11,7 +11,8 @@ use crate::{
     error::Error,
     proto::{self, admin_server::Admin},
     replication::PeerManager,
-    storage::{codec::to_mutation, Refresh},
+    storage::Refresh,
+    version::to_mutation,
 };
 
 /// Entries read from storage per step of a Dump, and buffered for its client.

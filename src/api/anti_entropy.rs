@@ -11,11 +11,8 @@ use crate::{
     proto::{self, anti_entropy_server::AntiEntropy},
     replication::Ctx,
     security::ConnInfo,
-    storage::{
-        codec::{to_mutation, version_to_proto},
-        digest::ANSWER_SCAN_BUDGET,
-        Digests, Refresh, BUCKETS,
-    },
+    storage::{digest::ANSWER_SCAN_BUDGET, Digests, Refresh, BUCKETS},
+    version::{to_mutation, version_to_proto},
     wire::{self, ANSWER_BUDGET, MAX_FETCH_KEYS},
 };
 

@@ -9,7 +9,8 @@ use crate::{
     error::Error,
     proto::{self, kv_server::Kv},
     security::{auth, Role},
-    storage::{codec::version_to_proto, Store, WriterHandle},
+    storage::{Store, WriterHandle},
+    version::version_to_proto,
 };
 
 /// The most writes one WriteBatch may carry.

@@ -14,13 +14,9 @@ use crate::{
     clock::physical_ms,
     error::{Error, Result},
     proto::{self, anti_entropy_client::AntiEntropyClient, replication_client::ReplicationClient},
-    replication::{peer::Peer, Ctx},
-    storage::{
-        bucket_of,
-        codec::{to_mutation, version_from_proto},
-        Refresh, Store, BUCKETS,
-    },
-    version::Version,
+    replication::Ctx,
+    storage::{bucket_of, Refresh, Store, BUCKETS},
+    version::{to_mutation, version_from_proto, Version},
     wire::{self, ANSWER_BUDGET},
 };
 
@@ -221,16 +217,18 @@ fn request<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
     r
 }
 
-/// Runs one round: digests, then, a bounded step at a time, push and pull.
-/// `rules` is completed with what the peer says about itself.
+/// Runs one round with `peer`: digests, then, a bounded step at a time,
+/// push and pull. `rules` is completed with what the peer says about itself.
+/// If `rules` carries the recovered high-water mark, `checked(regressed)`
+/// is called once the Digest answer has said whether it regressed.
 pub async fn round(
     ctx: &Ctx,
-    peer_state: &Peer,
+    peer: &str,
     ae: &mut AntiEntropyClient<Channel>,
     repl: &mut ReplicationClient<Channel>,
     mut rules: Rules,
+    checked: &(dyn Fn(bool) + Sync),
 ) -> Result<RoundStats> {
-    let peer = peer_state.id.as_str();
     let timeout = Duration::from_millis(ctx.config.rpc_timeout_ms);
     // Our own refresh has no deadline to meet, so it waits and scans all
     // that is dirty; a bucket a commit touched meanwhile stays unsettled and
@@ -258,7 +256,7 @@ pub async fn round(
     if rules.recovered_high_water.is_some() {
         // Checked on the first answer of each start, so that a regression is
         // acted on once.
-        peer_state.handle(ctx, super::machine::Event::HighWaterChecked { regressed });
+        checked(regressed);
     }
     if regressed {
         tracing::warn!(

@@ -319,7 +319,14 @@ impl PeerManager {
     /// Publishes per-peer and log gauges to the metrics recorder.
     pub fn export_gauges(&self) {
         for v in self.views() {
-            crate::metrics::peer_gauges(&v);
+            crate::metrics::peer_gauges(crate::metrics::PeerGauges {
+                peer: &v.id,
+                backlog_entries: v.backlog_entries,
+                backlog_bytes: v.backlog_bytes,
+                lag_seconds: v.lag_seconds,
+                acked_seq: v.state.acked_seq,
+                connected: v.state.connected,
+            });
         }
         crate::metrics::store_gauges(self.ctx.store.log_bytes(), self.ctx.store.key_count());
     }

@@ -89,9 +89,10 @@ pub async fn run(
         let rules = rules(&ctx, &peer, mode, started_ms);
         peer.handle(&ctx, Event::RoundStarted(mode));
         tracing::info!(peer = %peer.id, ?mode, "anti-entropy round starting");
+        let checked = |regressed| peer.handle(&ctx, Event::HighWaterChecked { regressed });
         let round = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = anti_entropy::round(&ctx, &peer, &mut ae, &mut repl, rules) => r,
+            r = anti_entropy::round(&ctx, &peer.id, &mut ae, &mut repl, rules, &checked) => r,
         };
         match round {
             Ok(stats) => {

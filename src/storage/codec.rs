@@ -6,7 +6,7 @@ use crate::{
     error::{Error, Result},
     proto,
     storage::digest::bucket_of,
-    version::{Entry, Version},
+    version::{version_from_proto, version_to_proto, Entry, Version},
 };
 
 /// The `versions` key of a user key: its bucket, big-endian, then the key.
@@ -42,22 +42,6 @@ pub fn log_seq(key: &[u8]) -> Result<u64> {
         .try_into()
         .map_err(|_| Error::Corrupt(format!("log key of {} bytes", key.len())))?;
     Ok(u64::from_be_bytes(b))
-}
-
-/// A domain version as its protobuf form.
-pub fn version_to_proto(v: &Version) -> proto::Version {
-    proto::Version {
-        hlc: v.hlc,
-        node_id: v.node.to_string(),
-    }
-}
-
-/// A protobuf version as a domain version.
-pub fn version_from_proto(v: proto::Version) -> Version {
-    Version {
-        hlc: v.hlc,
-        node: v.node_id.into(),
-    }
 }
 
 /// Encodes the value of a `kv` entry. `applied_ms` (when this node applied
@@ -126,15 +110,6 @@ pub fn decode_version(bytes: &[u8]) -> Result<Indexed> {
         tombstone: stored.tombstone,
         applied_ms: stored.applied_ms,
     })
-}
-
-/// A key and entry as the protobuf mutation shipped to peers and logged.
-pub fn to_mutation(key: &str, e: &Entry) -> proto::Mutation {
-    proto::Mutation {
-        key: key.to_string(),
-        version: Some(version_to_proto(&e.version)),
-        value: e.value.clone(),
-    }
 }
 
 #[cfg(test)]

@@ -16,8 +16,8 @@ use std::{
 use meshkv::{
     clock::PhysicalClock,
     config::{Config, FsyncMode, PeerConfig},
+    node::{serve_with, Listener, Listeners, Seams},
     proto::{self, admin_client::AdminClient, kv_client::KvClient},
-    server::{serve_with, Listener, Listeners, Seams},
     storage::blocking::{Blocking, ScanCost},
 };
 use tokio_stream::StreamExt;

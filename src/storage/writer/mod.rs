@@ -625,7 +625,8 @@ impl Writer {
             st.seq += 1;
             let seq = st.seq;
             store.batch_put(&mut st.batch, key, &entry, st.now_ms);
-            let record = prost::bytes::Bytes::from(codec::to_mutation(key, &entry).encode_to_vec());
+            let record =
+                prost::bytes::Bytes::from(crate::version::to_mutation(key, &entry).encode_to_vec());
             st.log_bytes += record.len() as u64;
             st.batch
                 .insert(&store.log, codec::log_key(seq).to_vec(), &record[..]);

@@ -7,7 +7,7 @@ use hdrhistogram::Histogram;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cli::AuthChannel,
+    client::connect::AuthChannel,
     proto::{self, kv_client::KvClient},
 };
 

@@ -6,7 +6,7 @@ use clap::{Args, ValueEnum};
 
 use crate::{
     api::kv::MAX_WRITE_BATCH,
-    cli::{parse_duration, parse_endpoint},
+    client::connect::{parse_duration, parse_endpoint},
     error::{Error, Result},
 };
 
@@ -97,7 +97,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub credentials: crate::cli::Credentials,
+    pub credentials: crate::client::connect::Credentials,
 }
 
 impl BenchArgs {
@@ -158,7 +158,7 @@ mod tests {
 
     use clap::Parser;
 
-    use crate::cli::{Cli, Command};
+    use crate::client::{Cli, Command};
 
     fn bench(args: &[&str]) -> Result<super::BenchArgs, clap::Error> {
         let cli = Cli::try_parse_from([&["meshkv", "bench"][..], args].concat())?;

@@ -15,10 +15,10 @@ use rand::{rngs::SmallRng, Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 
-use crate::cli::AuthChannel;
+use crate::client::connect::AuthChannel;
 
 use crate::{
-    bench::{
+    client::bench::{
         etcd::{kv_client::KvClient as EtcdClient, PutRequest, RangeRequest},
         lag,
         report::{histogram, LagReport, Percentiles, Report},
@@ -134,7 +134,7 @@ async fn connect(args: &BenchArgs) -> Result<Vec<Vec<AuthChannel>>> {
         let endpoint = args
             .credentials
             .endpoint(url)?
-            .connect_timeout(crate::cli::CONNECT_TIMEOUT)
+            .connect_timeout(crate::client::connect::CONNECT_TIMEOUT)
             .timeout(args.timeout)
             .tcp_nodelay(true);
         let mut chans = Vec::new();
@@ -142,7 +142,7 @@ async fn connect(args: &BenchArgs) -> Result<Vec<Vec<AuthChannel>>> {
             let ch = endpoint
                 .connect()
                 .await
-                .map_err(crate::cli::connect_error(url))?;
+                .map_err(crate::client::connect::connect_error(url))?;
             chans.push(InterceptedService::new(ch, auth.clone()));
         }
         all.push(chans);

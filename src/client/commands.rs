@@ -1,0 +1,380 @@
+//! The client commands: each talks to one node and prints its result.
+
+use std::io::{IsTerminal, Read, Write};
+
+use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
+
+use crate::{
+    client::{args::Command, connect::request_error},
+    error::{Error, Result},
+    proto::{self, admin_client::AdminClient},
+};
+/// The outcome of a client command, for the exit code.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done; exit 0.
+    Ok,
+    /// Key not found or node not serving; exit 1.
+    Negative,
+}
+
+/// Runs a client command, printing its result.
+pub async fn run_client(command: Command) -> Result<Outcome> {
+    match command {
+        Command::Serve(_) => unreachable!("serve is not a client command"),
+        Command::Certs(args) => {
+            let written = crate::security::certs::make(
+                &args.dir,
+                &args.nodes,
+                &args.hosts,
+                args.tokens.as_deref(),
+            )?;
+            for p in &written.created {
+                println!("created {}", p.display());
+            }
+            for p in &written.kept {
+                println!("kept    {}", p.display());
+            }
+            Ok(Outcome::Ok)
+        }
+        Command::Put { key, value, conn } => {
+            let value = if value == "-" {
+                let mut bytes = Vec::new();
+                std::io::stdin()
+                    .lock()
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| Error::io("cannot read the value from stdin", e))?;
+                bytes
+            } else {
+                value.into_bytes()
+            };
+            let resp = conn
+                .kv()?
+                .write(proto::WriteRequest {
+                    key,
+                    value,
+                    ..Default::default()
+                })
+                .await
+                .map_err(request_error(&conn.endpoint, conn.timeout))?
+                .into_inner();
+            println!("OK {}", show_version(resp.version.as_ref()));
+            Ok(Outcome::Ok)
+        }
+        Command::Get { key, conn } => {
+            let resp = conn
+                .kv()?
+                .read(proto::ReadRequest {
+                    key: key.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(request_error(&conn.endpoint, conn.timeout))?
+                .into_inner();
+            if resp.found {
+                let mut out = std::io::stdout().lock();
+                let newline = needs_newline(&resp.value, out.is_terminal());
+                out.write_all(&resp.value)
+                    .and_then(|()| out.write_all(if newline { b"\n" } else { b"" }))
+                    .and_then(|()| out.flush())
+                    .map_err(|e| Error::io("cannot write to stdout", e))?;
+                Ok(Outcome::Ok)
+            } else {
+                eprintln!("key {key:?} not found");
+                Ok(Outcome::Negative)
+            }
+        }
+        Command::Delete { key, conn } => {
+            let resp = conn
+                .kv()?
+                .delete(proto::DeleteRequest { key })
+                .await
+                .map_err(request_error(&conn.endpoint, conn.timeout))?
+                .into_inner();
+            println!("OK {}", show_version(resp.version.as_ref()));
+            Ok(Outcome::Ok)
+        }
+        Command::Bench(args) => {
+            let json = args.json;
+            let report = crate::client::bench::run(args).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).map_err(|e| Error::Client(format!(
+                        "cannot render the report as JSON: {e}"
+                    )))?
+                );
+            } else {
+                print!("{}", report.table());
+            }
+            Ok(if report.requests > 0 {
+                Outcome::Ok
+            } else {
+                Outcome::Negative
+            })
+        }
+        Command::Status { raw, conn } => {
+            let status = AdminClient::new(conn.channel()?)
+                .cluster_status(proto::ClusterStatusRequest {})
+                .await
+                .map_err(request_error(&conn.endpoint, conn.timeout))?
+                .into_inner();
+            if raw {
+                println!("{status:#?}");
+            } else {
+                print!("{}", format_status(&status));
+            }
+            Ok(Outcome::Ok)
+        }
+        Command::Health { conn } => {
+            let status = HealthClient::new(conn.channel()?)
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map_err(request_error(&conn.endpoint, conn.timeout))?
+                .into_inner()
+                .status();
+            println!("{}", status.as_str_name());
+            Ok(if status == ServingStatus::Serving {
+                Outcome::Ok
+            } else {
+                Outcome::Negative
+            })
+        }
+    }
+}
+
+/// Renders ClusterStatus as a header line and a table of peers.
+pub fn format_status(s: &proto::ClusterStatusResponse) -> String {
+    let mut out = format!(
+        "node {} (cluster {}): {}\nkeys {}  last_seq {}  log_first_seq {}  fingerprint {:016x}\n",
+        s.node_id, s.cluster_id, s.health, s.keys, s.last_seq, s.log_first_seq, s.fingerprint
+    );
+    // Last, so that the header and the table keep their lines for scripts.
+    let security = if s.security.is_empty() {
+        String::new()
+    } else {
+        format!("security: {}\n", s.security)
+    };
+    if s.peers.is_empty() {
+        out.push_str("no peers configured\n");
+        out.push_str(&security);
+        return out;
+    }
+    let header = [
+        "PEER",
+        "URL",
+        "CONNECTED",
+        "PHASE",
+        "ACKED",
+        "BACKLOG",
+        "BACKLOG_BYTES",
+        "LAG_S",
+        "REPAIRS",
+        "REPAIRED",
+        "REFUSED",
+        "TOMBS_WAITING",
+        "LAST_ERROR",
+    ];
+    let rows: Vec<Vec<String>> = s
+        .peers
+        .iter()
+        .map(|p| {
+            vec![
+                p.id.clone(),
+                p.url.clone(),
+                if p.connected { "yes" } else { "no" }.into(),
+                p.phase.clone(),
+                p.acked_seq.to_string(),
+                p.backlog_entries.to_string(),
+                p.backlog_bytes.to_string(),
+                format!("{:.1}", p.lag_seconds),
+                p.repair_rounds.to_string(),
+                p.keys_repaired.to_string(),
+                p.refused.to_string(),
+                p.tombstones_waiting.to_string(),
+                if p.last_error.is_empty() {
+                    "-".into()
+                } else {
+                    p.last_error.clone()
+                },
+            ]
+        })
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        let mut l = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ");
+        l.truncate(l.trim_end().len());
+        l.push('\n');
+        l
+    };
+    out.push_str(&line(header.to_vec()));
+    for r in &rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out.push_str(&security);
+    out
+}
+
+/// Whether `meshkv get` ends its output with a newline of its own: only on a
+/// terminal, and only after text that lacks one. Redirected output is the
+/// value byte for byte; binary data never gets a byte added.
+fn needs_newline(value: &[u8], terminal: bool) -> bool {
+    terminal && !value.is_empty() && !value.ends_with(b"\n") && std::str::from_utf8(value).is_ok()
+}
+
+fn show_version(v: Option<&proto::Version>) -> String {
+    v.map(|v| format!("{}@{}", v.hlc, v.node_id))
+        .unwrap_or_else(|| "(no version)".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+
+    use super::*;
+    use crate::client::{
+        connect::{describe_status, parse_duration, parse_endpoint, Credentials},
+        Cli,
+    };
+
+    #[test]
+    fn debug_output_never_shows_a_token() {
+        let cli =
+            Cli::try_parse_from(["meshkv", "get", "k", "--token", "sekrit-sekrit-sekrit"]).unwrap();
+        let text = format!("{cli:?}");
+        assert!(!text.contains("sekrit"), "{text}");
+        assert!(text.contains("redacted"), "{text}");
+        let auth = Credentials {
+            token: Some("sekrit-sekrit-sekrit".into()),
+            ..Default::default()
+        }
+        .auth()
+        .unwrap();
+        assert!(!format!("{auth:?}").contains("sekrit"));
+    }
+
+    #[test]
+    fn failed_requests_read_as_one_sentence() {
+        use tonic::{Code, Status};
+        let ep = "http://n1:50051";
+        let t = Duration::from_secs(10);
+        let say = |s: Status| describe_status(ep, t, &s);
+        let refused = Status::from_error(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )));
+        assert_eq!(
+            say(refused),
+            "cannot connect to http://n1:50051: connection refused \
+             (is a node running there? set --endpoint)"
+        );
+        let line = say(Status::cancelled("Timeout expired"));
+        assert!(line.contains("did not answer within 10s"), "{line}");
+        let line = say(Status::invalid_argument("key is empty"));
+        assert_eq!(line, "http://n1:50051 refused the request: key is empty");
+        let line = say(Status::resource_exhausted("overloaded: queue full"));
+        assert!(line.contains("retry later"), "{line}");
+        let line = say(Status::new(
+            Code::Unimplemented,
+            "grpc-status header missing, mapped from HTTP status code 404",
+        ));
+        assert!(
+            line.contains("does not answer like a meshkv node"),
+            "{line}"
+        );
+        for s in [
+            Status::internal("x"),
+            Status::unavailable("shutting down"),
+            Status::out_of_range("decoded message length too large"),
+        ] {
+            let line = say(s);
+            assert!(line.starts_with(ep) && !line.contains('\n'), "{line}");
+        }
+    }
+
+    #[test]
+    fn endpoints_must_be_http_urls() {
+        assert!(parse_endpoint("http://127.0.0.1:50051").is_ok());
+        assert!(parse_endpoint("https://node2:443").is_ok());
+        for bad in ["foo", "127.0.0.1:50051", "ftp://h:1", "http://", ""] {
+            let err = parse_endpoint(bad).unwrap_err();
+            assert!(err.contains("http://HOST:PORT"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn get_adds_a_newline_only_to_text_on_a_terminal() {
+        assert!(needs_newline(b"hello", true));
+        assert!(!needs_newline(b"hello", false), "redirected: exact bytes");
+        assert!(!needs_newline(b"hello\n", true), "already ends in one");
+        assert!(!needs_newline(b"", true));
+        assert!(!needs_newline(&[0xff, 0xfe, 0x00], true), "binary");
+    }
+
+    #[test]
+    fn durations_take_units_and_bare_numbers_are_seconds() {
+        let ms = Duration::from_millis;
+        let cases = [
+            ("5s", ms(5_000)),
+            ("500ms", ms(500)),
+            ("1ms", ms(1)),
+            ("2m", ms(120_000)),
+            ("1h", ms(3_600_000)),
+            ("10", ms(10_000)),
+            ("0.5", ms(500)),
+            ("1.5s", ms(1_500)),
+            ("0.25m", ms(15_000)),
+            ("0", Duration::ZERO),
+            (" 3 s ", ms(3_000)),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_duration(text), Ok(want), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn bad_durations_are_refused_with_the_accepted_forms() {
+        for text in [
+            "", "s", "5x", "5sec", "-1s", "1e3", "1.2.3s", "5 m s", "1m30s", "ms5",
+        ] {
+            let err = parse_duration(text).unwrap_err();
+            assert!(err.contains(&format!("{text:?}")), "{err}");
+            assert!(err.contains("500ms, 5s, 2m"), "{err}");
+        }
+        let err = parse_duration("99999999999999999h").unwrap_err();
+        assert!(err.contains("too long"), "{err}");
+    }
+
+    #[test]
+    fn duration_flags_use_the_parser() {
+        let cli = Cli::try_parse_from(["meshkv", "get", "k", "--timeout", "250ms"]).unwrap();
+        let Some(Command::Get { conn, .. }) = cli.command else {
+            panic!("not get");
+        };
+        assert_eq!(conn.timeout, Duration::from_millis(250));
+        // The old spelling and its bare seconds still work.
+        let cli = Cli::try_parse_from(["meshkv", "health", "--timeout-secs", "2"]).unwrap();
+        let Some(Command::Health { conn }) = cli.command else {
+            panic!("not health");
+        };
+        assert_eq!(conn.timeout, Duration::from_secs(2));
+        let err = Cli::try_parse_from(["meshkv", "get", "k", "--timeout", "soon"]).unwrap_err();
+        assert!(err.to_string().contains("not a duration"), "{err}");
+    }
+}

@@ -1,0 +1,280 @@
+//! How a client reaches a node: credentials, flag parsing for endpoints and
+//! durations, and failures as one sentence that says what to try.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::Args;
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    service::{interceptor::InterceptedService, Interceptor},
+    transport::{Channel, Endpoint},
+};
+
+use crate::error::{self, Error, Result};
+
+/// How a client proves itself and checks the node: a token, TLS files.
+/// `Debug` leaves the token out.
+#[derive(Clone, Default, Args)]
+pub struct Credentials {
+    /// A bearer token, sent as `authorization: Bearer TOKEN`.
+    #[arg(long, env = "MESHKV_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The CA that signed the node's certificate, for https:// endpoints.
+    #[arg(long, env = "MESHKV_CACERT")]
+    pub cacert: Option<PathBuf>,
+    /// A client certificate (PEM) from the cluster's CA, with --key.
+    #[arg(id = "tls_cert", long = "cert", env = "MESHKV_CERT")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(id = "tls_key", long = "key", env = "MESHKV_KEY")]
+    pub key: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("cacert", &self.cacert)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+/// Adds the bearer token, if any, to every request. `Debug` shows whether
+/// there is one, not what it is.
+#[derive(Clone, Default)]
+pub struct Auth(Option<MetadataValue<Ascii>>);
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Auth(<token>)"
+        } else {
+            "Auth(none)"
+        })
+    }
+}
+
+impl Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A channel that carries the caller's token.
+pub type AuthChannel = InterceptedService<Channel, Auth>;
+
+impl Credentials {
+    /// An endpoint for `url`: TLS with --cacert (and --cert/--key) for
+    /// `https://`. TLS files with an `http://` URL are a mistake, said so.
+    pub fn endpoint(&self, url: &str) -> Result<Endpoint> {
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| Error::InvalidArgument(format!("--endpoint {url:?}: {e}")))?;
+        if url.starts_with("https://") {
+            let Some(ca) = &self.cacert else {
+                return Err(Error::InvalidArgument(format!(
+                    "{url} is https: give the CA that signed its certificate with --cacert \
+                     (or MESHKV_CACERT)"
+                )));
+            };
+            let tls = crate::security::tls::client_tls(
+                Some(ca),
+                self.cert.as_deref(),
+                self.key.as_deref(),
+            )?;
+            return endpoint
+                .tls_config(tls)
+                .map_err(|e| Error::InvalidArgument(format!("TLS for {url}: {e}")));
+        }
+        if self.cert.is_some() || self.cacert.is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "--cacert, --cert and --key need an https:// endpoint, not {url}"
+            )));
+        }
+        Ok(endpoint)
+    }
+
+    /// The interceptor that sends the token.
+    pub fn auth(&self) -> Result<Auth> {
+        match &self.token {
+            None => Ok(Auth(None)),
+            Some(t) => format!("Bearer {}", t.trim())
+                .parse()
+                .map(|v| Auth(Some(v)))
+                .map_err(|_| {
+                    Error::InvalidArgument("--token holds characters a header cannot carry".into())
+                }),
+        }
+    }
+}
+
+/// Parses a duration flag: a number with a unit of `ms`, `s`, `m` or `h`
+/// (`500ms`, `5s`, `1.5m`, `1h`), or a bare number of seconds (`10`,
+/// `0.5`), so that flags that took seconds before keep their meaning.
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let bad = || {
+        format!(
+            "{s:?} is not a duration; write a number with a unit of ms, s, m or h \
+             (500ms, 5s, 2m, 1h), or a number of seconds"
+        )
+    };
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let unit_nanos: u64 = match unit.trim_start() {
+        "ms" => 1_000_000,
+        "" | "s" => 1_000_000_000,
+        "m" => 60 * 1_000_000_000,
+        "h" => 3600 * 1_000_000_000,
+        _ => return Err(bad()),
+    };
+    // Whole numbers stay in integers so that 1ms is exactly a millisecond.
+    let nanos = if number.contains('.') {
+        let n: f64 = number.parse().map_err(|_| bad())?;
+        let nanos = (n * unit_nanos as f64).round();
+        if !(0.0..u64::MAX as f64).contains(&nanos) {
+            return Err(format!("{s:?} is too long a duration"));
+        }
+        nanos as u64
+    } else {
+        number
+            .parse::<u64>()
+            .map_err(|_| bad())?
+            .checked_mul(unit_nanos)
+            .ok_or_else(|| format!("{s:?} is too long a duration"))?
+    };
+    Ok(Duration::from_nanos(nanos))
+}
+
+/// Checks an `--endpoint` flag: an http:// or https:// URL with a host.
+pub fn parse_endpoint(s: &str) -> std::result::Result<String, String> {
+    let uri = s.parse::<tonic::transport::Uri>().ok();
+    let usable = uri.is_some_and(|u| {
+        matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some_and(|h| !h.is_empty())
+    });
+    if usable {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a node URL; expected http://HOST:PORT, e.g. http://127.0.0.1:50051"
+        ))
+    }
+}
+
+/// How long a client waits for the TCP connection to a node.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// For `map_err` in the client commands: a failed request as one sentence
+/// that says what went wrong at `endpoint` and what to try. The status
+/// itself, with its causes, goes to the debug log (`RUST_LOG=debug`).
+pub fn request_error(endpoint: &str, timeout: Duration) -> impl Fn(tonic::Status) -> Error + '_ {
+    move |status| {
+        tracing::debug!(endpoint, ?status, "request failed");
+        Error::Client(describe_status(endpoint, timeout, &status))
+    }
+}
+
+/// For `map_err` when connecting eagerly (`meshkv bench`): like
+/// [`request_error`], for a transport error.
+pub fn connect_error(endpoint: &str) -> impl Fn(tonic::transport::Error) -> Error + '_ {
+    move |err| {
+        tracing::debug!(endpoint, error = ?err, "connect failed");
+        let reason = connect_failure(&err).unwrap_or_else(|| error::one_line(&err));
+        Error::Client(format!("cannot connect to {endpoint}: {reason}"))
+    }
+}
+
+/// The sentence for a failed request, by what failed: the connection, the
+/// deadline, or the node's answer.
+pub(super) fn describe_status(endpoint: &str, timeout: Duration, status: &tonic::Status) -> String {
+    use tonic::Code;
+    if let Some(reason) = connect_failure(status) {
+        return format!("cannot connect to {endpoint}: {reason}");
+    }
+    let msg = status.message();
+    // Neither meshkv nor gRPC answered: something else listens there.
+    if msg.contains("grpc-status header missing") || msg.contains("h2 protocol error") {
+        return format!(
+            "{endpoint} does not answer like a meshkv node; is the address right? ({msg})"
+        );
+    }
+    match status.code() {
+        Code::OutOfRange if msg.contains("message length too large") => format!(
+            "{endpoint} refused the request as too large; a value must fit the node's \
+             limits.max_value_bytes ({msg})"
+        ),
+        // tonic reports its own client deadline as Cancelled.
+        Code::DeadlineExceeded | Code::Cancelled
+            if msg.to_ascii_lowercase().contains("timeout") =>
+        {
+            format!(
+                "{endpoint} did not answer within {timeout:?} (is the node overloaded? raise --timeout)"
+            )
+        }
+        Code::InvalidArgument
+        | Code::OutOfRange
+        | Code::FailedPrecondition
+        | Code::PermissionDenied
+        | Code::NotFound
+        | Code::AlreadyExists => format!("{endpoint} refused the request: {msg}"),
+        Code::Unauthenticated => {
+            format!("{endpoint} refused the request: {msg} (pass --token or set MESHKV_TOKEN)")
+        }
+        Code::ResourceExhausted => {
+            format!("{endpoint} is overloaded and refused the request: {msg} (retry later)")
+        }
+        Code::Unavailable => format!("{endpoint} cannot serve the request now: {msg}"),
+        Code::Unimplemented => {
+            format!("{endpoint} does not serve this call; is it a meshkv node? ({msg})")
+        }
+        code => format!("{endpoint} failed the request ({code:?}): {msg}"),
+    }
+}
+
+/// Why the connection to a node failed, when that is what `err` (a status
+/// or a transport error) comes down to, with a hint for what to do.
+fn connect_failure(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use std::io::ErrorKind;
+    let mut transport = false;
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return Some(match io.kind() {
+                ErrorKind::ConnectionRefused => {
+                    "connection refused (is a node running there? set --endpoint)".into()
+                }
+                ErrorKind::TimedOut => format!(
+                    "no answer within {CONNECT_TIMEOUT:?} (is the address right? set --endpoint)"
+                ),
+                _ => format!("{} (set --endpoint)", plain_io(io)),
+            });
+        }
+        transport |= e.is::<tonic::transport::Error>();
+        // tonic's connect timeout is an error of its own, not an io::Error.
+        if transport && e.to_string().contains("timed out") {
+            return Some(format!(
+                "no answer within {CONNECT_TIMEOUT:?} (is the address right? set --endpoint)"
+            ));
+        }
+        cause = e.source();
+    }
+    None
+}
+
+/// An io::Error's text without the `(os error N)` suffix, lower-cased like
+/// the rest of the sentence.
+fn plain_io(err: &std::io::Error) -> String {
+    let text = err.to_string();
+    let text = text.split(" (os error").next().unwrap_or(&text);
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map(|c| c.to_lowercase().chain(chars).collect())
+        .unwrap_or_default()
+}
