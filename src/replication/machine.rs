@@ -36,7 +36,8 @@ pub enum StreamPhase {
     BackingOff,
 }
 
-/// What status shows for a peer: a round in progress, else the stream's phase.
+/// What status shows for a peer: a round the stream waits for, else the
+/// stream's phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     /// See [`StreamPhase::Waiting`].
@@ -49,7 +50,8 @@ pub enum Phase {
     CatchingUp,
     /// See [`StreamPhase::BackingOff`].
     BackingOff,
-    /// An anti-entropy round is running.
+    /// An anti-entropy round is running, and the stream waits for it (the
+    /// first round, a gap, catch-up).
     Repairing,
 }
 
@@ -145,7 +147,9 @@ impl PeerState {
 
     /// What status shows.
     pub fn phase(&self) -> Phase {
-        if self.round.is_some() {
+        // A round the stream waits for; a periodic round beside a live
+        // stream leaves it streaming, and shows in the round counters.
+        if self.round.is_some() && self.stream == StreamPhase::Waiting {
             return Phase::Repairing;
         }
         match self.stream {
@@ -519,7 +523,11 @@ mod tests {
         step(&mut s, Event::Read { from_disk: false });
         assert_eq!(s.phase(), Phase::Streaming);
         step(&mut s, Event::RoundStarted(Mode::Periodic));
-        assert_eq!(s.phase(), Phase::Repairing, "a round shows over the stream");
+        assert_eq!(
+            s.phase(),
+            Phase::Streaming,
+            "a periodic round runs beside the stream, which stays live"
+        );
         step(&mut s, Event::RoundFailed("unreachable".into()));
         assert_eq!(s.phase(), Phase::Streaming);
         assert!(!s.connected);
