@@ -5,7 +5,10 @@ use std::io::{IsTerminal, Read, Write};
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
 
 use crate::{
-    client::{args::Command, connect::request_error},
+    client::{
+        args::{CertsArgs, ClientArgs, Command},
+        connect::request_error,
+    },
     error::{Error, Result},
     proto::{self, admin_client::AdminClient},
 };
@@ -22,127 +25,139 @@ pub enum Outcome {
 pub async fn run_client(command: Command) -> Result<Outcome> {
     match command {
         Command::Serve(_) => unreachable!("serve is not a client command"),
-        Command::Certs(args) => {
-            let written = crate::security::certs::make(
-                &args.dir,
-                &args.nodes,
-                &args.hosts,
-                args.tokens.as_deref(),
-            )?;
-            for p in &written.created {
-                println!("created {}", p.display());
-            }
-            for p in &written.kept {
-                println!("kept    {}", p.display());
-            }
-            Ok(Outcome::Ok)
-        }
-        Command::Put { key, value, conn } => {
-            let value = if value == "-" {
-                let mut bytes = Vec::new();
-                std::io::stdin()
-                    .lock()
-                    .read_to_end(&mut bytes)
-                    .map_err(|e| Error::io("cannot read the value from stdin", e))?;
-                bytes
-            } else {
-                value.into_bytes()
-            };
-            let resp = conn
-                .kv()?
-                .write(proto::WriteRequest {
-                    key,
-                    value,
-                    ..Default::default()
-                })
-                .await
-                .map_err(request_error(&conn.endpoint, conn.timeout))?
-                .into_inner();
-            println!("OK {}", show_version(resp.version.as_ref()));
-            Ok(Outcome::Ok)
-        }
-        Command::Get { key, conn } => {
-            let resp = conn
-                .kv()?
-                .read(proto::ReadRequest {
-                    key: key.clone(),
-                    ..Default::default()
-                })
-                .await
-                .map_err(request_error(&conn.endpoint, conn.timeout))?
-                .into_inner();
-            if resp.found {
-                let mut out = std::io::stdout().lock();
-                let newline = needs_newline(&resp.value, out.is_terminal());
-                out.write_all(&resp.value)
-                    .and_then(|()| out.write_all(if newline { b"\n" } else { b"" }))
-                    .and_then(|()| out.flush())
-                    .map_err(|e| Error::io("cannot write to stdout", e))?;
-                Ok(Outcome::Ok)
-            } else {
-                eprintln!("key {key:?} not found");
-                Ok(Outcome::Negative)
-            }
-        }
-        Command::Delete { key, conn } => {
-            let resp = conn
-                .kv()?
-                .delete(proto::DeleteRequest { key })
-                .await
-                .map_err(request_error(&conn.endpoint, conn.timeout))?
-                .into_inner();
-            println!("OK {}", show_version(resp.version.as_ref()));
-            Ok(Outcome::Ok)
-        }
-        Command::Bench(args) => {
-            let json = args.json;
-            let report = crate::client::bench::run(args).await?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).map_err(|e| Error::Client(format!(
-                        "cannot render the report as JSON: {e}"
-                    )))?
-                );
-            } else {
-                print!("{}", report.table());
-            }
-            Ok(if report.requests > 0 {
-                Outcome::Ok
-            } else {
-                Outcome::Negative
-            })
-        }
-        Command::Status { raw, conn } => {
-            let status = AdminClient::new(conn.channel()?)
-                .cluster_status(proto::ClusterStatusRequest {})
-                .await
-                .map_err(request_error(&conn.endpoint, conn.timeout))?
-                .into_inner();
-            if raw {
-                println!("{status:#?}");
-            } else {
-                print!("{}", format_status(&status));
-            }
-            Ok(Outcome::Ok)
-        }
-        Command::Health { conn } => {
-            let status = HealthClient::new(conn.channel()?)
-                .check(tonic_health::pb::HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .map_err(request_error(&conn.endpoint, conn.timeout))?
-                .into_inner()
-                .status();
-            println!("{}", status.as_str_name());
-            Ok(if status == ServingStatus::Serving {
-                Outcome::Ok
-            } else {
-                Outcome::Negative
-            })
-        }
+        Command::Certs(args) => certs(&args),
+        Command::Put { key, value, conn } => put(key, value, &conn).await,
+        Command::Get { key, conn } => get(key, &conn).await,
+        Command::Delete { key, conn } => delete(key, &conn).await,
+        Command::Bench(args) => bench(args).await,
+        Command::Status { raw, conn } => status(raw, &conn).await,
+        Command::Health { conn } => health(&conn).await,
     }
+}
+
+fn certs(args: &CertsArgs) -> Result<Outcome> {
+    let written =
+        crate::security::certs::make(&args.dir, &args.nodes, &args.hosts, args.tokens.as_deref())?;
+    for p in &written.created {
+        println!("created {}", p.display());
+    }
+    for p in &written.kept {
+        println!("kept    {}", p.display());
+    }
+    Ok(Outcome::Ok)
+}
+
+/// Writes `value`, or stdin's bytes for `-`.
+async fn put(key: String, value: String, conn: &ClientArgs) -> Result<Outcome> {
+    let value = if value == "-" {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .lock()
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io("cannot read the value from stdin", e))?;
+        bytes
+    } else {
+        value.into_bytes()
+    };
+    let resp = conn
+        .kv()?
+        .write(proto::WriteRequest {
+            key,
+            value,
+            ..Default::default()
+        })
+        .await
+        .map_err(request_error(&conn.endpoint, conn.timeout))?
+        .into_inner();
+    println!("OK {}", show_version(resp.version.as_ref()));
+    Ok(Outcome::Ok)
+}
+
+/// Prints the value's exact bytes (with a newline only for text on a terminal).
+async fn get(key: String, conn: &ClientArgs) -> Result<Outcome> {
+    let resp = conn
+        .kv()?
+        .read(proto::ReadRequest {
+            key: key.clone(),
+            ..Default::default()
+        })
+        .await
+        .map_err(request_error(&conn.endpoint, conn.timeout))?
+        .into_inner();
+    if !resp.found {
+        eprintln!("key {key:?} not found");
+        return Ok(Outcome::Negative);
+    }
+    let mut out = std::io::stdout().lock();
+    let newline = needs_newline(&resp.value, out.is_terminal());
+    out.write_all(&resp.value)
+        .and_then(|()| out.write_all(if newline { b"\n" } else { b"" }))
+        .and_then(|()| out.flush())
+        .map_err(|e| Error::io("cannot write to stdout", e))?;
+    Ok(Outcome::Ok)
+}
+
+async fn delete(key: String, conn: &ClientArgs) -> Result<Outcome> {
+    let resp = conn
+        .kv()?
+        .delete(proto::DeleteRequest { key })
+        .await
+        .map_err(request_error(&conn.endpoint, conn.timeout))?
+        .into_inner();
+    println!("OK {}", show_version(resp.version.as_ref()));
+    Ok(Outcome::Ok)
+}
+
+/// Runs the load and prints its report, as a table or JSON.
+async fn bench(args: crate::client::bench::BenchArgs) -> Result<Outcome> {
+    let json = args.json;
+    let report = crate::client::bench::run(args).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report)
+                .map_err(|e| Error::Client(format!("cannot render the report as JSON: {e}")))?
+        );
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(if report.requests > 0 {
+        Outcome::Ok
+    } else {
+        Outcome::Negative
+    })
+}
+
+async fn status(raw: bool, conn: &ClientArgs) -> Result<Outcome> {
+    let status = AdminClient::new(conn.channel()?)
+        .cluster_status(proto::ClusterStatusRequest {})
+        .await
+        .map_err(request_error(&conn.endpoint, conn.timeout))?
+        .into_inner();
+    if raw {
+        println!("{status:#?}");
+    } else {
+        print!("{}", format_status(&status));
+    }
+    Ok(Outcome::Ok)
+}
+
+/// Prints SERVING or why not; exit 1 unless serving.
+async fn health(conn: &ClientArgs) -> Result<Outcome> {
+    let status = HealthClient::new(conn.channel()?)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .map_err(request_error(&conn.endpoint, conn.timeout))?
+        .into_inner()
+        .status();
+    println!("{}", status.as_str_name());
+    Ok(if status == ServingStatus::Serving {
+        Outcome::Ok
+    } else {
+        Outcome::Negative
+    })
 }
 
 /// Renders ClusterStatus as a header line and a table of peers.

@@ -1,7 +1,9 @@
 //! Config tests: defaults, the layering of file, environment and flags,
 //! validation, and the shipped example.
 
-use super::*;
+use std::path::Path;
+
+use super::{load::*, *};
 use std::io::Write;
 
 fn write_file(text: &str) -> tempfile::NamedTempFile {

@@ -230,6 +230,42 @@ pub async fn round(
     checked: &(dyn Fn(bool) + Sync),
 ) -> Result<RoundStats> {
     let timeout = Duration::from_millis(ctx.config.rpc_timeout_ms);
+    let (differing, mut stats) =
+        exchange_digests(ctx, peer, ae, &mut rules, timeout, checked).await?;
+    let mut rest: &[u16] = &differing;
+    while !rest.is_empty() {
+        let (covered, local, remote) = compare_versions(ctx, peer, ae, rest, timeout).await?;
+        rest = &rest[covered..];
+        let plan = plan(&local, &remote, &rules);
+        stats.skipped += plan.skipped;
+
+        if stats.push_error.is_none() && !plan.push.is_empty() {
+            if let Err(e) = push(ctx, peer, repl, &plan.push, timeout, &mut stats).await {
+                // A chunk that cannot be pushed never stops the pull.
+                tracing::warn!(peer, error = %e, "anti-entropy push failed; pulling on");
+                stats.push_error = Some(e.to_string());
+            }
+        }
+        if !plan.forget.is_empty() {
+            stats.forgotten += ctx.writer.forget(plan.forget).await?;
+        }
+        pull(ctx, peer, ae, &plan.pull, timeout, &mut stats).await?;
+    }
+    Ok(stats)
+}
+
+/// Sends our digests and learns which buckets to compare: those the peer
+/// says differ or it could not vouch for, and those unsettled here. Also
+/// learns whether the peer is catching up and whether this node's data went
+/// back in time, which turns the round into a catch-up (see `rules`).
+async fn exchange_digests(
+    ctx: &Ctx,
+    peer: &str,
+    ae: &mut AntiEntropyClient<Channel>,
+    rules: &mut Rules,
+    timeout: Duration,
+    checked: &(dyn Fn(bool) + Sync),
+) -> Result<(Vec<u16>, RoundStats)> {
     // Our own refresh has no deadline to meet, so it waits and scans all
     // that is dirty; a bucket a commit touched meanwhile stays unsettled and
     // is compared below whatever the peer says of it.
@@ -279,67 +315,62 @@ pub async fn round(
         .collect();
     differing.sort_unstable();
     differing.dedup();
-    let mut stats = RoundStats {
+    let stats = RoundStats {
         differing_buckets: differing.len(),
         peer_catching_up: answer.catching_up,
         regressed,
         ..RoundStats::default()
     };
-    let mut rest: &[u16] = &differing;
-    while !rest.is_empty() {
-        let ask = &rest[..rest.len().min(BUCKETS_PER_CALL)];
-        let answer = ae
-            .bucket_versions(request(
-                proto::BucketVersionsRequest {
-                    cluster_id: ctx.cluster_id.clone(),
-                    origin: ctx.node_id.clone(),
-                    buckets: ask.iter().map(|b| u32::from(*b)).collect(),
-                },
-                timeout,
-            ))
-            .await
-            .map_err(Error::from_peer(peer))?
-            .into_inner();
-        let remote_covered = progress(peer, answer.processed, ask.len())?;
-        // The local side of the same buckets, bounded the same way.
-        let (local, local_covered) = {
-            let store = Arc::clone(&ctx.store);
-            let buckets = ask[..remote_covered].to_vec();
-            ctx.blocking
-                .run("bucket scan", move || {
-                    store.bucket_versions(&buckets, ANSWER_BUDGET)
-                })
-                .await??
-        };
-        let covered = remote_covered.min(local_covered.max(1));
-        let chunk: HashSet<u16> = rest[..covered].iter().copied().collect();
-        rest = &rest[covered..];
-        let remote: Vec<(String, Version)> = answer
-            .entries
-            .into_iter()
-            .filter_map(|kv| Some((kv.key, version_from_proto(kv.version?))))
-            .filter(|(k, _)| chunk.contains(&bucket_of(k.as_bytes())))
-            .collect();
-        let local: Vec<(String, Version)> = local
-            .into_iter()
-            .filter(|(k, _)| chunk.contains(&bucket_of(k.as_bytes())))
-            .collect();
-        let plan = plan(&local, &remote, &rules);
-        stats.skipped += plan.skipped;
+    Ok((differing, stats))
+}
 
-        if stats.push_error.is_none() && !plan.push.is_empty() {
-            if let Err(e) = push(ctx, peer, repl, &plan.push, timeout, &mut stats).await {
-                // A chunk that cannot be pushed never stops the pull.
-                tracing::warn!(peer, error = %e, "anti-entropy push failed; pulling on");
-                stats.push_error = Some(e.to_string());
-            }
-        }
-        if !plan.forget.is_empty() {
-            stats.forgotten += ctx.writer.forget(plan.forget).await?;
-        }
-        pull(ctx, peer, ae, &plan.pull, timeout, &mut stats).await?;
-    }
-    Ok(stats)
+/// The versions on both sides of the first buckets of `rest`, as many as
+/// one bounded answer from each side covers: how many buckets that is, then
+/// the local and the remote `(key, version)` pairs of those buckets.
+async fn compare_versions(
+    ctx: &Ctx,
+    peer: &str,
+    ae: &mut AntiEntropyClient<Channel>,
+    rest: &[u16],
+    timeout: Duration,
+) -> Result<(usize, Vec<(String, Version)>, Vec<(String, Version)>)> {
+    let ask = &rest[..rest.len().min(BUCKETS_PER_CALL)];
+    let answer = ae
+        .bucket_versions(request(
+            proto::BucketVersionsRequest {
+                cluster_id: ctx.cluster_id.clone(),
+                origin: ctx.node_id.clone(),
+                buckets: ask.iter().map(|b| u32::from(*b)).collect(),
+            },
+            timeout,
+        ))
+        .await
+        .map_err(Error::from_peer(peer))?
+        .into_inner();
+    let remote_covered = progress(peer, answer.processed, ask.len())?;
+    // The local side of the same buckets, bounded the same way.
+    let (local, local_covered) = {
+        let store = Arc::clone(&ctx.store);
+        let buckets = ask[..remote_covered].to_vec();
+        ctx.blocking
+            .run("bucket scan", move || {
+                store.bucket_versions(&buckets, ANSWER_BUDGET)
+            })
+            .await??
+    };
+    let covered = remote_covered.min(local_covered.max(1));
+    let chunk: HashSet<u16> = rest[..covered].iter().copied().collect();
+    let remote: Vec<(String, Version)> = answer
+        .entries
+        .into_iter()
+        .filter_map(|kv| Some((kv.key, version_from_proto(kv.version?))))
+        .filter(|(k, _)| chunk.contains(&bucket_of(k.as_bytes())))
+        .collect();
+    let local: Vec<(String, Version)> = local
+        .into_iter()
+        .filter(|(k, _)| chunk.contains(&bucket_of(k.as_bytes())))
+        .collect();
+    Ok((covered, local, remote))
 }
 
 /// Sends our winning entries for `keys`, in batches sized by encoded length.

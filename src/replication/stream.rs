@@ -233,27 +233,10 @@ async fn session(
     let timeout = Duration::from_millis(ctx.config.rpc_timeout_ms);
     peer.handle(ctx, Event::Connecting);
     let (tx, rx) = mpsc::channel::<EncodedReplicateRequest>(PIPELINE);
-    let mut grpc = tonic::client::Grpc::new(channel)
-        .max_encoding_message_size(wire::PEER_MESSAGE_LIMIT)
-        .max_decoding_message_size(wire::PEER_MESSAGE_LIMIT);
-    let open = async {
-        grpc.ready()
-            .await
-            .map_err(|e| format!("peer unreachable: {e}"))?;
-        let codec =
-            tonic_prost::ProstCodec::<EncodedReplicateRequest, proto::ReplicateResponse>::default();
-        grpc.streaming(
-            tonic::Request::new(ReceiverStream::new(rx)),
-            PathAndQuery::from_static(METHOD),
-            codec,
-        )
-        .await
-        .map_err(|s| format!("{}: {}", s.code(), s.message()))
-    };
     let mut answers = tokio::select! {
         _ = shutdown.cancelled() => return Ok(End::Shutdown),
-        opened = tokio::time::timeout(timeout, open) => match opened {
-            Ok(r) => r?.into_inner(),
+        opened = tokio::time::timeout(timeout, open(channel, rx)) => match opened {
+            Ok(r) => r?,
             Err(_) => return Err(format!("opening the stream: deadline of {timeout:?} exceeded")),
         },
     };
@@ -265,51 +248,12 @@ async fn session(
             return Ok(End::Blocked);
         }
         if pipeline.has_room() {
-            let after = pipeline.next_after();
-            // Mark the seq seen before reading, so a commit after the read wakes us.
-            let last_seq = *seq_rx.borrow_and_update();
-            let (batch, from_disk) = match read(ctx, after).await {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(peer = %peer.id, error = %e, "cannot read the log");
-                    return Err(format!("cannot read the log: {e}"));
-                }
-            };
-            // Retention may delete from the head of the log while this batch
-            // is being read from disk.
-            match check_batch(after, last_seq, batch.iter().map(|(seq, _)| *seq)) {
-                Batch::Gap => {
-                    tracing::warn!(
-                        peer = %peer.id,
-                        cursor = after,
-                        "peer fell behind the start of the log; repairing it with anti-entropy"
-                    );
-                    peer.handle(ctx, Event::Gap);
-                    return Ok(End::Blocked);
-                }
-                Batch::Empty => {}
-                Batch::Send => {
-                    peer.handle(ctx, Event::Read { from_disk });
-                }
-            }
-            if let Some(&(upto, _)) = batch.last() {
-                let count = batch.len() as u64;
-                let bytes = batch.iter().map(|(_, r)| r.len() as u64).sum();
-                let request = EncodedReplicateRequest {
-                    cluster_id: ctx.cluster_id.clone(),
-                    origin: ctx.node_id.clone(),
-                    mutations: batch.into_iter().map(|(_, r)| r).collect(),
-                    repair: false,
-                };
-                // Room for PIPELINE requests, and at most that many are out.
-                if tx.try_send(request).is_err() {
-                    return Err("the peer closed the stream".into());
-                }
-                pipeline.sent(upto, count, bytes, Instant::now());
-                continue;
+            match send_next(ctx, peer, &mut pipeline, seq_rx, &tx).await? {
+                Next::Sent => continue,
+                Next::Nothing => {}
+                Next::Gap => return Ok(End::Blocked),
             }
         }
-
         let deadline = pipeline.deadline();
         let overdue = async {
             match deadline {
@@ -340,6 +284,94 @@ async fn session(
             _ = overdue => return Err(format!("no answer within the deadline of {timeout:?}")),
         }
     }
+}
+
+/// Opens the `ReplicateStream` call that sends what arrives on `rx`.
+async fn open(
+    channel: Channel,
+    rx: mpsc::Receiver<EncodedReplicateRequest>,
+) -> Result<tonic::Streaming<proto::ReplicateResponse>, String> {
+    let mut grpc = tonic::client::Grpc::new(channel)
+        .max_encoding_message_size(wire::PEER_MESSAGE_LIMIT)
+        .max_decoding_message_size(wire::PEER_MESSAGE_LIMIT);
+    grpc.ready()
+        .await
+        .map_err(|e| format!("peer unreachable: {e}"))?;
+    let codec =
+        tonic_prost::ProstCodec::<EncodedReplicateRequest, proto::ReplicateResponse>::default();
+    let answers = grpc
+        .streaming(
+            tonic::Request::new(ReceiverStream::new(rx)),
+            PathAndQuery::from_static(METHOD),
+            codec,
+        )
+        .await
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+    Ok(answers.into_inner())
+}
+
+/// What [`send_next`] did.
+enum Next {
+    /// A batch went out.
+    Sent,
+    /// Nothing new to send.
+    Nothing,
+    /// The log no longer holds what the peer needs: a repair is due.
+    Gap,
+}
+
+/// Reads the batch after the pipeline's last one and sends it.
+async fn send_next(
+    ctx: &Ctx,
+    peer: &Peer,
+    pipeline: &mut Pipeline,
+    seq_rx: &mut watch::Receiver<u64>,
+    tx: &mpsc::Sender<EncodedReplicateRequest>,
+) -> Result<Next, String> {
+    let after = pipeline.next_after();
+    // Mark the seq seen before reading, so a commit after the read wakes us.
+    let last_seq = *seq_rx.borrow_and_update();
+    let (batch, from_disk) = match read(ctx, after).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(peer = %peer.id, error = %e, "cannot read the log");
+            return Err(format!("cannot read the log: {e}"));
+        }
+    };
+    // Retention may delete from the head of the log while this batch
+    // is being read from disk.
+    match check_batch(after, last_seq, batch.iter().map(|(seq, _)| *seq)) {
+        Batch::Gap => {
+            tracing::warn!(
+                peer = %peer.id,
+                cursor = after,
+                "peer fell behind the start of the log; repairing it with anti-entropy"
+            );
+            peer.handle(ctx, Event::Gap);
+            return Ok(Next::Gap);
+        }
+        Batch::Empty => {}
+        Batch::Send => {
+            peer.handle(ctx, Event::Read { from_disk });
+        }
+    }
+    let Some(&(upto, _)) = batch.last() else {
+        return Ok(Next::Nothing);
+    };
+    let count = batch.len() as u64;
+    let bytes = batch.iter().map(|(_, r)| r.len() as u64).sum();
+    let request = EncodedReplicateRequest {
+        cluster_id: ctx.cluster_id.clone(),
+        origin: ctx.node_id.clone(),
+        mutations: batch.into_iter().map(|(_, r)| r).collect(),
+        repair: false,
+    };
+    // Room for PIPELINE requests, and at most that many are out.
+    if tx.try_send(request).is_err() {
+        return Err("the peer closed the stream".into());
+    }
+    pipeline.sent(upto, count, bytes, Instant::now());
+    Ok(Next::Sent)
 }
 
 /// Moves the peer's cursor past an answered batch and records what it said.

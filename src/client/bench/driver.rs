@@ -161,19 +161,7 @@ pub async fn run(args: BenchArgs) -> Result<Report> {
     let next_key = Arc::new(AtomicU64::new(0));
     let stop = CancellationToken::new();
 
-    let bar = if args.quiet {
-        ProgressBar::hidden()
-    } else {
-        match args.requests {
-            Some(n) => ProgressBar::new(n),
-            None => ProgressBar::new((args.duration.as_secs_f64() * 10.0).ceil() as u64),
-        }
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {percent:>3}% {msg}")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
+    let bar = progress_bar(&args);
 
     let lag_task = args.measures_lag().then(|| {
         let first = channels[0][0].clone();
@@ -213,60 +201,21 @@ pub async fn run(args: BenchArgs) -> Result<Report> {
         }));
     }
 
-    let ticker = {
-        let (bar, done, stop, requests) = (bar.clone(), done.clone(), stop.clone(), args.requests);
-        tokio::spawn(async move {
-            let mut last = (Instant::now(), 0u64);
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                }
-                let n = done.load(Ordering::Relaxed);
-                let now = Instant::now();
-                let rate = (n - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
-                last = (now, n);
-                bar.set_position(match requests {
-                    Some(_) => n,
-                    None => (started.elapsed().as_secs_f64() * 10.0) as u64,
-                });
-                bar.set_message(format!("{n} requests, {rate:.0}/s"));
-            }
-        })
-    };
+    let ticker = tokio::spawn(tick(
+        bar.clone(),
+        done.clone(),
+        stop.clone(),
+        args.requests,
+        started,
+    ));
 
-    let mut hist = histogram();
-    let (mut writes, mut reads) = (0u64, 0u64);
-    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-    for w in workers {
-        let s = w
-            .await
-            .map_err(|e| Error::Unavailable(format!("a bench worker failed: {e}")))?;
-        hist.add(&s.hist)
-            .map_err(|e| Error::Corrupt(format!("histogram merge: {e}")))?;
-        writes += s.writes;
-        reads += s.reads;
-        for (code, n) in s.errors {
-            *errors.entry(code).or_default() += n;
-        }
-    }
+    let (hist, writes, reads, errors) = gather(workers).await?;
     let seconds = started.elapsed().as_secs_f64();
     stop.cancel();
     let _ = ticker.await;
     bar.finish_and_clear();
     let lag = match lag_task {
-        Some(t) => {
-            let s = t
-                .await
-                .map_err(|e| Error::Unavailable(format!("the lag probe failed: {e}")))?;
-            Some(LagReport {
-                samples: s.hist.len(),
-                missed: s.missed,
-                p50_ms: s.hist.value_at_quantile(0.5) as f64 / 1000.0,
-                p99_ms: s.hist.value_at_quantile(0.99) as f64 / 1000.0,
-                max_ms: s.hist.max() as f64 / 1000.0,
-            })
-        }
+        Some(t) => Some(lag_report(t).await?),
         None => None,
     };
     let requests = writes + reads;
@@ -285,6 +234,86 @@ pub async fn run(args: BenchArgs) -> Result<Report> {
         errors,
         latency_ms: Percentiles::of(&hist),
         lag,
+    })
+}
+
+/// A bar of requests done, or of tenths of the duration elapsed.
+fn progress_bar(args: &BenchArgs) -> ProgressBar {
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        match args.requests {
+            Some(n) => ProgressBar::new(n),
+            None => ProgressBar::new((args.duration.as_secs_f64() * 10.0).ceil() as u64),
+        }
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {percent:>3}% {msg}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Moves the bar every 200 ms, with the rate since the last move.
+async fn tick(
+    bar: ProgressBar,
+    done: Arc<AtomicU64>,
+    stop: CancellationToken,
+    requests: Option<u64>,
+    started: Instant,
+) {
+    let mut last = (Instant::now(), 0u64);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        let n = done.load(Ordering::Relaxed);
+        let now = Instant::now();
+        let rate = (n - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
+        last = (now, n);
+        bar.set_position(match requests {
+            Some(_) => n,
+            None => (started.elapsed().as_secs_f64() * 10.0) as u64,
+        });
+        bar.set_message(format!("{n} requests, {rate:.0}/s"));
+    }
+}
+
+/// The workers' merged latencies, writes, reads and errors by code.
+async fn gather(
+    workers: Vec<tokio::task::JoinHandle<WorkerStats>>,
+) -> Result<(Histogram<u64>, u64, u64, BTreeMap<String, u64>)> {
+    let mut hist = histogram();
+    let (mut writes, mut reads) = (0u64, 0u64);
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    for w in workers {
+        let s = w
+            .await
+            .map_err(|e| Error::Unavailable(format!("a bench worker failed: {e}")))?;
+        hist.add(&s.hist)
+            .map_err(|e| Error::Corrupt(format!("histogram merge: {e}")))?;
+        writes += s.writes;
+        reads += s.reads;
+        for (code, n) in s.errors {
+            *errors.entry(code).or_default() += n;
+        }
+    }
+    Ok((hist, writes, reads, errors))
+}
+
+/// The lag probe's samples as a report.
+async fn lag_report(task: tokio::task::JoinHandle<lag::LagSamples>) -> Result<LagReport> {
+    let s = task
+        .await
+        .map_err(|e| Error::Unavailable(format!("the lag probe failed: {e}")))?;
+    Ok(LagReport {
+        samples: s.hist.len(),
+        missed: s.missed,
+        p50_ms: s.hist.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_ms: s.hist.value_at_quantile(0.99) as f64 / 1000.0,
+        max_ms: s.hist.max() as f64 / 1000.0,
     })
 }
 
