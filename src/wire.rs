@@ -48,7 +48,7 @@ pub const MAX_FETCH_KEYS: usize = 1024;
 /// Versions whose physical part reaches this (2^47 ms, about the year 6400)
 /// are refused before they reach the writer, which also refuses anything
 /// further ahead of its own clock than `max_clock_skew_ms`
-/// (`storage::writer::apply`; see `docs/DESIGN.md`, "Clock skew").
+/// (`storage::writer::apply`; see "Clock skew" in `docs/design/data-model.md`).
 pub const MAX_PHYSICAL_MS: u64 = 1 << 47;
 
 /// A [`proto::ReplicateRequest`] whose mutations are already encoded: a

@@ -46,7 +46,8 @@ fuzz_target!(|data: &[u8]| {
     for (key, entry) in &forward {
         let stored = codec::encode_entry(entry, 1);
         assert_eq!(&codec::decode_entry(&stored).unwrap(), entry);
-        assert_eq!(codec::decode_version(&stored).unwrap(), entry.version);
-        assert_eq!(codec::user_key(&codec::data_key(key)).unwrap(), *key);
+        let indexed = codec::decode_version(&codec::encode_version(entry, 1)).unwrap();
+        assert_eq!(indexed.version, entry.version);
+        assert_eq!(codec::user_key(&codec::version_key(key)).unwrap(), *key);
     }
 });

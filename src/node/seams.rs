@@ -1,5 +1,5 @@
 //! What a node takes from its environment, as values a simulation can
-//! replace: see the "Seams" section of `docs/DESIGN.md`.
+//! replace: see "Seams for testing" in `docs/design/testing.md`.
 
 use std::sync::Arc;
 

@@ -1,6 +1,7 @@
 //! Replication: every node ships its own writes to every peer, and
-//! anti-entropy repairs whatever the log cannot. `docs/DESIGN.md` has the
-//! whole design; this is the map of the module.
+//! anti-entropy repairs whatever the log cannot. `docs/design/replication.md`
+//! and `docs/design/anti-entropy.md` have the whole design; this is the map
+//! of the module.
 //!
 //! **Two tasks per peer**, coordinating only through the peer's shared state
 //! ([`peer`]), which changes only by steps of the pure state [`machine`]. The

@@ -4,8 +4,8 @@
 //! good for anti-entropy, which scans a bucket at a time, but every such scan
 //! read the values too, and nothing could list keys in order. Layout 2 splits
 //! it into `kv` (keyed by the key itself, so key order is storage order) and
-//! `versions` (keyed `bucket ‖ key`, the version alone). See the storage
-//! section of `docs/DESIGN.md`.
+//! `versions` (keyed `bucket ‖ key`, the version alone). See "On disk" in
+//! `docs/design/data-model.md`.
 //!
 //! The move is crash-safe without a marker: each chunk inserts its entries
 //! into both new keyspaces and removes them from `data` in one atomic batch,
