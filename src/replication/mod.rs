@@ -46,3 +46,5 @@ pub use manager::{Ctx, PeerManager, PeerView};
 
 #[cfg(test)]
 mod round_tests;
+#[cfg(test)]
+mod transcripts;
