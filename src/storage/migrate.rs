@@ -18,9 +18,11 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 
 use crate::{error::Result, storage::codec};
 
-/// Entries moved per atomic batch: bounds the batch's memory (a chunk of
-/// maximum-size values is the one large case) and what a crash repeats.
+/// Entries moved per atomic batch, and the value bytes after which a batch
+/// ends early: together they bound the batch's memory (whatever the values
+/// weigh) and what a crash repeats.
 const CHUNK: usize = 1024;
+const CHUNK_BYTES: usize = 16 * 1024 * 1024;
 
 /// Moves a layout-1 `data` keyspace, if there is one, into `kv` and `versions`.
 pub fn from_layout_1(db: &Database, kv: &Keyspace, versions: &Keyspace) -> Result<()> {
@@ -37,16 +39,17 @@ pub fn from_layout_1(db: &Database, kv: &Keyspace, versions: &Keyspace) -> Resul
     let mut after: Option<Vec<u8>> = None;
     loop {
         let mut batch = db.batch();
-        let mut n = 0;
+        let (mut n, mut bytes) = (0, 0);
         let lower = match after.take() {
             Some(k) => std::ops::Bound::Excluded(k),
             None => std::ops::Bound::Unbounded,
         };
-        for item in data
-            .range::<Vec<u8>, _>((lower, std::ops::Bound::Unbounded))
-            .take(CHUNK)
-        {
+        for item in data.range::<Vec<u8>, _>((lower, std::ops::Bound::Unbounded)) {
+            if n == CHUNK || bytes >= CHUNK_BYTES {
+                break;
+            }
             let (k, v) = item.into_inner()?;
+            bytes += v.len();
             let key = codec::user_key(&k)?;
             let (entry, applied_ms) = codec::decode_stored(&v)?;
             batch.insert(kv, key.as_bytes(), &v[..]);
@@ -59,7 +62,7 @@ pub fn from_layout_1(db: &Database, kv: &Keyspace, versions: &Keyspace) -> Resul
             break;
         }
         batch.commit()?;
-        moved += n;
+        moved += n as u64;
         if last_report.elapsed() > Duration::from_secs(5) {
             last_report = Instant::now();
             tracing::info!(moved, "migrating storage layout");
