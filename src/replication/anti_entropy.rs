@@ -306,15 +306,13 @@ async fn exchange_digests(
         rules.mode = Mode::CatchUp;
         rules.forget_old = true;
     }
-    let mut differing: Vec<u16> = answer
-        .buckets
-        .into_iter()
-        .filter(|b| (*b as usize) < BUCKETS)
-        .map(|b| b as u16)
-        .chain(view.unsettled)
-        .collect();
-    differing.sort_unstable();
-    differing.dedup();
+    let differing = view.with_unsettled(
+        answer
+            .buckets
+            .into_iter()
+            .filter(|b| (*b as usize) < BUCKETS)
+            .map(|b| b as u16),
+    );
     let stats = RoundStats {
         differing_buckets: differing.len(),
         peer_catching_up: answer.catching_up,

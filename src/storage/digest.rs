@@ -123,7 +123,7 @@ pub struct DigestBook {
     generation: Box<[u64; BUCKETS]>,
     /// The generation the digest and count were scanned at.
     scanned: Box<[u64; BUCKETS]>,
-    pub(super) counts: Box<[u32; BUCKETS]>,
+    counts: Box<[u32; BUCKETS]>,
     keys: u64,
     /// Where the next refresh starts looking for dirty buckets.
     next: u16,
@@ -142,7 +142,13 @@ impl DigestView {
     /// The buckets to compare against a peer's `theirs`: those whose
     /// digests differ and those this side has not rescanned, in order.
     pub fn to_compare(&self, theirs: &Digests) -> Vec<u16> {
-        let mut out = self.digests.diff(theirs);
+        self.with_unsettled(self.digests.diff(theirs))
+    }
+
+    /// `buckets` and the unsettled ones, in order, each once: what a round
+    /// compares, given the buckets a peer answered.
+    pub fn with_unsettled(&self, buckets: impl IntoIterator<Item = u16>) -> Vec<u16> {
+        let mut out: Vec<u16> = buckets.into_iter().collect();
         out.extend_from_slice(&self.unsettled);
         out.sort_unstable();
         out.dedup();
@@ -190,11 +196,12 @@ impl DigestBook {
 
     /// The digests with the buckets still dirty.
     pub fn view(&self) -> DigestView {
-        let mut unsettled: Vec<u16> = self.dirty().into_iter().map(|(b, _)| b).collect();
-        unsettled.sort_unstable();
         DigestView {
             digests: self.digests.clone(),
-            unsettled,
+            unsettled: (0..BUCKETS)
+                .filter(|&b| self.generation[b] != self.scanned[b])
+                .map(|b| b as u16)
+                .collect(),
         }
     }
 
