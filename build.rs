@@ -24,6 +24,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // Smaller first buffers than tonic's 8 KiB: see src/grpc_codec.rs.
         .codec_path("crate::grpc_codec::SmallBufferCodec")
+        // A change record wraps the log's encoded mutation: shared, not copied twice.
+        .bytes(".meshkv.v1.StoredChange.mutation")
         .compile_fds(fds)?;
 
     let etcd = protox::compile(["proto/etcd/rpc.proto"], ["proto"])?;

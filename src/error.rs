@@ -58,6 +58,14 @@ pub enum Error {
     /// A transport-level failure (binding, connecting).
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// A compare-and-set whose condition does not hold on this node.
+    #[error("failed precondition: {message}")]
+    Precondition {
+        /// What was expected and what the key holds.
+        message: String,
+        /// The version of the key's live value here, if it has one.
+        current: Option<crate::version::Version>,
+    },
     /// A client command's request failed; the message is one sentence for
     /// the person who ran it (see `client::connect::request_error`).
     #[error("{0}")]
@@ -113,6 +121,7 @@ impl From<Error> for tonic::Status {
             }
             Error::Peer { .. } | Error::Client(_) => Code::Unavailable,
             Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::Precondition { .. } => Code::FailedPrecondition,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::Locked { .. } | Error::Config(_) | Error::Corrupt(_) => Code::Internal,
         };

@@ -35,21 +35,52 @@ pub struct Entry {
     pub version: Version,
     /// `None` is a tombstone left by a delete.
     pub value: Option<Vec<u8>>,
+    /// When the value expires (wall-clock ms since the Unix epoch), for a
+    /// write with a TTL. Part of the entry, so it replicates with it and
+    /// every node agrees on the moment; `None` for tombstones.
+    pub expires_ms: Option<u64>,
 }
 
 impl Entry {
+    /// A value or a tombstone without an expiry.
+    pub fn new(version: Version, value: Option<Vec<u8>>) -> Self {
+        Self {
+            version,
+            value,
+            expires_ms: None,
+        }
+    }
+
     /// True if this entry is a delete marker.
     pub fn is_tombstone(&self) -> bool {
         self.value.is_none()
     }
 
-    /// The total order merge uses. Versions decide; the value only breaks a tie
-    /// that the protocol never produces (two writes with one version), so that
-    /// merge stays commutative even if that invariant were broken.
+    /// True if a read at `now_ms` sees a value: not a tombstone, not expired.
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        self.value.is_some() && self.expires_ms.is_none_or(|e| now_ms < e)
+    }
+
+    /// Since when the key has read as absent, in wall-clock ms, if it does
+    /// at `now_ms`: a tombstone since its write, an expired value since its
+    /// expiry. Tombstone collection treats both alike from that moment.
+    pub fn dead_since(&self, now_ms: u64) -> Option<u64> {
+        match (&self.value, self.expires_ms) {
+            (None, _) => Some(crate::clock::physical_ms(self.version.hlc)),
+            (Some(_), Some(e)) if e <= now_ms => Some(e),
+            (Some(_), _) => None,
+        }
+    }
+
+    /// The total order merge uses. Versions decide; the value (then the
+    /// expiry) only breaks a tie that the protocol never produces (two
+    /// writes with one version), so that merge stays commutative even if
+    /// that invariant were broken.
     pub fn cmp_lww(&self, other: &Entry) -> Ordering {
         self.version
             .cmp(&other.version)
             .then_with(|| self.value.cmp(&other.value))
+            .then_with(|| self.expires_ms.cmp(&other.expires_ms))
     }
 
     /// True if `self` would replace `current` under last-writer-wins.
@@ -92,6 +123,7 @@ pub fn to_mutation(key: &str, e: &Entry) -> proto::Mutation {
         key: key.to_string(),
         version: Some(version_to_proto(&e.version)),
         value: e.value.clone(),
+        expires_ms: e.expires_ms.unwrap_or(0),
     }
 }
 
@@ -101,13 +133,28 @@ mod tests {
     use proptest::prelude::*;
 
     fn entry(hlc: u64, node: &str, value: Option<&[u8]>) -> Entry {
-        Entry {
-            version: Version {
+        Entry::new(
+            Version {
                 hlc,
                 node: node.into(),
             },
-            value: value.map(<[u8]>::to_vec),
-        }
+            value.map(<[u8]>::to_vec),
+        )
+    }
+
+    #[test]
+    fn an_entry_reads_as_absent_from_its_expiry_on() {
+        let mut e = entry(crate::clock::from_physical_ms(100), "n", Some(b"v"));
+        assert!(e.is_live(u64::MAX));
+        assert_eq!(e.dead_since(u64::MAX), None);
+        e.expires_ms = Some(500);
+        assert!(e.is_live(499));
+        assert!(!e.is_live(500));
+        assert_eq!(e.dead_since(499), None);
+        assert_eq!(e.dead_since(500), Some(500));
+        let t = entry(crate::clock::from_physical_ms(100), "n", None);
+        assert!(!t.is_live(0));
+        assert_eq!(t.dead_since(0), Some(100));
     }
 
     #[test]
@@ -149,8 +196,13 @@ mod tests {
             0u64..8,
             prop::sample::select(vec!["n1", "n2", "n3"]),
             prop::option::of(prop::collection::vec(any::<u8>(), 0..3)),
+            prop::option::of(0u64..3),
         )
-            .prop_map(|(hlc, node, value)| entry(hlc, node, value.as_deref()))
+            .prop_map(|(hlc, node, value, expires)| {
+                let mut e = entry(hlc, node, value.as_deref());
+                e.expires_ms = expires.filter(|_| !e.is_tombstone());
+                e
+            })
     }
 
     proptest! {

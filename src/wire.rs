@@ -149,6 +149,7 @@ pub fn mutation_from_proto(m: proto::Mutation) -> Result<(String, Entry)> {
         m.key,
         Entry {
             version: version_from_proto(version),
+            expires_ms: (m.expires_ms != 0 && m.value.is_some()).then_some(m.expires_ms),
             value: m.value,
         },
     ))
@@ -186,7 +187,7 @@ pub fn request_index(malformed: &[u32], at: usize) -> u32 {
 }
 
 /// At most 128 bytes of a peer-supplied string, for logs and refusals.
-fn truncated(s: &str) -> &str {
+pub fn truncated(s: &str) -> &str {
     if s.len() <= 128 {
         return s;
     }
@@ -245,6 +246,7 @@ mod tests {
                 node_id: node.into(),
             }),
             value,
+            expires_ms: 0,
         }
     }
 
@@ -285,6 +287,7 @@ mod tests {
                 key: "b".into(),
                 version: None,
                 value: None,
+                expires_ms: 0,
             },
             m("c", 1, "n1", None),
         ];

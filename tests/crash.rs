@@ -50,7 +50,10 @@ async fn acknowledged_writes_survive_kill_9_under_concurrent_load() {
                     let (key, result, expect) = if n % 5 == 4 {
                         let key = format!("c{cycle}-w{w}-{}", n - 1);
                         let r = kv
-                            .delete(proto::DeleteRequest { key: key.clone() })
+                            .delete(proto::DeleteRequest {
+                                key: key.clone(),
+                                expect: None,
+                            })
                             .await
                             .map(drop);
                         (key, r, Expect::Absent)

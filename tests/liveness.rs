@@ -126,6 +126,7 @@ async fn a_refused_entry_is_skipped_reported_and_counted_never_a_stall() {
             node_id: node.into(),
         }),
         value: Some(b"v".to_vec()),
+        expires_ms: 0,
     };
     let resp = nodes[1]
         .replication()
@@ -187,6 +188,7 @@ async fn a_version_from_the_far_future_is_refused_and_replication_stays_live() {
             node_id: "node2".into(),
         }),
         value: Some(b"x".to_vec()),
+        expires_ms: 0,
     };
     let resp = nodes[0]
         .replication()
@@ -554,7 +556,10 @@ async fn a_decommissioned_peer_no_longer_holds_back_tombstone_collection() {
     nodes[2].kill9();
     nodes[0]
         .kv()
-        .delete(proto::DeleteRequest { key: "gone".into() })
+        .delete(proto::DeleteRequest {
+            key: "gone".into(),
+            expect: None,
+        })
         .await
         .unwrap();
     // node3 never acknowledged the delete: node1 keeps the tombstone, and
@@ -638,6 +643,7 @@ async fn a_node_restored_from_an_old_copy_does_not_resurrect_deleted_keys() {
             .kv()
             .delete(proto::DeleteRequest {
                 key: format!("old-{i}"),
+                expect: None,
             })
             .await
             .unwrap();

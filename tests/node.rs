@@ -3,31 +3,10 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{run_cli, run_cli_bytes, run_cli_env, Node};
+use common::{grpcurl, run_cli, run_cli_bytes, run_cli_env, Node};
 use meshkv::proto;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
-
-fn grpcurl(args: &[&str]) -> (bool, String) {
-    let out = Command::new("grpcurl")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "grpcurl is required ({e}): run the suite with scripts/test.sh, which installs it"
-            )
-        });
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
 
 #[tokio::test]
 async fn grpcurl_lists_services_and_drives_write_read_delete_read() {
@@ -308,7 +287,10 @@ async fn bad_input_gets_a_clear_status_and_the_node_keeps_serving() {
         .unwrap_err();
     assert_eq!(r.code(), Code::InvalidArgument);
     let d = kv
-        .delete(proto::DeleteRequest { key: String::new() })
+        .delete(proto::DeleteRequest {
+            key: String::new(),
+            expect: None,
+        })
         .await
         .unwrap_err();
     assert_eq!(d.code(), Code::InvalidArgument);
@@ -390,6 +372,7 @@ async fn bad_input_gets_a_clear_status_and_the_node_keeps_serving() {
             node_id: "node2".into(),
         }),
         value: Some(b"v".to_vec()),
+        expires_ms: 0,
     };
     let req = |cluster: &str, origin: &str, ms: Vec<proto::Mutation>| proto::ReplicateRequest {
         // As a repair: hlc 1 is far older than the tombstone horizon.

@@ -199,6 +199,7 @@ fn mutation(key: &str, node: &str) -> proto::Mutation {
             node_id: node.into(),
         }),
         value: Some(b"v".to_vec()),
+        expires_ms: 0,
     }
 }
 

@@ -1,5 +1,5 @@
-//! Client request validation: any bytes a client sends as a Write or a
-//! WriteBatch either decode and check cleanly or are refused; nothing panics,
+//! Client request validation: any bytes a client sends as a Write (with its
+//! TTL and condition) or a WriteBatch either decode and check cleanly or are refused; nothing panics,
 //! and what passes respects the limits.
 #![no_main]
 
@@ -10,9 +10,10 @@ use prost::Message;
 fuzz_target!(|data: &[u8]| {
     let max = 4096;
     if let Ok(req) = proto::WriteRequest::decode(data) {
-        if let Ok((key, value)) = kv::check_write(req, max) {
-            assert!(!key.is_empty() && key.len() <= MAX_KEY_BYTES);
-            assert!(value.len() <= max);
+        if let Ok(w) = kv::check_write(req, max) {
+            assert!(!w.key.is_empty() && w.key.len() <= MAX_KEY_BYTES);
+            assert!(w.value.is_some_and(|v| v.len() <= max));
+            assert!(w.ttl_ms.is_none_or(|t| t > 0 && t <= kv::MAX_TTL_MS));
         }
     }
     if let Ok(req) = proto::WriteBatchRequest::decode(data) {

@@ -14,6 +14,7 @@ fuzz_target!(|data: &[u8]| {
             .expect("an encoded versions record decodes");
         assert_eq!(indexed.version, e.version);
         assert_eq!(indexed.tombstone, e.is_tombstone());
+        assert_eq!(indexed.expires_ms, e.expires_ms);
     }
     let _ = codec::decode_version(data);
     let _ = codec::user_key(data);

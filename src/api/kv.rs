@@ -2,59 +2,109 @@
 
 use std::{sync::Arc, time::Instant};
 
+use tokio::sync::{mpsc, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    api::validate,
+    api::{scan, validate, watch},
+    clock::PhysicalClock,
     error::Error,
     proto::{self, kv_server::Kv},
     security::{auth, Role},
-    storage::{Store, WriterHandle},
-    version::version_to_proto,
+    storage::{
+        blocking::Blocking,
+        writer::{Expect, LocalWrite},
+        Store, WriterHandle,
+    },
+    version::{version_from_proto, version_to_proto},
 };
 
 /// The most writes one WriteBatch may carry.
 pub const MAX_WRITE_BATCH: usize = 10_000;
 
-/// Serves Write, Read, Delete and WriteBatch on one node.
+/// The longest TTL a write may carry: 100 years, far inside the clock's
+/// range, so that no expiry can overflow it.
+pub const MAX_TTL_MS: u64 = 100 * 366 * 24 * 3600 * 1000;
+
+/// Serves the client API on one node.
 #[derive(Debug)]
 pub struct KvService {
     store: Arc<Store>,
     writer: WriterHandle,
+    clock: Arc<dyn PhysicalClock>,
+    blocking: Blocking,
     max_value_bytes: usize,
+    /// Scans running at once; more get RESOURCE_EXHAUSTED.
+    scans: Arc<Semaphore>,
+    /// Watches open at once; likewise.
+    watches: Arc<Semaphore>,
+    /// Ends open watches when the node stops.
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl KvService {
-    /// A service over `store`, writing through `writer`.
-    pub fn new(store: Arc<Store>, writer: WriterHandle, max_value_bytes: usize) -> Self {
+    /// A service over `store`, writing through `writer`; `clock` decides
+    /// what has expired, `blocking` where scans read.
+    pub fn new(
+        store: Arc<Store>,
+        writer: WriterHandle,
+        clock: Arc<dyn PhysicalClock>,
+        blocking: Blocking,
+        max_value_bytes: usize,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Self {
         Self {
             store,
             writer,
+            clock,
+            blocking,
             max_value_bytes,
+            scans: Arc::new(Semaphore::new(scan::MAX_SCANS)),
+            watches: watch::slots(),
+            shutdown,
         }
     }
 }
 
-/// A client's write, checked: its key and the bytes it stores.
-pub fn check_write(
-    req: proto::WriteRequest,
-    max_value_bytes: usize,
-) -> Result<(String, Vec<u8>), Error> {
+/// A client's write, checked: key, bytes, TTL and condition.
+pub fn check_write(req: proto::WriteRequest, max_value_bytes: usize) -> Result<LocalWrite, Error> {
     validate::key(&req.key)?;
     let value = payload(req.value, req.text)?;
     validate::value(value.len(), max_value_bytes)?;
-    Ok((req.key, value))
+    if req.ttl_ms > MAX_TTL_MS {
+        return Err(Error::InvalidArgument(format!(
+            "ttl_ms is {}; it must be at most {MAX_TTL_MS} (100 years)",
+            req.ttl_ms
+        )));
+    }
+    Ok(LocalWrite {
+        key: req.key,
+        value: Some(value),
+        ttl_ms: (req.ttl_ms > 0).then_some(req.ttl_ms),
+        expect: check_expect(req.expect)?,
+    })
 }
 
-/// A key and what to store under it (`None`: delete), as the writer takes it.
-pub type Write = (String, Option<Vec<u8>>);
+/// A compare-and-set condition, checked.
+fn check_expect(expect: Option<proto::Expect>) -> Result<Option<Expect>, Error> {
+    use proto::expect::State;
+    match expect.and_then(|e| e.state) {
+        None | Some(State::Absent(false)) => Ok(None),
+        Some(State::Absent(true)) => Ok(Some(Expect::Absent)),
+        Some(State::Version(v)) => {
+            validate::node_id_field(&v.node_id)?;
+            Ok(Some(Expect::Version(version_from_proto(v))))
+        }
+    }
+}
 
 /// A client's batch, checked as a whole: 1..=10000 writes, each valid; an
 /// error names the first bad write.
 pub fn check_batch(
     req: proto::WriteBatchRequest,
     max_value_bytes: usize,
-) -> Result<Vec<Write>, Error> {
+) -> Result<Vec<LocalWrite>, Error> {
     if req.writes.is_empty() || req.writes.len() > MAX_WRITE_BATCH {
         return Err(Error::InvalidArgument(format!(
             "a batch holds {} writes; it must hold 1..={MAX_WRITE_BATCH}",
@@ -65,9 +115,8 @@ pub fn check_batch(
         .into_iter()
         .enumerate()
         .map(|(i, w)| {
-            let (key, value) = check_write(w, max_value_bytes)
-                .map_err(|e| Error::InvalidArgument(format!("write {i}: {e}")))?;
-            Ok((key, Some(value)))
+            check_write(w, max_value_bytes)
+                .map_err(|e| Error::InvalidArgument(format!("write {i}: {e}")))
         })
         .collect()
 }
@@ -91,8 +140,8 @@ impl Kv for KvService {
     ) -> Result<Response<proto::WriteResponse>, Status> {
         let started = Instant::now();
         auth::require(&request, Role::Write)?;
-        let (key, value) = check_write(request.into_inner(), self.max_value_bytes)?;
-        let version = self.writer.write(key, Some(value)).await?;
+        let write = check_write(request.into_inner(), self.max_value_bytes)?;
+        let version = self.writer.write_one(write).await?;
         crate::metrics::request("write", started.elapsed());
         Ok(Response::new(proto::WriteResponse {
             version: Some(version_to_proto(&version)),
@@ -107,31 +156,69 @@ impl Kv for KvService {
         let req = request.into_inner();
         validate::key(&req.key)?;
         let entry = self.store.get(&req.key)?;
+        let now_ms = self.clock.now_ms();
         crate::metrics::request("read", started.elapsed());
         Ok(Response::new(match entry {
             None => proto::ReadResponse::default(),
             Some(e) => {
-                let found = e.value.is_some();
-                let mut resp = proto::ReadResponse {
+                let found = e.is_live(now_ms);
+                let shown = super::show::shown_value(e.value.filter(|_| found), req.as_text);
+                proto::ReadResponse {
                     found,
                     version: Some(version_to_proto(&e.version)),
-                    ..Default::default()
-                };
-                let value = e.value.unwrap_or_default();
-                if req.as_text && found {
-                    match String::from_utf8(value) {
-                        Ok(text) => resp.text = text,
-                        Err(e) => {
-                            resp.binary = true;
-                            resp.value = e.into_bytes();
-                        }
-                    }
-                } else {
-                    resp.value = value;
+                    expires_ms: e.expires_ms.unwrap_or(0),
+                    value: shown.value,
+                    text: shown.text,
+                    binary: shown.binary,
                 }
-                resp
             }
         }))
+    }
+
+    type ScanStream = ReceiverStream<Result<proto::ScanResponse, Status>>;
+
+    async fn scan(
+        &self,
+        request: Request<proto::ScanRequest>,
+    ) -> Result<Response<Self::ScanStream>, Status> {
+        let plan = scan::plan(request.into_inner())?;
+        let permit = Arc::clone(&self.scans).try_acquire_owned().map_err(|_| {
+            Error::Overloaded(format!(
+                "{} scans are already running on this node; retry later",
+                scan::MAX_SCANS
+            ))
+        })?;
+        let (tx, rx) = mpsc::channel(scan::PAGES_BUFFERED);
+        let run = scan::Run {
+            store: Arc::clone(&self.store),
+            clock: Arc::clone(&self.clock),
+            blocking: self.blocking,
+        };
+        tokio::spawn(run.stream(plan, tx, permit));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type WatchStream = watch::WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<proto::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let plan = watch::plan(request.into_inner())?;
+        let permit = Arc::clone(&self.watches).try_acquire_owned().map_err(|_| {
+            Error::Overloaded(format!(
+                "{} watches are already open on this node; retry later",
+                watch::MAX_WATCHERS
+            ))
+        })?;
+        Ok(Response::new(watch::open(
+            Arc::clone(&self.store),
+            Arc::clone(&self.clock),
+            self.blocking,
+            plan,
+            permit,
+            self.shutdown.clone(),
+        )))
     }
 
     async fn write_batch(
@@ -156,7 +243,11 @@ impl Kv for KvService {
         auth::require(&request, Role::Write)?;
         let req = request.into_inner();
         validate::key(&req.key)?;
-        let version = self.writer.write(req.key, None).await?;
+        let write = LocalWrite {
+            expect: check_expect(req.expect)?,
+            ..LocalWrite::new(req.key, None)
+        };
+        let version = self.writer.write_one(write).await?;
         crate::metrics::request("delete", started.elapsed());
         Ok(Response::new(proto::DeleteResponse {
             version: Some(version_to_proto(&version)),

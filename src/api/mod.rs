@@ -11,7 +11,10 @@ pub mod admin;
 pub mod anti_entropy;
 pub mod kv;
 pub mod replication;
+pub mod scan;
+pub mod show;
 pub mod validate;
+pub mod watch;
 
 pub use admin::AdminService;
 pub use anti_entropy::AntiEntropyService;

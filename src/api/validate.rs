@@ -67,6 +67,18 @@ pub fn key(key: &str) -> Result<()> {
     crate::wire::check_key(key)
 }
 
+/// A node id a client names (in an expected version) must be one a node
+/// could have: the config's rule.
+pub fn node_id_field(id: &str) -> Result<()> {
+    if !crate::config::valid_id(id) {
+        return Err(Error::InvalidArgument(format!(
+            "node id {:?} is not 1..=64 bytes of [A-Za-z0-9._-]",
+            crate::wire::truncated(id)
+        )));
+    }
+    Ok(())
+}
+
 /// A value must be at most `max` bytes (`limits.max_value_bytes`).
 pub fn value(len: usize, max: usize) -> Result<()> {
     if len > max {

@@ -33,6 +33,11 @@ pub enum Command {
         /// The value, as text; `-` reads it from stdin as raw bytes, for
         /// binary or large values.
         value: String,
+        /// Expire the value after this long (500ms, 30s, 1h).
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        #[command(flatten)]
+        cas: CasArgs,
         #[command(flatten)]
         conn: ClientArgs,
     },
@@ -51,6 +56,46 @@ pub enum Command {
     Delete {
         /// The key.
         key: String,
+        #[command(flatten)]
+        cas: CasArgs,
+        #[command(flatten)]
+        conn: ClientArgs,
+    },
+    /// List the live keys under a prefix, in key order, one per line as
+    /// `key<TAB>value` (a value that is not UTF-8 shows as its size).
+    Scan {
+        /// The prefix; empty or absent: every key.
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Stop after this many keys and print the page token to go on
+        /// with on stderr.
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Continue a scan limited by --limit from its page token.
+        #[arg(long)]
+        page_token: Option<String>,
+        /// Print keys only.
+        #[arg(long)]
+        keys_only: bool,
+        #[command(flatten)]
+        conn: ClientArgs,
+    },
+    /// Print every change to keys under a prefix as this node applies it,
+    /// until interrupted: `KIND<TAB>key<TAB>value<TAB>token` per line (KIND
+    /// is PUT, DELETE, EXPIRE, or SNAPSHOT for a key's current value when
+    /// the node could not resume from --from). Resume with --from and the
+    /// last token printed.
+    Watch {
+        /// The prefix; empty or absent: every key.
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Resume after the event that carried this token.
+        #[arg(long)]
+        from: Option<String>,
+        /// Also print a PROGRESS line (with its token) when nothing changed
+        /// for this long.
+        #[arg(long, value_parser = parse_duration)]
+        progress: Option<Duration>,
         #[command(flatten)]
         conn: ClientArgs,
     },
@@ -168,6 +213,49 @@ impl ServeArgs {
     }
 }
 
+/// Compare-and-set: the write happens only if the key is in this state on
+/// the node that takes it.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CasArgs {
+    /// Only if the key's live value has this version (HLC@NODE, as `put`
+    /// prints it).
+    #[arg(long, value_name = "HLC@NODE", value_parser = parse_version, conflicts_with = "if_absent")]
+    pub if_version: Option<crate::proto::Version>,
+    /// Only if the key has no live value.
+    #[arg(long)]
+    pub if_absent: bool,
+}
+
+impl CasArgs {
+    /// The condition as the API takes it.
+    pub fn expect(&self) -> Option<crate::proto::Expect> {
+        use crate::proto::expect::State;
+        let state = match (&self.if_version, self.if_absent) {
+            (Some(v), _) => State::Version(v.clone()),
+            (None, true) => State::Absent(true),
+            (None, false) => return None,
+        };
+        Some(crate::proto::Expect { state: Some(state) })
+    }
+}
+
+/// `HLC@NODE`, as the client commands print versions.
+pub fn parse_version(s: &str) -> std::result::Result<crate::proto::Version, String> {
+    let (hlc, node) = s
+        .split_once('@')
+        .ok_or_else(|| format!("{s:?} is not a version; write HLC@NODE, as put prints it"))?;
+    let hlc = hlc
+        .parse()
+        .map_err(|_| format!("{hlc:?} is not an HLC timestamp (a number)"))?;
+    if !crate::config::valid_id(node) {
+        return Err(format!("{node:?} is not a node id"));
+    }
+    Ok(crate::proto::Version {
+        hlc,
+        node_id: node.to_string(),
+    })
+}
+
 /// How a client command reaches a node.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
@@ -213,6 +301,18 @@ impl ClientArgs {
     /// A KV client over [`channel`](Self::channel), taking values up to the ceiling.
     pub fn kv(&self) -> Result<KvClient<AuthChannel>> {
         Ok(KvClient::new(self.channel()?)
+            .max_decoding_message_size(crate::config::MAX_VALUE_BYTES_CEILING * 2))
+    }
+
+    /// A KV client for streams (Scan, Watch): `--timeout` bounds the
+    /// connection, not the stream, which lasts as long as it has data.
+    pub fn kv_stream(&self) -> Result<KvClient<AuthChannel>> {
+        let endpoint = self
+            .credentials
+            .endpoint(&self.endpoint)?
+            .connect_timeout(self.timeout.min(CONNECT_TIMEOUT));
+        let channel = InterceptedService::new(endpoint.connect_lazy(), self.credentials.auth()?);
+        Ok(KvClient::new(channel)
             .max_decoding_message_size(crate::config::MAX_VALUE_BYTES_CEILING * 2))
     }
 }

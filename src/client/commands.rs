@@ -6,7 +6,7 @@ use tonic_health::pb::{health_check_response::ServingStatus, health_client::Heal
 
 use crate::{
     client::{
-        args::{CertsArgs, ClientArgs, Command},
+        args::{CasArgs, CertsArgs, ClientArgs, Command},
         connect::request_error,
     },
     error::{Error, Result},
@@ -26,9 +26,37 @@ pub async fn run_client(command: Command) -> Result<Outcome> {
     match command {
         Command::Serve(_) => unreachable!("serve is not a client command"),
         Command::Certs(args) => certs(&args),
-        Command::Put { key, value, conn } => put(key, value, &conn).await,
+        Command::Put {
+            key,
+            value,
+            ttl,
+            cas,
+            conn,
+        } => put(key, value, ttl, &cas, &conn).await,
         Command::Get { key, conn } => get(key, &conn).await,
-        Command::Delete { key, conn } => delete(key, &conn).await,
+        Command::Delete { key, cas, conn } => delete(key, &cas, &conn).await,
+        Command::Scan {
+            prefix,
+            limit,
+            page_token,
+            keys_only,
+            conn,
+        } => {
+            let req = proto::ScanRequest {
+                prefix,
+                limit: limit.unwrap_or(0),
+                page_token: page_token.unwrap_or_default(),
+                keys_only,
+                ..Default::default()
+            };
+            scan(req, &conn).await
+        }
+        Command::Watch {
+            prefix,
+            from,
+            progress,
+            conn,
+        } => watch(prefix, from, progress, &conn).await,
         Command::Bench(args) => bench(args).await,
         Command::Status { raw, conn } => status(raw, &conn).await,
         Command::Health { conn } => health(&conn).await,
@@ -48,7 +76,20 @@ fn certs(args: &CertsArgs) -> Result<Outcome> {
 }
 
 /// Writes `value`, or stdin's bytes for `-`.
-async fn put(key: String, value: String, conn: &ClientArgs) -> Result<Outcome> {
+async fn put(
+    key: String,
+    value: String,
+    ttl: Option<std::time::Duration>,
+    cas: &CasArgs,
+    conn: &ClientArgs,
+) -> Result<Outcome> {
+    let ttl_ms = match ttl {
+        Some(t) if t.is_zero() => {
+            return Err(Error::InvalidArgument("--ttl must be more than 0".into()))
+        }
+        Some(t) => u64::try_from(t.as_millis()).unwrap_or(u64::MAX),
+        None => 0,
+    };
     let value = if value == "-" {
         let mut bytes = Vec::new();
         std::io::stdin()
@@ -64,6 +105,8 @@ async fn put(key: String, value: String, conn: &ClientArgs) -> Result<Outcome> {
         .write(proto::WriteRequest {
             key,
             value,
+            ttl_ms,
+            expect: cas.expect(),
             ..Default::default()
         })
         .await
@@ -97,15 +140,106 @@ async fn get(key: String, conn: &ClientArgs) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-async fn delete(key: String, conn: &ClientArgs) -> Result<Outcome> {
+async fn delete(key: String, cas: &CasArgs, conn: &ClientArgs) -> Result<Outcome> {
     let resp = conn
         .kv()?
-        .delete(proto::DeleteRequest { key })
+        .delete(proto::DeleteRequest {
+            key,
+            expect: cas.expect(),
+        })
         .await
         .map_err(request_error(&conn.endpoint, conn.timeout))?
         .into_inner();
     println!("OK {}", show_version(resp.version.as_ref()));
     Ok(Outcome::Ok)
+}
+
+/// Prints a scan's keys as they stream in; the page token to go on with,
+/// if a limit stopped it, on stderr.
+async fn scan(req: proto::ScanRequest, conn: &ClientArgs) -> Result<Outcome> {
+    let keys_only = req.keys_only;
+    let fail = request_error(&conn.endpoint, conn.timeout);
+    let mut stream = conn
+        .kv_stream()?
+        .scan(req)
+        .await
+        .map_err(&fail)?
+        .into_inner();
+    let mut out = std::io::stdout().lock();
+    let mut token = String::new();
+    while let Some(page) = stream.message().await.map_err(&fail)? {
+        for e in page.entries {
+            let line = if keys_only {
+                format!("{}\n", e.key)
+            } else {
+                format!("{}\t{}\n", e.key, shown(&e.value))
+            };
+            out.write_all(line.as_bytes())
+                .map_err(|e| Error::io("cannot write to stdout", e))?;
+        }
+        token = page.next_page_token;
+    }
+    out.flush()
+        .map_err(|e| Error::io("cannot write to stdout", e))?;
+    if !token.is_empty() {
+        eprintln!("more keys follow: --page-token {token}");
+    }
+    Ok(Outcome::Ok)
+}
+
+/// Prints a watch's events as they arrive, until the stream ends.
+async fn watch(
+    prefix: String,
+    from: Option<String>,
+    progress: Option<std::time::Duration>,
+    conn: &ClientArgs,
+) -> Result<Outcome> {
+    use proto::watch_event::Kind;
+    let progress_interval_ms = match progress {
+        Some(p) => u32::try_from(p.as_millis()).unwrap_or(u32::MAX),
+        None => 0,
+    };
+    let req = proto::WatchRequest {
+        prefix,
+        resume_token: from.unwrap_or_default(),
+        progress_interval_ms,
+        as_text: false,
+    };
+    let fail = request_error(&conn.endpoint, conn.timeout);
+    let mut events = conn
+        .kv_stream()?
+        .watch(req)
+        .await
+        .map_err(&fail)?
+        .into_inner();
+    let mut out = std::io::stdout().lock();
+    while let Some(ev) = events.message().await.map_err(&fail)? {
+        let kind = Kind::try_from(ev.kind).unwrap_or(Kind::Unspecified);
+        let line = match kind {
+            Kind::Progress if progress.is_none() => continue,
+            Kind::Progress | Kind::SnapshotEnd => {
+                format!("{}\t\t\t{}\n", kind.as_str_name(), ev.token)
+            }
+            Kind::Put if ev.snapshot => {
+                format!("SNAPSHOT\t{}\t{}\t{}\n", ev.key, shown(&ev.value), ev.token)
+            }
+            Kind::Put => format!("PUT\t{}\t{}\t{}\n", ev.key, shown(&ev.value), ev.token),
+            _ => format!("{}\t{}\t\t{}\n", kind.as_str_name(), ev.key, ev.token),
+        };
+        out.write_all(line.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(|e| Error::io("cannot write to stdout", e))?;
+    }
+    Ok(Outcome::Ok)
+}
+
+/// A value on one line: its text, or its size when it is not UTF-8 or
+/// holds a line break.
+fn shown(value: &[u8]) -> String {
+    match std::str::from_utf8(value) {
+        Ok(t) if !t.contains(['\n', '\r']) => t.to_string(),
+        _ => format!("<{} bytes>", value.len()),
+    }
 }
 
 /// Runs the load and prints its report, as a table or JSON.

@@ -167,6 +167,10 @@ pub struct StorageConfig {
     /// versions and log keyspaces, in MiB. Together with the cache this bounds most of the
     /// engine's memory.
     pub memtable_mb: u64,
+    /// Changes kept on disk for Watch to resume from (each holds the new
+    /// value). A watcher that resumes from further back gets a snapshot of
+    /// its prefix instead. 0 keeps none: watches are live only.
+    pub watch_retain_changes: u64,
 }
 
 impl Default for StorageConfig {
@@ -176,6 +180,7 @@ impl Default for StorageConfig {
             fsync_interval_ms: 100,
             cache_mb: 32,
             memtable_mb: 16,
+            watch_retain_changes: 100_000,
         }
     }
 }
@@ -451,6 +456,12 @@ impl Config {
             return bad(
                 "drain_timeout_ms",
                 format!("{} is above 600000 (10 minutes)", self.drain_timeout_ms),
+            );
+        }
+        if self.storage.watch_retain_changes > 100_000_000 {
+            return bad(
+                "storage.watch_retain_changes",
+                format!("{} is over 100000000", self.storage.watch_retain_changes),
             );
         }
         if !(1..=1024).contains(&self.storage.memtable_mb) {

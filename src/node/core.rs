@@ -121,6 +121,13 @@ impl Core {
                  copy): catching up pull-only with each peer before pushing anything"
             );
         }
+        tracker.spawn(crate::storage::expiry::sweep(
+            Arc::clone(&store),
+            writer.clone(),
+            Arc::clone(&clock),
+            blocking,
+            shutdown.clone(),
+        ));
         let manager = PeerManager::start(
             Arc::clone(&ctx),
             &config.peers,
@@ -159,6 +166,7 @@ fn writer_options(config: &Config) -> WriterOptions {
         max_batch: limits.max_batch,
         max_clock_skew: Duration::from_millis(config.replication.max_clock_skew_ms),
         tombstone_ttl: Duration::from_secs(config.replication.tombstone_ttl_secs),
+        retain_changes: config.storage.watch_retain_changes,
     }
 }
 

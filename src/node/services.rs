@@ -57,7 +57,10 @@ pub(super) fn routers<H: HealthApi>(
     let kv = KvServer::new(KvService::new(
         Arc::clone(&core.store),
         core.writer.clone(),
+        Arc::clone(&core.ctx.clock),
+        core.ctx.blocking,
         config.limits.max_value_bytes,
+        shutdown.clone(),
     ))
     .max_decoding_message_size(config.max_message_bytes())
     // A stored value may exceed this node's own client limit (a peer with a

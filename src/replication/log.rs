@@ -112,8 +112,15 @@ pub fn purgeable(
             .all(|p| peer_holds(entry, applied_ms, self_id, settle_ms, p))
 }
 
+/// The key has read as absent since before the cutoff: a tombstone older
+/// than it, or a value that expired before it.
 fn expired(entry: &Entry, cutoff_hlc: u64) -> bool {
-    entry.is_tombstone() && entry.version.hlc < cutoff_hlc
+    match entry.value {
+        None => entry.version.hlc < cutoff_hlc,
+        Some(_) => entry
+            .expires_ms
+            .is_some_and(|e| e < physical_ms(cutoff_hlc)),
+    }
 }
 
 /// Runs retention every [`TICK`] and tombstone collection every
@@ -204,14 +211,11 @@ fn scan(
         if stop.is_cancelled() {
             return Ok(false);
         }
-        if !indexed.tombstone {
+        if !indexed.tombstone && indexed.expires_ms.is_none() {
             return Ok(true);
         }
         let applied_ms = indexed.applied_ms;
-        let entry = Entry {
-            version: indexed.version,
-            value: None,
-        };
+        let entry = indexed.as_entry();
         if !expired(&entry, gc.cutoff_hlc) {
             return Ok(true);
         }
@@ -339,6 +343,7 @@ mod tests {
                 node: node.into(),
             },
             value: None,
+            expires_ms: None,
         }
     }
 
@@ -396,6 +401,18 @@ mod tests {
         let mut live = t.clone();
         live.value = Some(vec![]);
         assert!(!purgeable(&live, 0, "n1", u64::MAX, 0, &all));
+        // A value that expired is collected like a tombstone, from its expiry.
+        let mut expiring = live.clone();
+        expiring.expires_ms = Some(20);
+        assert!(purgeable(&expiring, 0, "n1", from_physical_ms(21), 0, &all));
+        assert!(!purgeable(
+            &expiring,
+            0,
+            "n1",
+            from_physical_ms(20),
+            0,
+            &all
+        ));
     }
 
     #[test]

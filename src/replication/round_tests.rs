@@ -92,6 +92,7 @@ impl AntiEntropy for ScriptedPeer {
                 key: k.clone(),
                 version: Some(version(*h)),
                 value: Some(b"theirs".to_vec()),
+                expires_ms: 0,
             })
             .collect();
         Ok(Response::new(proto::FetchResponse {
@@ -220,8 +221,8 @@ async fn pushes_of_many_tiny_keys_fit_a_small_batch_limit_by_encoded_length() {
             ..ReplicationConfig::default()
         },
     );
-    let writes: Vec<(String, Option<Vec<u8>>)> = (0..2_000)
-        .map(|i| (format!("{i}"), Some(Vec::new())))
+    let writes = (0..2_000)
+        .map(|i| crate::storage::writer::LocalWrite::new(format!("{i}"), Some(Vec::new())))
         .collect();
     ctx.writer.write_batch(writes).await.unwrap();
     let peer = ScriptedPeer::default();

@@ -44,13 +44,23 @@ pub fn log_seq(key: &[u8]) -> Result<u64> {
     Ok(u64::from_be_bytes(b))
 }
 
-/// Encodes the value of a `kv` entry. `applied_ms` (when this node applied
-/// it) is kept for tombstones only: tombstone collection needs it, values not.
+/// `applied_ms` as stored: kept for what tombstone collection may purge one
+/// day (tombstones, values with an expiry), dropped for plain values.
+fn kept_applied(e: &Entry, applied_ms: u64) -> u64 {
+    if e.is_tombstone() || e.expires_ms.is_some() {
+        applied_ms
+    } else {
+        0
+    }
+}
+
+/// Encodes the value of a `kv` entry applied at `applied_ms`.
 pub fn encode_entry(e: &Entry, applied_ms: u64) -> Vec<u8> {
     proto::StoredEntry {
         version: Some(version_to_proto(&e.version)),
         value: e.value.clone(),
-        applied_ms: if e.is_tombstone() { applied_ms } else { 0 },
+        applied_ms: kept_applied(e, applied_ms),
+        expires_ms: e.expires_ms.unwrap_or(0),
     }
     .encode_to_vec()
 }
@@ -70,6 +80,8 @@ pub fn decode_stored(bytes: &[u8]) -> Result<(Entry, u64)> {
     Ok((
         Entry {
             version: version_from_proto(version),
+            expires_ms: (stored.expires_ms != 0 && stored.value.is_some())
+                .then_some(stored.expires_ms),
             value: stored.value,
         },
         stored.applied_ms,
@@ -83,8 +95,23 @@ pub struct Indexed {
     pub version: Version,
     /// The entry is a tombstone.
     pub tombstone: bool,
-    /// For a tombstone, when this node applied it; 0 for values.
+    /// For a tombstone or a value with an expiry, when this node applied
+    /// it; 0 for plain values.
     pub applied_ms: u64,
+    /// When the value expires; `None` for tombstones and plain values.
+    pub expires_ms: Option<u64>,
+}
+
+impl Indexed {
+    /// The entry this describes, without its value: enough for the rules
+    /// that look only at versions and liveness.
+    pub fn as_entry(&self) -> Entry {
+        Entry {
+            version: self.version.clone(),
+            value: (!self.tombstone).then(Vec::new),
+            expires_ms: self.expires_ms,
+        }
+    }
 }
 
 /// Encodes the `versions` entry of an entry stored with `applied_ms`.
@@ -92,7 +119,8 @@ pub fn encode_version(e: &Entry, applied_ms: u64) -> Vec<u8> {
     proto::StoredVersion {
         version: Some(version_to_proto(&e.version)),
         tombstone: e.is_tombstone(),
-        applied_ms: if e.is_tombstone() { applied_ms } else { 0 },
+        applied_ms: kept_applied(e, applied_ms),
+        expires_ms: e.expires_ms.unwrap_or(0),
     }
     .encode_to_vec()
 }
@@ -109,7 +137,24 @@ pub fn decode_version(bytes: &[u8]) -> Result<Indexed> {
         version,
         tombstone: stored.tombstone,
         applied_ms: stored.applied_ms,
+        expires_ms: (stored.expires_ms != 0 && !stored.tombstone).then_some(stored.expires_ms),
     })
+}
+
+/// A u64 (big-endian) stored under `key` in `ks`, if any.
+pub fn read_u64(ks: &fjall::Keyspace, key: &[u8]) -> Result<Option<u64>> {
+    match ks.get(key)? {
+        None => Ok(None),
+        Some(v) => {
+            let b: [u8; 8] = v.as_ref().try_into().map_err(|_| {
+                Error::Corrupt(format!(
+                    "meta {:?} is not a u64",
+                    String::from_utf8_lossy(key)
+                ))
+            })?;
+            Ok(Some(u64::from_be_bytes(b)))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -118,22 +163,31 @@ mod tests {
 
     #[test]
     fn entries_round_trip_including_empty_values_and_tombstones() {
-        for value in [Some(b"v".to_vec()), Some(Vec::new()), None] {
+        let cases = [
+            (Some(b"v".to_vec()), None),
+            (Some(Vec::new()), None),
+            (None, None),
+            (Some(b"t".to_vec()), Some(1234)),
+        ];
+        for (value, expires_ms) in cases {
             let e = Entry {
                 version: Version {
                     hlc: 42,
                     node: "n1".into(),
                 },
                 value,
+                expires_ms,
             };
             let bytes = encode_entry(&e, 99);
             assert_eq!(decode_entry(&bytes).unwrap(), e);
             let applied = decode_stored(&bytes).unwrap().1;
-            assert_eq!(applied, if e.is_tombstone() { 99 } else { 0 });
+            let collectable = e.is_tombstone() || e.expires_ms.is_some();
+            assert_eq!(applied, if collectable { 99 } else { 0 });
             let indexed = decode_version(&encode_version(&e, 99)).unwrap();
             assert_eq!(indexed.version, e.version);
             assert_eq!(indexed.tombstone, e.is_tombstone());
             assert_eq!(indexed.applied_ms, applied);
+            assert_eq!(indexed.expires_ms, e.expires_ms);
         }
     }
 

@@ -83,6 +83,8 @@ pub struct Store {
     visible_ms: AtomicU64,
     /// The newest log records, encoded, for the streams that keep up.
     pub window: LogWindow,
+    /// Every change applied here, for Watch.
+    pub feed: super::feed::Feed,
     _lock: DirLock,
 }
 
@@ -110,21 +112,6 @@ pub struct Recovered {
     pub last_seq: u64,
     /// True if the directory held no data: a new or wiped node.
     pub fresh: bool,
-}
-
-fn read_u64(ks: &Keyspace, key: &[u8]) -> Result<Option<u64>> {
-    match ks.get(key)? {
-        None => Ok(None),
-        Some(v) => {
-            let b: [u8; 8] = v.as_ref().try_into().map_err(|_| {
-                Error::Corrupt(format!(
-                    "meta {:?} is not a u64",
-                    String::from_utf8_lossy(key)
-                ))
-            })?;
-            Ok(Some(u64::from_be_bytes(b)))
-        }
-    }
 }
 
 impl Store {
@@ -156,6 +143,11 @@ impl Store {
         let versions = db.keyspace("versions", opts)?;
         let log = db.keyspace("log", opts)?;
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
+        // Smaller buffers: changes are read back rarely, expiries are tiny.
+        let small = memtable.div_ceil(4);
+        let feed = super::feed::Feed::open(&db, &meta, move || {
+            KeyspaceCreateOptions::default().max_memtable_size(small)
+        })?;
 
         for (key, want, what) in [
             (META_NODE_ID, node_id, "node"),
@@ -175,14 +167,14 @@ impl Store {
         }
 
         // Written in every commit batch, so it covers every stored version.
-        let high_water = read_u64(&meta, META_HLC)?.unwrap_or(0);
-        let mut last_seq = read_u64(&meta, META_LAST_SEQ)?.unwrap_or(0);
+        let high_water = codec::read_u64(&meta, META_HLC)?.unwrap_or(0);
+        let mut last_seq = codec::read_u64(&meta, META_LAST_SEQ)?.unwrap_or(0);
         if let Some(kv) = log.last_key_value() {
             last_seq = last_seq.max(codec::log_seq(&kv.key()?)?);
         }
         let mut log_bytes = 0u64;
         let mut log_start = last_seq + 1;
-        let deleted_below = read_u64(&meta, META_LOG_START)?.unwrap_or(0);
+        let deleted_below = codec::read_u64(&meta, META_LOG_START)?.unwrap_or(0);
         for (i, kv) in log.range(codec::log_key(deleted_below)..).enumerate() {
             let (k, v) = kv.into_inner()?;
             if i == 0 {
@@ -207,6 +199,7 @@ impl Store {
             high_water: AtomicU64::new(high_water),
             visible_ms: AtomicU64::new(0),
             window: LogWindow::new(last_seq, WINDOW_BYTES),
+            feed,
             _lock: lock,
         });
         Ok((
@@ -339,13 +332,13 @@ impl Store {
 
     /// The persisted cursor of a peer: the highest seq it acknowledged.
     pub fn cursor(&self, peer: &str) -> Result<u64> {
-        Ok(read_u64(&self.meta, cursor_key(peer).as_bytes())?.unwrap_or(0))
+        Ok(codec::read_u64(&self.meta, cursor_key(peer).as_bytes())?.unwrap_or(0))
     }
 
     /// The high-water marks `peer` reported to this node, run by run.
     pub fn seen_marks(&self, peer: &str) -> Result<SeenMarks> {
         let [current, incarnation, prior] =
-            seen_keys(peer).map(|k| read_u64(&self.meta, k.as_bytes()));
+            seen_keys(peer).map(|k| codec::read_u64(&self.meta, k.as_bytes()));
         Ok(SeenMarks {
             incarnation: incarnation?.unwrap_or(0),
             current: current?.unwrap_or(0),
@@ -587,6 +580,11 @@ impl Store {
             codec::version_key(key),
             codec::encode_version(entry, applied_ms),
         );
+        // An entry applied already expired never needs sweeping: its change
+        // is an expiry from the start.
+        if let Some(at) = entry.expires_ms.filter(|_| entry.is_live(applied_ms)) {
+            batch.insert(&self.feed.expiry, super::feed::expiry_key(at, key), []);
+        }
     }
 
     /// Adds the removal of `key` from both keyspaces to a batch.
@@ -597,6 +595,15 @@ impl Store {
 
     /// Adds the clock high-water mark and the last log seq to a batch, so that
     /// both are exactly as durable as the writes they cover.
+    pub(crate) fn batch_meta_u64_raw(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        key: &[u8],
+        v: u64,
+    ) {
+        batch.insert(&self.meta, key.to_vec(), v.to_be_bytes().to_vec());
+    }
+
     pub(crate) fn batch_meta(&self, batch: &mut fjall::OwnedWriteBatch, hlc: u64, seq: u64) {
         batch.insert(&self.meta, META_HLC, hlc.to_be_bytes().to_vec());
         batch.insert(&self.meta, META_LAST_SEQ, seq.to_be_bytes().to_vec());
@@ -624,6 +631,7 @@ mod tests {
                     node: "n1".into(),
                 },
                 value: Some(vec![7; 64 * 1024]),
+                expires_ms: None,
             };
             store.batch_put(&mut batch, &key, &entry, 0);
         }
@@ -657,6 +665,7 @@ mod tests {
                     node: "n1".into(),
                 },
                 value: Some(vec![1; 100]),
+                expires_ms: None,
             };
             store.batch_put(&mut batch, &format!("k{i}"), &entry, 0);
         }

@@ -89,6 +89,7 @@ mod tests {
                 node: "n1".into(),
             },
             value: value.map(<[u8]>::to_vec),
+            expires_ms: None,
         }
     }
 

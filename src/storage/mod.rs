@@ -1,6 +1,6 @@
 //! Durable state of one node, on the fjall LSM engine.
 //!
-//! Four keyspaces are written together in atomic batches:
+//! Six keyspaces are written together in atomic batches:
 //!
 //! - `kv`: `key` → [`StoredEntry`](crate::proto::StoredEntry), so key order
 //!   is storage order.
@@ -14,6 +14,9 @@
 //!   peer's backlog lives on disk, never in memory; the newest records are
 //!   also kept encoded in a bounded [`window`] that the streams that keep up
 //!   read instead.
+//! - `changes` and `expiry`: the [`feed`] of every change applied here,
+//!   for Watch, and when each value with a TTL expires, for the
+//!   [`expiry`] sweeper that turns expiries into changes.
 //! - `meta`: the HLC high-water mark, the last log seq, the node and cluster
 //!   ids the directory belongs to, and (with replication) the peer cursors.
 //!
@@ -33,8 +36,11 @@ pub mod blocking;
 pub mod codec;
 pub mod digest;
 mod engine;
+pub mod expiry;
+pub mod feed;
 mod lock;
 mod migrate;
+pub mod scan;
 pub mod window;
 pub mod writer;
 

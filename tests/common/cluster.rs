@@ -188,9 +188,12 @@ impl Load {
                         x ^= x << 17;
                         let key = format!("{prefix}{}", x % keyspace as u64);
                         let r = if every > 0 && i % every == every - 1 {
-                            kv.delete(proto::DeleteRequest { key: key.clone() })
-                                .await
-                                .map(|r| (ver(&r.into_inner().version), None))
+                            kv.delete(proto::DeleteRequest {
+                                key: key.clone(),
+                                expect: None,
+                            })
+                            .await
+                            .map(|r| (ver(&r.into_inner().version), None))
                         } else {
                             let mut value = format!("{seed}-{i}-").into_bytes();
                             value.resize(vb.max(value.len()), b'.');

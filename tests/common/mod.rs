@@ -317,6 +317,26 @@ pub fn kv_at(url: &str) -> KvClient<Channel> {
     KvClient::new(channel_at(url)).max_decoding_message_size(64 << 20)
 }
 
+/// Runs grpcurl to completion: (success, stdout and stderr).
+pub fn grpcurl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("grpcurl")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "grpcurl is required ({e}): run the suite with scripts/test.sh, which installs it"
+            )
+        });
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// Runs `meshkv` with arguments to completion, returning (status, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (ExitStatus, String, String) {
     run_cli_env(args, &[])

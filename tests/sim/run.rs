@@ -368,6 +368,7 @@ async fn drive(s: Scenario, log: Rc<RefCell<Log>>) -> turmoil::Result {
                 let r = c
                     .delete(timed(tonic::Request::new(proto::DeleteRequest {
                         key: key.clone(),
+                        expect: None,
                     })))
                     .await;
                 match r {

@@ -17,7 +17,8 @@
 //!    loses.
 //! 3. **The tombstone horizon**, for a key this node lacks: a streamed value
 //!    older than the tombstone TTL may be one whose delete every node has
-//!    applied and purged, and an expired tombstone has nothing to delete.
+//!    applied and purged, and an expired tombstone (or a value that expired
+//!    longer than the TTL ago) has nothing to delete or show.
 
 use std::fmt;
 
@@ -94,12 +95,16 @@ pub fn decide(old: Option<&Entry>, new: &Entry, ctx: &Context) -> Decision {
     if !new.wins_over(old) {
         return Decision::Loses;
     }
-    let past_horizon = physical_ms(new.version.hlc).saturating_add(ctx.ttl_ms) < ctx.now_ms;
-    if past_horizon && old.is_none() {
-        if new.is_tombstone() {
+    if old.is_none() {
+        // A tombstone, or a value that expired, longer ago than the TTL.
+        let dead_long = new
+            .dead_since(ctx.now_ms)
+            .is_some_and(|dead| dead.saturating_add(ctx.ttl_ms) < ctx.now_ms);
+        if dead_long {
             return Decision::ExpiredTombstone;
         }
-        if ctx.streamed {
+        let past_horizon = physical_ms(new.version.hlc).saturating_add(ctx.ttl_ms) < ctx.now_ms;
+        if past_horizon && ctx.streamed && !new.is_tombstone() {
             return Decision::PastHorizon;
         }
     }
@@ -121,6 +126,7 @@ mod tests {
                 node: node.into(),
             },
             value: value.map(|v| v.as_bytes().to_vec()),
+            expires_ms: None,
         }
     }
 

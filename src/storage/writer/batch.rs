@@ -8,13 +8,18 @@ use std::{collections::HashMap, sync::Arc};
 use fjall::PersistMode;
 use prost::Message;
 
-use super::{apply, Applied, Command, Outcome, Writer};
+use super::{apply, Applied, Command, Expect, LocalWrite, Outcome, Writer};
 use crate::{
     config::FsyncMode,
     error::{Error, Result},
-    storage::codec,
-    version::{Entry, Version},
+    proto::ChangeKind,
+    storage::{codec, feed},
+    version::{to_mutation, Entry, Version},
 };
+
+/// Old changes dropped from the feed per batch at most, so that trimming
+/// never makes one commit long.
+const TRIM_CHUNK: u64 = 1024;
 
 impl Writer {
     /// The newest state of `key`, counting writes earlier in this batch.
@@ -42,6 +47,9 @@ impl Writer {
             changes: Vec::new(),
             records: Vec::new(),
             seq: self.last_seq,
+            change_seq: self.change_seq,
+            feed: Vec::new(),
+            watched: self.store.feed.watched(),
             log_bytes: 0,
             // Never below what was published as visible: an entry applied at
             // or after it must not count as covered by a round that started then.
@@ -61,9 +69,11 @@ impl Writer {
                     only_tombstones,
                     ..
                 } => Outcome::Count(self.stage_forget(&mut st, entries, *only_tombstones)?),
+                Command::Expire { due, .. } => Outcome::Count(self.stage_expire(&mut st, due)?),
             });
         }
         self.stage_meta(&mut st);
+        let first_change = self.stage_trim(&mut st);
         let durability = match self.opts.fsync {
             // A batch of cursors alone needs no sync: losing one re-sends records.
             FsyncMode::Always if st.changes.is_empty() && outcomes.is_empty() => {
@@ -92,6 +102,11 @@ impl Writer {
         store.window.append(st.records);
         store.add_log_bytes(st.log_bytes);
         store.set_high_water(self.hlc.high_water());
+        self.change_seq = st.change_seq;
+        self.first_change = first_change;
+        store
+            .feed
+            .publish(st.change_seq, first_change, std::mem::take(&mut st.feed));
         if st.seq != self.last_seq {
             self.last_seq = st.seq;
             self.seq_tx.send_replace(st.seq);
@@ -99,16 +114,39 @@ impl Writer {
         Ok(outcomes)
     }
 
+    /// Checks every condition of a command before any of it is staged, so a
+    /// command commits whole or not at all. Err is the command's answer.
+    fn check_conditions(&mut self, st: &Staged, writes: &[LocalWrite]) -> Result<Result<()>> {
+        for w in writes {
+            let Some(expect) = &w.expect else { continue };
+            let current = self.current(&st.overlay, &w.key)?;
+            if let Some(c) = &current {
+                self.hlc.observe(c.version.hlc);
+            }
+            if !expect.holds(current.as_ref(), st.now_ms) {
+                let live = current.filter(|e| e.is_live(st.now_ms));
+                return Ok(Err(precondition_failed(&w.key, expect, live.as_ref())));
+            }
+        }
+        Ok(Ok(()))
+    }
+
     /// Stamps local writes with the clock and stages them with their log
-    /// records; their versions, in order.
+    /// records; their versions, in order. The outer error is a storage
+    /// failure (the batch fails); the inner one, a condition that does not
+    /// hold (only this command fails).
     fn stage_local(
         &mut self,
         st: &mut Staged,
-        writes: &mut [(String, Option<Vec<u8>>)],
-    ) -> Result<Vec<Version>> {
+        writes: &mut [LocalWrite],
+    ) -> Result<Result<Vec<Version>>> {
+        if let Err(e) = self.check_conditions(st, writes)? {
+            return Ok(Err(e));
+        }
         let store = Arc::clone(&self.store);
         let mut versions = Vec::with_capacity(writes.len());
-        for (key, value) in writes.iter_mut() {
+        for w in writes.iter_mut() {
+            let key = &w.key;
             // No read of the old version once the clock has seen every stored
             // version: a local write then always wins, and the digests are
             // rescanned lazily (see `storage::digest`).
@@ -117,12 +155,21 @@ impl Writer {
                     self.hlc.observe(old.version.hlc);
                 }
             }
+            let version = Version {
+                hlc: self.hlc.now(),
+                node: self.opts.node_id.clone(),
+            };
+            let value = w.value.take();
+            let expires_ms = match (&value, w.ttl_ms) {
+                (Some(_), Some(ttl)) => {
+                    Some(crate::clock::physical_ms(version.hlc).saturating_add(ttl))
+                }
+                _ => None,
+            };
             let entry = Entry {
-                version: Version {
-                    hlc: self.hlc.now(),
-                    node: self.opts.node_id.clone(),
-                },
-                value: value.take(),
+                version,
+                value,
+                expires_ms,
             };
             st.seq += 1;
             let seq = st.seq;
@@ -132,13 +179,19 @@ impl Writer {
             st.log_bytes += record.len() as u64;
             st.batch
                 .insert(&store.log, codec::log_key(seq).to_vec(), &record[..]);
+            let kind = if entry.is_tombstone() {
+                ChangeKind::Delete
+            } else {
+                ChangeKind::Put
+            };
+            self.stage_change(st, &record, kind);
             st.records.push((seq, record));
             st.changes.push(key.clone());
             tracing::trace!(key = %key, version = %entry.version, seq, tombstone = entry.is_tombstone(), "local write");
             versions.push(entry.version.clone());
             st.overlay.insert(key.clone(), Some(entry));
         }
-        Ok(versions)
+        Ok(Ok(versions))
     }
 
     /// Stages the remote entries that [`apply::decide`] lets in.
@@ -183,6 +236,14 @@ impl Writer {
                 | apply::Decision::ExpiredTombstone => continue,
             }
             self.store.batch_put(&mut st.batch, key, entry, st.now_ms);
+            let kind = match entry {
+                e if e.is_tombstone() => ChangeKind::Delete,
+                e if !e.is_live(st.now_ms) => ChangeKind::Expire,
+                _ => ChangeKind::Put,
+            };
+            if self.feeds(st) {
+                self.stage_change(st, &to_mutation(key, entry).encode_to_vec(), kind);
+            }
             st.changes.push(key.clone());
             st.overlay.insert(key.clone(), Some(entry.clone()));
             done.applied += 1;
@@ -200,9 +261,17 @@ impl Writer {
         let mut purged = 0;
         for (key, version) in entries {
             let current = self.current(&st.overlay, key)?;
-            let matches = current
-                .is_some_and(|c| &c.version == version && (c.is_tombstone() || !only_tombstones));
+            let was_live = current.as_ref().is_some_and(|c| c.is_live(st.now_ms));
+            let matches = current.is_some_and(|c| {
+                &c.version == version && (!c.is_live(st.now_ms) || !only_tombstones)
+            });
             if matches {
+                // A live value forgotten in catch-up disappears: to a watcher, a delete.
+                if was_live && self.feeds(st) {
+                    let gone = Entry::new(version.clone(), None);
+                    let m = to_mutation(key, &gone).encode_to_vec();
+                    self.stage_change(st, &m, ChangeKind::Delete);
+                }
                 tracing::trace!(key = %key, version = %version, only_tombstones, "forgotten");
                 self.store.batch_remove(&mut st.batch, key);
                 st.changes.push(key.clone());
@@ -211,6 +280,74 @@ impl Writer {
             }
         }
         Ok(purged)
+    }
+
+    /// Whether changes go to the feed at all: kept on disk, or watched live.
+    fn feeds(&self, st: &Staged) -> bool {
+        self.opts.retain_changes > 0 || st.watched
+    }
+
+    /// Gives a change (an encoded mutation) the next change seq, writes it
+    /// to the feed when changes are kept, and queues it for live watchers.
+    fn stage_change(&self, st: &mut Staged, mutation: &[u8], kind: ChangeKind) {
+        if !self.feeds(st) {
+            return;
+        }
+        st.change_seq += 1;
+        let record = feed::encode_change(mutation, kind);
+        if self.opts.retain_changes > 0 {
+            st.batch.insert(
+                &self.store.feed.changes,
+                feed::change_key(st.change_seq),
+                &record[..],
+            );
+        }
+        if st.watched {
+            st.feed.push((st.change_seq, record));
+        }
+    }
+
+    /// Records due expiries as changes, for the keys that still hold them,
+    /// and drops their index entries; how many were recorded.
+    fn stage_expire(&self, st: &mut Staged, due: &[(Vec<u8>, String, u64)]) -> Result<u64> {
+        let mut n = 0;
+        for (index_key, key, at) in due {
+            st.batch.remove(&self.store.feed.expiry, index_key.clone());
+            let Some(e) = self.current(&st.overlay, key)? else {
+                continue;
+            };
+            if e.expires_ms == Some(*at) && e.value.is_some() && !e.is_live(st.now_ms) {
+                let m = to_mutation(key, &e).encode_to_vec();
+                self.stage_change(st, &m, ChangeKind::Expire);
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Drops the oldest changes past `retain_changes` (a chunk at most) and
+    /// saves the last change seq; the oldest change kept afterwards.
+    fn stage_trim(&self, st: &mut Staged) -> u64 {
+        let mut first = self.first_change;
+        if self.opts.retain_changes == 0 {
+            // Nothing is kept: every position is already gone.
+            return st.change_seq + 1;
+        }
+        let keep_from = st
+            .change_seq
+            .saturating_sub(self.opts.retain_changes)
+            .saturating_add(1);
+        let until = keep_from.min(first.saturating_add(TRIM_CHUNK));
+        while first < until {
+            st.batch
+                .remove(&self.store.feed.changes, feed::change_key(first).to_vec());
+            first += 1;
+        }
+        if st.change_seq != self.change_seq {
+            self.store
+                .batch_meta_u64_raw(&mut st.batch, feed::META_CHANGE_SEQ, st.change_seq);
+        }
+        first
     }
 
     /// Stages the clock mark, the last seq and the pending `meta` records.
@@ -246,8 +383,31 @@ struct Staged {
     records: Vec<(u64, prost::bytes::Bytes)>,
     /// The last log seq, counting this batch's local writes.
     seq: u64,
+    /// The last change seq, counting this batch's changes.
+    change_seq: u64,
+    /// This batch's changes, for live watchers once committed.
+    feed: Vec<feed::Change>,
+    /// Someone watches live: changes are queued for them.
+    watched: bool,
     /// Bytes of this batch's log records.
     log_bytes: u64,
     /// This batch's time: `applied_ms` of its tombstones, and the horizon.
     now_ms: u64,
+}
+
+/// The answer to a write whose condition does not hold: what it expected
+/// and what the key holds.
+fn precondition_failed(key: &str, expect: &Expect, live: Option<&Entry>) -> Error {
+    let wanted = match expect {
+        Expect::Absent => "the key to be absent".to_string(),
+        Expect::Version(v) => format!("version {v}"),
+    };
+    let found = match live {
+        Some(e) => format!("it is at version {}", e.version),
+        None => "it is absent".to_string(),
+    };
+    Error::Precondition {
+        message: format!("key {key:?}: expected {wanted}, but {found}"),
+        current: live.map(|e| e.version.clone()),
+    }
 }

@@ -50,6 +50,8 @@ pub struct WriterOptions {
     pub max_clock_skew: Duration,
     /// Remote tombstones older than this are not stored for a key this node lacks.
     pub tombstone_ttl: Duration,
+    /// Changes kept in the feed for Watch (`storage.watch_retain_changes`).
+    pub retain_changes: u64,
 }
 
 /// Room in the channel beyond the two lanes, for internal requests (purges,
@@ -108,10 +110,55 @@ impl Shared {
     }
 }
 
+/// A client's write as the writer takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalWrite {
+    /// The key.
+    pub key: String,
+    /// What to store; `None` deletes.
+    pub value: Option<Vec<u8>>,
+    /// The value expires this many milliseconds after its version's time.
+    pub ttl_ms: Option<u64>,
+    /// Compare-and-set: the write commits only if the key is in this state.
+    pub expect: Option<Expect>,
+}
+
+impl LocalWrite {
+    /// A plain write (or, for `None`, a delete): no TTL, no condition.
+    pub fn new(key: String, value: Option<Vec<u8>>) -> Self {
+        Self {
+            key,
+            value,
+            ttl_ms: None,
+            expect: None,
+        }
+    }
+}
+
+/// The state a compare-and-set expects a key to be in on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// No live value: never written, deleted or expired.
+    Absent,
+    /// A live value at exactly this version.
+    Version(Version),
+}
+
+impl Expect {
+    /// Whether `current`, read at `now_ms`, is in the expected state.
+    pub fn holds(&self, current: Option<&Entry>, now_ms: u64) -> bool {
+        let live = current.filter(|e| e.is_live(now_ms));
+        match self {
+            Expect::Absent => live.is_none(),
+            Expect::Version(v) => live.is_some_and(|e| &e.version == v),
+        }
+    }
+}
+
 enum Command {
-    /// Local writes (one, or a client's batch); `None` values are deletes.
+    /// Local writes (one, or a client's batch).
     Local {
-        writes: Vec<(String, Option<Vec<u8>>)>,
+        writes: Vec<LocalWrite>,
         reply: oneshot::Sender<Result<Vec<Version>>>,
         _permit: Option<Permit>,
     },
@@ -123,10 +170,15 @@ enum Command {
         _permit: Option<Permit>,
     },
     /// Remove entries, each only if the key still holds exactly that version
-    /// (and, with `only_tombstones`, only if it is a tombstone).
+    /// (and, with `only_tombstones`, only if it no longer reads as live).
     Forget {
         entries: Vec<(String, Version)>,
         only_tombstones: bool,
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    /// Expiry-index entries that are due: (index key, key, expiry).
+    Expire {
+        due: Vec<(Vec<u8>, String, u64)>,
         reply: oneshot::Sender<Result<u64>>,
     },
 }
@@ -151,10 +203,10 @@ pub struct WriterHandle {
 
 /// Bytes a request holds in the queue, for the lanes: keys, values and a
 /// fixed overhead per item.
-fn local_bytes(writes: &[(String, Option<Vec<u8>>)]) -> usize {
+fn local_bytes(writes: &[LocalWrite]) -> usize {
     writes
         .iter()
-        .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 64)
+        .map(|w| w.key.len() + w.value.as_ref().map_or(0, Vec::len) + 64)
         .sum()
 }
 
@@ -169,18 +221,22 @@ impl WriterHandle {
     /// Writes `value` (or a tombstone, for `None`) under a new local version,
     /// and returns once it is committed per the fsync mode.
     pub async fn write(&self, key: String, value: Option<Vec<u8>>) -> Result<Version> {
-        let mut versions = self.write_batch(vec![(key, value)]).await?;
+        self.write_one(LocalWrite::new(key, value)).await
+    }
+
+    /// Commits one write with its options (TTL, condition).
+    pub async fn write_one(&self, write: LocalWrite) -> Result<Version> {
+        let mut versions = self.write_batch(vec![write]).await?;
         versions
             .pop()
             .ok_or_else(|| Error::Corrupt("the writer answered a write with no version".into()))
     }
 
     /// Writes many keys in one group commit; one version per write, in order.
-    /// A full client lane is an immediate [`Error::Overloaded`].
-    pub async fn write_batch(
-        &self,
-        writes: Vec<(String, Option<Vec<u8>>)>,
-    ) -> Result<Vec<Version>> {
+    /// A full client lane is an immediate [`Error::Overloaded`]. If any
+    /// write's condition does not hold, none is committed
+    /// ([`Error::Precondition`]).
+    pub async fn write_batch(&self, writes: Vec<LocalWrite>) -> Result<Vec<Version>> {
         let permit = self.clients.try_admit(local_bytes(&writes))?;
         self.call(|reply| Command::Local {
             writes,
@@ -230,6 +286,12 @@ impl WriterHandle {
             reply,
         })
         .await
+    }
+
+    /// Records the expiries that are due as changes (for the keys that still
+    /// hold them) and drops their index entries; how many were recorded.
+    pub async fn expire(&self, due: Vec<(Vec<u8>, String, u64)>) -> Result<u64> {
+        self.call(|reply| Command::Expire { due, reply }).await
     }
 
     /// Records a peer's cursor; it is persisted with the next batch (the
@@ -335,6 +397,8 @@ pub fn spawn(
     let writer = Writer {
         hlc: Hlc::new(clock, recovered.high_water),
         last_seq: recovered.last_seq,
+        change_seq: store.feed.last(),
+        first_change: store.feed.first(),
         store,
         opts,
         seq_tx,
@@ -362,6 +426,10 @@ struct Writer {
     store: Arc<Store>,
     hlc: Hlc,
     last_seq: u64,
+    /// The last change seq committed to the feed.
+    change_seq: u64,
+    /// The oldest change seq the feed keeps.
+    first_change: u64,
     opts: WriterOptions,
     seq_tx: watch::Sender<u64>,
     fatal: CancellationToken,
@@ -378,7 +446,7 @@ struct Writer {
 
 /// What one request gets back once the batch is committed.
 enum Outcome {
-    Local(Vec<Version>),
+    Local(Result<Vec<Version>>),
     Applied(Applied),
     Count(u64),
 }
@@ -473,12 +541,13 @@ impl Writer {
                 for (cmd, outcome) in cmds.drain(..).zip(outcomes) {
                     match (cmd, outcome) {
                         (Command::Local { reply, .. }, Outcome::Local(v)) => {
-                            let _ = reply.send(Ok(v));
+                            let _ = reply.send(v);
                         }
                         (Command::Remote { reply, .. }, Outcome::Applied(a)) => {
                             let _ = reply.send(Ok(a));
                         }
-                        (Command::Forget { reply, .. }, Outcome::Count(n)) => {
+                        (Command::Forget { reply, .. }, Outcome::Count(n))
+                        | (Command::Expire { reply, .. }, Outcome::Count(n)) => {
                             let _ = reply.send(Ok(n));
                         }
                         _ => unreachable!("outcomes are built in command order"),
@@ -492,7 +561,9 @@ impl Writer {
                     match cmd {
                         Command::Local { reply, .. } => drop(reply.send(Err(err()))),
                         Command::Remote { reply, .. } => drop(reply.send(Err(err()))),
-                        Command::Forget { reply, .. } => drop(reply.send(Err(err()))),
+                        Command::Forget { reply, .. } | Command::Expire { reply, .. } => {
+                            drop(reply.send(Err(err())))
+                        }
                     }
                 }
             }
@@ -538,6 +609,7 @@ pub(crate) fn for_tests(
             max_batch: 64,
             max_clock_skew: Duration::from_secs(60),
             tombstone_ttl: Duration::from_secs(3600),
+            retain_changes: 1000,
         },
         CancellationToken::new(),
         Blocking::Pool,

@@ -19,6 +19,7 @@ fn opts(queue_depth: usize) -> WriterOptions {
         max_batch: 64,
         max_clock_skew: Duration::from_secs(60),
         tombstone_ttl: Duration::from_secs(3600),
+        retain_changes: 1000,
     }
 }
 
@@ -71,6 +72,7 @@ async fn remote_merge_keeps_the_highest_version_and_advances_the_clock() {
             node: "n2".into(),
         },
         value: Some(b"new".to_vec()),
+        expires_ms: None,
     };
     let older = Entry {
         version: Version {
@@ -78,6 +80,7 @@ async fn remote_merge_keeps_the_highest_version_and_advances_the_clock() {
             node: "n3".into(),
         },
         value: Some(b"old".to_vec()),
+        expires_ms: None,
     };
     let applied = w
         .apply(
@@ -120,6 +123,7 @@ fn a_local_write_beats_stored_versions_above_the_persisted_clock_mark() {
             node: "n2".into(),
         },
         value: Some(key.as_bytes().to_vec()),
+        expires_ms: None,
     };
     let (store, rec) = open(dir.path());
     let mut w = bare_writer(store.clone(), &rec, Arc::new(SystemClock));
@@ -244,6 +248,8 @@ fn bare_writer(store: Arc<Store>, rec: &Recovered, clock: Arc<dyn PhysicalClock>
     Writer {
         hlc: Hlc::new(clock, rec.high_water),
         last_seq: rec.last_seq,
+        change_seq: store.feed.last(),
+        first_change: store.feed.first(),
         store,
         opts: opts(16),
         seq_tx: watch::channel(0).0,
@@ -258,13 +264,13 @@ fn bare_writer(store: Arc<Store>, rec: &Recovered, clock: Arc<dyn PhysicalClock>
 fn commit_local(w: &mut Writer, key: &str, value: Option<&[u8]>) -> Version {
     let mut out = w
         .commit(&mut [Command::Local {
-            writes: vec![(key.into(), value.map(<[u8]>::to_vec))],
+            writes: vec![LocalWrite::new(key.into(), value.map(<[u8]>::to_vec))],
             reply: oneshot::channel().0,
             _permit: None,
         }])
         .unwrap();
     match out.pop() {
-        Some(Outcome::Local(mut v)) => v.pop().expect("a version"),
+        Some(Outcome::Local(Ok(mut v))) => v.pop().expect("a version"),
         _ => panic!("a local outcome"),
     }
 }
@@ -318,7 +324,7 @@ fn purge_and_write_of_one_key_in_one_batch_keep_digests_exact() {
     let (store, rec) = open(dir.path());
     let mut w = bare_writer(store.clone(), &rec, Arc::new(SystemClock));
     let local = |k: &str, v: Option<&[u8]>| Command::Local {
-        writes: vec![(k.into(), v.map(<[u8]>::to_vec))],
+        writes: vec![LocalWrite::new(k.into(), v.map(<[u8]>::to_vec))],
         reply: oneshot::channel().0,
         _permit: None,
     };
@@ -355,6 +361,7 @@ fn an_expired_remote_tombstone_is_stored_only_where_it_beats_a_value() {
             node: "n2".into(),
         },
         value: value.map(<[u8]>::to_vec),
+        expires_ms: None,
     };
     let remote = |key: &str, e: Entry| Command::Remote {
         mutations: vec![(key.into(), e)],
@@ -410,6 +417,7 @@ async fn a_client_lane_full_of_writes_does_not_shed_peer_batches() {
             node: "n2".into(),
         },
         value: Some(b"r".to_vec()),
+        expires_ms: None,
     };
     let applied = tokio::time::timeout(
         Duration::from_secs(10),
@@ -440,6 +448,7 @@ fn a_remote_version_far_ahead_is_refused_unobserved_and_taken_once_the_clock_cat
             node: "n2".into(),
         },
         value: Some(b"future".to_vec()),
+        expires_ms: None,
     };
     let remote = |w: &mut Writer, e: &Entry| {
         commit_remote(
@@ -607,4 +616,83 @@ async fn periodic_sync_runs_until_stopped_not_until_shutdown_begins() {
     );
     stop.cancel();
     task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_and_set_commits_only_when_its_condition_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, rec) = open(dir.path());
+    let (w, _seq, t) = start(store.clone(), &rec, opts(16));
+    let cas = |value: Option<&[u8]>, expect| LocalWrite {
+        expect: Some(expect),
+        ..LocalWrite::new("k".into(), value.map(<[u8]>::to_vec))
+    };
+    let v1 = w.write_one(cas(Some(b"1"), Expect::Absent)).await.unwrap();
+    let err = w
+        .write_one(cas(Some(b"x"), Expect::Absent))
+        .await
+        .unwrap_err();
+    match &err {
+        Error::Precondition { current, message } => {
+            assert_eq!(current.as_ref(), Some(&v1));
+            assert!(
+                message.contains("absent") && message.contains(&v1.to_string()),
+                "{message}"
+            );
+        }
+        other => panic!("{other}"),
+    }
+    let v2 = w
+        .write_one(cas(Some(b"2"), Expect::Version(v1.clone())))
+        .await
+        .unwrap();
+    // A stale version loses, and so does a delete expecting it.
+    assert!(w
+        .write_one(cas(Some(b"y"), Expect::Version(v1.clone())))
+        .await
+        .is_err());
+    assert!(w.write_one(cas(None, Expect::Version(v1))).await.is_err());
+    assert_eq!(store.get("k").unwrap().unwrap().value.unwrap(), b"2");
+    let v3 = w.write_one(cas(None, Expect::Version(v2))).await.unwrap();
+    // Deleted: absent again, so "absent" holds and the deleted version does not.
+    assert!(w
+        .write_one(cas(Some(b"z"), Expect::Version(v3)))
+        .await
+        .is_err());
+    w.write_one(cas(Some(b"3"), Expect::Absent)).await.unwrap();
+
+    // A batch whose second condition fails commits none of it.
+    let batch = vec![
+        LocalWrite::new("other".into(), Some(b"o".to_vec())),
+        cas(Some(b"4"), Expect::Absent),
+    ];
+    assert!(w.write_batch(batch).await.is_err());
+    assert!(store.get("other").unwrap().is_none());
+    assert_eq!(store.get("k").unwrap().unwrap().value.unwrap(), b"3");
+    drop(w);
+    t.join().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ttl_sets_an_expiry_from_the_version_and_a_rewrite_clears_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, rec) = open(dir.path());
+    let (w, _seq, t) = start(store.clone(), &rec, opts(16));
+    let v = w
+        .write_one(LocalWrite {
+            ttl_ms: Some(1_000),
+            ..LocalWrite::new("k".into(), Some(b"v".to_vec()))
+        })
+        .await
+        .unwrap();
+    let e = store.get("k").unwrap().unwrap();
+    let expiry = crate::clock::physical_ms(v.hlc) + 1_000;
+    assert_eq!(e.expires_ms, Some(expiry));
+    assert!(e.is_live(expiry - 1) && !e.is_live(expiry));
+    // Expired: a condition of "absent" holds.
+    assert!(Expect::Absent.holds(Some(&e), expiry));
+    w.write("k".into(), Some(b"w".to_vec())).await.unwrap();
+    assert_eq!(store.get("k").unwrap().unwrap().expires_ms, None);
+    drop(w);
+    t.join().await.unwrap();
 }
