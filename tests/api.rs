@@ -367,7 +367,9 @@ async fn a_watch_on_node2_sees_writes_from_its_peers_and_resumes_across_its_rest
 async fn an_old_token_gets_a_marked_snapshot_then_live_events_and_grpcurl_drives_watch() {
     use proto::watch_event::Kind;
     let tmp = tempfile::tempdir().unwrap();
-    let mut node = Node::new(tmp.path(), "node1").env("MESHKV_STORAGE__WATCH_RETAIN_CHANGES", "10");
+    // The least the feed may keep.
+    let mut node =
+        Node::new(tmp.path(), "node1").env("MESHKV_STORAGE__WATCH_RETAIN_CHANGES", "4096");
     node.start().await;
     // A token from a quiet moment: the first progress event.
     let mut events = watch(&node, "s/", "").await;
@@ -375,7 +377,16 @@ async fn an_old_token_gets_a_marked_snapshot_then_live_events_and_grpcurl_drives
     assert_eq!(progress.kind, Kind::Progress as i32);
     let old = progress.token.clone();
     drop(events);
-    write_keys(&node, "s/", 0..40).await;
+    let writes: Vec<_> = (0..4200)
+        .map(|i| write(&format!("s/{i:04}"), &format!("node1-{i}")))
+        .collect();
+    for chunk in writes.chunks(1000) {
+        let writes = chunk.to_vec();
+        node.kv()
+            .write_batch(proto::WriteBatchRequest { writes })
+            .await
+            .unwrap();
+    }
     node.kv()
         .delete(proto::DeleteRequest {
             key: "s/0000".into(),
@@ -384,7 +395,8 @@ async fn an_old_token_gets_a_marked_snapshot_then_live_events_and_grpcurl_drives
         .await
         .unwrap();
 
-    // 41 changes later, with 10 kept: a snapshot of the 39 live keys, then live.
+    // 4201 changes later, with 4096 kept: a snapshot of the 4199 live keys,
+    // then live changes.
     let mut events = watch(&node, "s/", &old).await;
     let mut snap = Vec::new();
     loop {
@@ -395,15 +407,15 @@ async fn an_old_token_gets_a_marked_snapshot_then_live_events_and_grpcurl_drives
         assert!(ev.snapshot && ev.kind == Kind::Put as i32, "{ev:?}");
         snap.push(ev.key);
     }
-    let want: Vec<String> = (1..40).map(|i| format!("s/{i:04}")).collect();
+    let want: Vec<String> = (1..4200).map(|i| format!("s/{i:04}")).collect();
     assert_eq!(snap, want);
-    write_keys(&node, "s/", 40..41).await;
-    let live = until_puts(&mut events, |p| p.contains_key("s/0040")).await;
+    write_keys(&node, "s/", 4200..4201).await;
+    let live = until_puts(&mut events, |p| p.contains_key("s/4200")).await;
     assert!(live.iter().all(|e| !e.snapshot));
 
     // grpcurl: resume from a token and see the changes after it.
     let token = live.last().unwrap().token.clone();
-    write_keys(&node, "s/", 41..43).await;
+    write_keys(&node, "s/", 4201..4203).await;
     let addr = node.addr.unwrap().to_string();
     let body = format!(r#"{{"prefix":"s/","resumeToken":"{token}","asText":true}}"#);
     let (_, out) = grpcurl(&[
@@ -416,9 +428,9 @@ async fn an_old_token_gets_a_marked_snapshot_then_live_events_and_grpcurl_drives
         "meshkv.v1.KV/Watch",
     ]);
     assert!(
-        out.contains("\"key\": \"s/0041\"") && out.contains("\"key\": \"s/0042\""),
+        out.contains("\"key\": \"s/4201\"") && out.contains("\"key\": \"s/4202\""),
         "{out}"
     );
-    assert!(out.contains("\"text\": \"node1-42\""), "{out}");
-    assert!(!out.contains("s/0040"), "{out}");
+    assert!(out.contains("\"text\": \"node1-4202\""), "{out}");
+    assert!(!out.contains("s/4200"), "{out}");
 }

@@ -34,7 +34,7 @@ use crate::{
     proto::{self, watch_event::Kind, ChangeKind},
     storage::{
         blocking::Blocking,
-        feed::{decode_change, Change},
+        feed::{decode_change, Live},
         scan::{KeyRange, PageLimits},
         Store,
     },
@@ -243,7 +243,7 @@ impl Watcher {
         token(self.store.feed.id(), seq)
     }
 
-    async fn run(mut self, start: Start, mut live: broadcast::Receiver<Change>) -> Stop {
+    async fn run(mut self, start: Start, mut live: broadcast::Receiver<Live>) -> Stop {
         let mut pos = match start {
             Start::After(seq) => seq,
             Start::Snapshot => match self.snapshot().await {
@@ -343,17 +343,18 @@ impl Watcher {
     async fn follow(
         &mut self,
         mut pos: u64,
-        live: &mut broadcast::Receiver<Change>,
+        live: &mut broadcast::Receiver<Live>,
     ) -> Result<u64, Stop> {
         loop {
             let progress_at = self.last_sent + self.plan.progress;
             tokio::select! {
                 r = live.recv() => match r {
                     Ok((seq, _)) if seq <= pos => {}
-                    Ok((seq, bytes)) if seq == pos + 1 => {
+                    Ok((seq, Some(bytes))) if seq == pos + 1 => {
                         self.deliver(seq, &bytes).await?;
                         pos = seq;
                     }
+                    // Too large to ride along, or a gap: read it from disk.
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => return Ok(pos),
                     Err(broadcast::error::RecvError::Closed) => return Err(Stop::Gone),
                 },

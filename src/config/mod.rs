@@ -168,8 +168,8 @@ pub struct StorageConfig {
     /// engine's memory.
     pub memtable_mb: u64,
     /// Changes kept on disk for Watch to resume from (each holds the new
-    /// value). A watcher that resumes from further back gets a snapshot of
-    /// its prefix instead. 0 keeps none: watches are live only.
+    /// value), 4096..=100000000. A watcher that resumes from further back
+    /// gets a snapshot of its prefix instead.
     pub watch_retain_changes: u64,
 }
 
@@ -458,10 +458,15 @@ impl Config {
                 format!("{} is above 600000 (10 minutes)", self.drain_timeout_ms),
             );
         }
-        if self.storage.watch_retain_changes > 100_000_000 {
+        let live = crate::storage::feed::CHANNEL as u64;
+        if !(live..=100_000_000).contains(&self.storage.watch_retain_changes) {
             return bad(
                 "storage.watch_retain_changes",
-                format!("{} is over 100000000", self.storage.watch_retain_changes),
+                format!(
+                    "{} is outside {live}..=100000000: the feed keeps at least what a \
+                     live watcher may lag behind",
+                    self.storage.watch_retain_changes
+                ),
             );
         }
         if !(1..=1024).contains(&self.storage.memtable_mb) {

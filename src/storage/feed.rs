@@ -7,7 +7,8 @@
 //! the encoded changes on a bounded broadcast channel. A watcher subscribes
 //! first and then reads the keyspace from its position, so it misses
 //! nothing between the two; one that lags behind the channel goes back to
-//! the keyspace. Only the newest `retain` changes are kept: a watcher
+//! the keyspace. Only the newest `retain` changes are kept (at least
+//! [`CHANNEL`]): a watcher
 //! further behind than that gets a snapshot instead (see `api::watch`).
 //!
 //! The feed has an id, drawn when the data dir first opens with it: a
@@ -25,8 +26,15 @@ use crate::{
 };
 
 /// Changes a live watcher may fall behind the writer before it goes back
-/// to reading the keyspace.
-const CHANNEL: usize = 4096;
+/// to reading the keyspace. The feed keeps at least this many on disk
+/// (`storage.watch_retain_changes` may not be lower), so a change the
+/// channel announces without its record is still there to read.
+pub const CHANNEL: usize = 4096;
+/// The largest change record the channel carries; larger ones are
+/// announced by seq alone and read from disk. The channel keeps its last
+/// [`CHANNEL`] messages whether or not anyone reads them, so this bounds
+/// its memory to 16 MiB whatever the values weigh.
+pub const INLINE_BYTES: usize = 4096;
 /// The `meta` key of the feed's id.
 pub(crate) const META_FEED_ID: &[u8] = b"feed_id";
 /// The `meta` key of the last change seq, written with every batch that has changes.
@@ -34,6 +42,10 @@ pub(crate) const META_CHANGE_SEQ: &[u8] = b"change_seq";
 
 /// One committed change: its seq and its encoded [`proto::StoredChange`].
 pub type Change = (u64, Bytes);
+
+/// A change as the live channel carries it: its record, unless that is
+/// larger than [`INLINE_BYTES`] (then read it with [`Feed::read_after`]).
+pub type Live = (u64, Option<Bytes>);
 
 /// The feed's keyspaces and live channel.
 pub struct Feed {
@@ -48,7 +60,7 @@ pub struct Feed {
     last: AtomicU64,
     /// The oldest change seq still kept (`last + 1` when none is).
     first: AtomicU64,
-    tx: broadcast::Sender<Change>,
+    tx: broadcast::Sender<Live>,
 }
 
 impl std::fmt::Debug for Feed {
@@ -111,7 +123,7 @@ impl Feed {
     }
 
     /// Live changes from now on. Subscribe before reading the keyspace.
-    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Live> {
         self.tx.subscribe()
     }
 
@@ -126,9 +138,10 @@ impl Feed {
     pub(crate) fn publish(&self, last: u64, first: u64, changes: Vec<Change>) {
         self.first.store(first, Ordering::Release);
         self.last.store(last, Ordering::Release);
-        for c in changes {
+        for (seq, record) in changes {
+            let inline = (record.len() <= INLINE_BYTES).then_some(record);
             // No receiver is fine: the changes are on disk.
-            let _ = self.tx.send(c);
+            let _ = self.tx.send((seq, inline));
         }
     }
 

@@ -241,9 +241,7 @@ impl Writer {
                 e if !e.is_live(st.now_ms) => ChangeKind::Expire,
                 _ => ChangeKind::Put,
             };
-            if self.feeds(st) {
-                self.stage_change(st, &to_mutation(key, entry).encode_to_vec(), kind);
-            }
+            self.stage_change(st, &to_mutation(key, entry).encode_to_vec(), kind);
             st.changes.push(key.clone());
             st.overlay.insert(key.clone(), Some(entry.clone()));
             done.applied += 1;
@@ -267,7 +265,7 @@ impl Writer {
             });
             if matches {
                 // A live value forgotten in catch-up disappears: to a watcher, a delete.
-                if was_live && self.feeds(st) {
+                if was_live {
                     let gone = Entry::new(version.clone(), None);
                     let m = to_mutation(key, &gone).encode_to_vec();
                     self.stage_change(st, &m, ChangeKind::Delete);
@@ -282,26 +280,16 @@ impl Writer {
         Ok(purged)
     }
 
-    /// Whether changes go to the feed at all: kept on disk, or watched live.
-    fn feeds(&self, st: &Staged) -> bool {
-        self.opts.retain_changes > 0 || st.watched
-    }
-
     /// Gives a change (an encoded mutation) the next change seq, writes it
-    /// to the feed when changes are kept, and queues it for live watchers.
+    /// to the feed, and queues it for live watchers if there are any.
     fn stage_change(&self, st: &mut Staged, mutation: &[u8], kind: ChangeKind) {
-        if !self.feeds(st) {
-            return;
-        }
         st.change_seq += 1;
         let record = feed::encode_change(mutation, kind);
-        if self.opts.retain_changes > 0 {
-            st.batch.insert(
-                &self.store.feed.changes,
-                feed::change_key(st.change_seq),
-                &record[..],
-            );
-        }
+        st.batch.insert(
+            &self.store.feed.changes,
+            feed::change_key(st.change_seq),
+            &record[..],
+        );
         if st.watched {
             st.feed.push((st.change_seq, record));
         }
@@ -329,10 +317,6 @@ impl Writer {
     /// saves the last change seq; the oldest change kept afterwards.
     fn stage_trim(&self, st: &mut Staged) -> u64 {
         let mut first = self.first_change;
-        if self.opts.retain_changes == 0 {
-            // Nothing is kept: every position is already gone.
-            return st.change_seq + 1;
-        }
         let keep_from = st
             .change_seq
             .saturating_sub(self.opts.retain_changes)

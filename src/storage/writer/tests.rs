@@ -696,3 +696,92 @@ async fn a_ttl_sets_an_expiry_from_the_version_and_a_rewrite_clears_it() {
     drop(w);
     t.join().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_goes_to_the_feed_in_order_and_old_ones_are_trimmed() {
+    use crate::{proto::ChangeKind, storage::feed::decode_change};
+    let dir = tempfile::tempdir().unwrap();
+    let (store, rec) = open(dir.path());
+    let mut o = opts(16);
+    o.retain_changes = 5;
+    let (w, _seq, t) = start(store.clone(), &rec, o);
+    let mut live = store.feed.subscribe();
+    for i in 0..20 {
+        w.write(format!("k{i}"), Some(vec![b'v'; 10]))
+            .await
+            .unwrap();
+    }
+    w.write("k0".into(), None).await.unwrap();
+    let remote = Entry::new(
+        Version {
+            hlc: crate::clock::from_physical_ms(crate::clock::SystemClock.now_ms()),
+            node: "n2".into(),
+        },
+        Some(b"r".to_vec()),
+    );
+    assert_eq!(
+        w.apply(vec![("k1".into(), remote)], true)
+            .await
+            .unwrap()
+            .applied,
+        1
+    );
+    let feed = &store.feed;
+    assert_eq!(feed.last(), 22);
+    // Trimmed to the newest 5.
+    assert_eq!(feed.first(), 18);
+    let kept = feed.read_after(0, 100).unwrap();
+    let seqs: Vec<u64> = kept.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, vec![18, 19, 20, 21, 22]);
+    let (m, kind) = decode_change(&kept[3].1).unwrap();
+    assert_eq!((m.key.as_str(), kind), ("k0", ChangeKind::Delete));
+    let (m, kind) = decode_change(&kept[4].1).unwrap();
+    assert_eq!((m.key.as_str(), kind), ("k1", ChangeKind::Put));
+    assert_eq!(m.version.unwrap().node_id, "n2");
+    // Live: every change, in order, small records inline.
+    for want in 1..=22 {
+        let (seq, record) = live.recv().await.unwrap();
+        assert_eq!(seq, want);
+        assert!(record.is_some());
+    }
+    drop(w);
+    t.join().await.unwrap();
+    // The feed's position survives a reopen.
+    drop(store);
+    let (store, _) = open(dir.path());
+    assert_eq!((store.feed.first(), store.feed.last()), (18, 22));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiry_that_falls_due_becomes_a_change_once() {
+    use crate::{proto::ChangeKind, storage::feed::decode_change};
+    let dir = tempfile::tempdir().unwrap();
+    let (store, rec) = open(dir.path());
+    let (w, _seq, t) = start(store.clone(), &rec, opts(16));
+    let ttl = |key: &str, ms| LocalWrite {
+        ttl_ms: Some(ms),
+        ..LocalWrite::new(key.into(), Some(b"v".to_vec()))
+    };
+    w.write_one(ttl("gone", 1)).await.unwrap();
+    w.write_one(ttl("rewritten", 1)).await.unwrap();
+    w.write("rewritten".into(), Some(b"kept".to_vec()))
+        .await
+        .unwrap();
+    w.write_one(ttl("later", 3_600_000)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let now = crate::clock::SystemClock.now_ms();
+    let due = store.feed.due(now, 100).unwrap();
+    assert_eq!(due.len(), 2, "the index holds both short expiries");
+    assert_eq!(
+        w.expire(due).await.unwrap(),
+        1,
+        "only the key still holding it"
+    );
+    assert!(store.feed.due(now, 100).unwrap().is_empty());
+    let (seq, record) = store.feed.read_after(0, 100).unwrap().pop().unwrap();
+    assert_eq!(seq, store.feed.last());
+    let (m, kind) = decode_change(&record).unwrap();
+    assert_eq!((m.key.as_str(), kind), ("gone", ChangeKind::Expire));
+    drop(w);
+    t.join().await.unwrap();
+}
