@@ -19,6 +19,9 @@ use crate::{
 const DUMP_CHUNK: usize = 256;
 /// Dumps running at once on one node; more get RESOURCE_EXHAUSTED.
 pub const MAX_DUMPS: usize = 4;
+/// A client that takes nothing of its dump for this long loses it, and
+/// its slot: otherwise four clients that never read hold every slot.
+const DUMP_STALL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Serves ClusterStatus and Dump.
 #[derive(Debug)]
@@ -55,6 +58,7 @@ async fn dump_chunks(
     blocking: crate::storage::blocking::Blocking,
     tx: mpsc::Sender<Result<proto::Mutation, Status>>,
     _permit: OwnedSemaphorePermit,
+    stall: std::time::Duration,
 ) {
     let mut after: Option<Vec<u8>> = None;
     loop {
@@ -75,8 +79,12 @@ async fn dump_chunks(
         };
         let last = chunk.len() < DUMP_CHUNK;
         for (data_key, key, entry) in chunk {
-            if tx.send(Ok(to_mutation(&key, &entry))).await.is_err() {
-                return; // the client went away
+            if tx
+                .send_timeout(Ok(to_mutation(&key, &entry)), stall)
+                .await
+                .is_err()
+            {
+                return; // the client went away, or stopped reading
             }
             after = Some(data_key);
         }
@@ -166,7 +174,42 @@ impl Admin for AdminService {
             ctx.blocking,
             tx,
             permit,
+            DUMP_STALL,
         ));
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_dump_client_that_never_reads_loses_its_slot() {
+        // Issue 24 item 10: the slot was held for as long as the client
+        // kept the stream open without reading.
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer, _seq, _join) = crate::storage::writer::for_tests(dir.path());
+        let writes = (0..3 * DUMP_CHUNK)
+            .map(|i| crate::storage::writer::LocalWrite::new(format!("k{i}"), Some(vec![1])))
+            .collect();
+        writer.write_batch(writes).await.unwrap();
+        let slots = Arc::new(Semaphore::new(1));
+        let permit = Arc::clone(&slots).try_acquire_owned().unwrap();
+        let (tx, rx) = mpsc::channel(DUMP_CHUNK);
+        let stall = std::time::Duration::from_millis(100);
+        let task = tokio::spawn(dump_chunks(
+            Arc::clone(&store),
+            crate::storage::blocking::Blocking::Pool,
+            tx,
+            permit,
+            stall,
+        ));
+        tokio::time::timeout(std::time::Duration::from_secs(10), task)
+            .await
+            .expect("the dump gave up on a client that does not read")
+            .unwrap();
+        assert_eq!(slots.available_permits(), 1, "the slot is free again");
+        drop(rx);
     }
 }

@@ -437,6 +437,41 @@ impl Config {
                 return bad(key, "must be at least 1".into());
             }
         }
+        // Upper bounds keep every derived time (ms from secs, deadlines)
+        // far inside u64 and tokio's Instant: a value near u64::MAX would
+        // wrap in release builds or panic when added to a clock.
+        const DAY_MS: u64 = 24 * 3600 * 1000;
+        const TEN_YEARS_SECS: u64 = 10 * 366 * 24 * 3600;
+        for (key, v, max) in [
+            ("replication.rpc_timeout_ms", r.rpc_timeout_ms, 3_600_000),
+            ("replication.backoff_min_ms", r.backoff_min_ms, 3_600_000),
+            ("replication.backoff_max_ms", r.backoff_max_ms, 3_600_000),
+            ("replication.max_clock_skew_ms", r.max_clock_skew_ms, DAY_MS),
+            (
+                "replication.max_log_age_secs",
+                r.max_log_age_secs,
+                TEN_YEARS_SECS,
+            ),
+            (
+                "replication.anti_entropy_interval_secs",
+                r.anti_entropy_interval_secs,
+                7 * 24 * 3600,
+            ),
+            (
+                "replication.tombstone_ttl_secs",
+                r.tombstone_ttl_secs,
+                TEN_YEARS_SECS,
+            ),
+            (
+                "storage.fsync_interval_ms",
+                self.storage.fsync_interval_ms,
+                60_000,
+            ),
+        ] {
+            if v > max {
+                return bad(key, format!("{v} is above the most it may be, {max}"));
+            }
+        }
         if r.backoff_max_ms < r.backoff_min_ms {
             return bad(
                 "replication.backoff_max_ms",
@@ -534,8 +569,10 @@ impl Config {
     }
 
     /// The first listener other machines can reach (not loopback), if any.
+    /// The metrics listener counts: its pages name peers, keys counts and
+    /// errors, and it speaks plain HTTP.
     fn exposed_listener(&self) -> Option<SocketAddr> {
-        [Some(self.listen), self.peer_listen]
+        [Some(self.listen), self.peer_listen, self.metrics_listen]
             .into_iter()
             .flatten()
             .find(|a| !a.ip().is_loopback())

@@ -244,6 +244,44 @@ fn limits_are_range_checked() {
 }
 
 #[test]
+fn durations_are_bounded_so_nothing_derived_from_them_overflows() {
+    // Issue 24 item 9: secs * 1000 wrapped in release builds, and a huge
+    // rpc_timeout_ms panicked when added to an instant.
+    for (section, key) in [
+        ("replication", "rpc_timeout_ms"),
+        ("replication", "tombstone_ttl_secs"),
+        ("replication", "max_log_age_secs"),
+        ("replication", "backoff_max_ms"),
+        ("replication", "max_clock_skew_ms"),
+        ("storage", "fsync_interval_ms"),
+    ] {
+        let f = write_file(&format!("[{section}]\n{key} = {}\n", u64::MAX / 2));
+        let err = load(Some(f.path()), env(&[]), Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("{section}.{key}")), "{err}");
+        assert!(err.contains("above the most"), "{err}");
+    }
+}
+
+#[test]
+fn an_exposed_metrics_listener_needs_tls_or_insecure_like_any_other() {
+    // Issue 24 item 7: protected mode ignored metrics_listen.
+    let f = write_file("metrics_listen = \"0.0.0.0:9090\"\n");
+    let err = load(Some(f.path()), env(&[]), Overrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("0.0.0.0:9090") && err.contains("TLS is off"),
+        "{err}"
+    );
+    let f = write_file("metrics_listen = \"0.0.0.0:9090\"\ninsecure = true\n");
+    assert!(load(Some(f.path()), env(&[]), Overrides::default()).is_ok());
+    let f = write_file("metrics_listen = \"127.0.0.1:9090\"\n");
+    assert!(load(Some(f.path()), env(&[]), Overrides::default()).is_ok());
+}
+
+#[test]
 fn parse_peer_needs_both_halves() {
     assert!(parse_peer("n2=http://h:1").is_ok());
     assert!(parse_peer("n2").is_err());

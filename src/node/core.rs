@@ -194,7 +194,8 @@ impl StartKind {
         let newest_ms = physical_ms(recovered.high_water);
         let now = clock.now_ms();
         let r = &config.replication;
-        let older_than = |secs: u64| secs > 0 && newest_ms.saturating_add(secs * 1000) < now;
+        let older_than =
+            |secs: u64| secs > 0 && newest_ms.saturating_add(secs.saturating_mul(1000)) < now;
         Self {
             fresh: recovered.fresh,
             stale: !recovered.fresh && older_than(r.tombstone_ttl_secs),

@@ -146,7 +146,7 @@ pub async fn run(manager: Arc<PeerManager>, shutdown: CancellationToken) {
             max_bytes: ctx.config.max_log_bytes,
             cutoff_ms: match ctx.config.max_log_age_secs {
                 0 => 0,
-                age => now_ms.saturating_sub(age * 1000),
+                age => now_ms.saturating_sub(age.saturating_mul(1000)),
             },
             held_after: manager.log_held_after(),
         };

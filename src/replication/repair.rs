@@ -41,7 +41,7 @@ fn rules(ctx: &Ctx, peer: &Peer, mode: Mode, now_ms: u64) -> Rules {
         own_streamed_from,
         recent_from_ms: now_ms.saturating_sub(cfg.rpc_timeout_ms),
         recent_to_ms: now_ms.saturating_add(cfg.max_clock_skew_ms),
-        horizon_ms: now_ms.saturating_sub(cfg.tombstone_ttl_secs * 1000),
+        horizon_ms: now_ms.saturating_sub(cfg.tombstone_ttl_secs.saturating_mul(1000)),
         peer_catching_up: false,
         forget_old: state.regressed,
         recovered_high_water: (!state.high_water_checked).then_some(ctx.recovered_high_water),

@@ -128,7 +128,10 @@ impl Pipeline {
             let from = self.progress_at.map_or(s.at, |p| p.max(s.at));
             let transfer =
                 Duration::from_millis(s.bytes.saturating_mul(1000) / MIN_TRANSFER_BYTES_PER_SEC);
-            from + self.timeout + transfer
+            // Checked: an instant past tokio's range panics. Config bounds
+            // the timeout; a far transfer estimate still must not crash.
+            from.checked_add(self.timeout.saturating_add(transfer))
+                .unwrap_or(from + Duration::from_secs(365 * 24 * 3600))
         })
     }
 }
@@ -389,6 +392,15 @@ fn acknowledged(ctx: &Ctx, peer: &Peer, batch: Sent, resp: &proto::ReplicateResp
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_timeout_gives_a_far_deadline_not_a_panic() {
+        // Issue 24 item 9: `at + timeout` panicked past tokio's range.
+        let mut p = Pipeline::new(0, Duration::from_secs(u64::MAX / 4));
+        let now = Instant::now();
+        p.sent(1, 1, u64::MAX / 2, now);
+        assert!(p.deadline().unwrap() > now + Duration::from_secs(3600));
+    }
 
     #[test]
     fn batches_follow_each_other_and_answers_move_the_cursor_in_order() {
