@@ -80,7 +80,7 @@ async fn apply(
         done.applied
     };
     for r in &refused {
-        tracing::debug!(origin = %req.origin, key = %r.key, reason = %r.reason, "refused a replicated entry");
+        tracing::debug!(origin = %req.origin, key = ?r.key, reason = %r.reason, "refused a replicated entry");
     }
     crate::metrics::replicated_in(&req.origin, received, applied, refused.len() as u64);
     crate::metrics::stage("replicate_apply", started.elapsed());

@@ -187,7 +187,7 @@ impl Writer {
             self.stage_change(st, &record, kind);
             st.records.push((seq, record));
             st.changes.push(key.clone());
-            tracing::trace!(key = %key, version = %entry.version, seq, tombstone = entry.is_tombstone(), "local write");
+            tracing::trace!(key = ?key, version = %entry.version, seq, tombstone = entry.is_tombstone(), "local write");
             versions.push(entry.version.clone());
             st.overlay.insert(key.clone(), Some(entry));
         }
@@ -220,12 +220,12 @@ impl Writer {
             if decision.observes() {
                 self.hlc.observe(entry.version.hlc);
             }
-            tracing::trace!(key = %key, version = %entry.version, streamed, tombstone = entry.is_tombstone(), ?decision, "remote entry");
+            tracing::trace!(key = ?key, version = %entry.version, streamed, tombstone = entry.is_tombstone(), ?decision, "remote entry");
             match decision {
                 apply::Decision::Apply => {}
                 apply::Decision::Refuse(why) => {
                     if done.refused.is_empty() {
-                        tracing::warn!(key = %key, version = %entry.version, "remote entry refused: {why}");
+                        tracing::warn!(key = ?key, version = %entry.version, "remote entry refused: {why}");
                     }
                     crate::metrics::clock_skew_event();
                     done.refused.push((i, key.clone(), why));
@@ -270,7 +270,7 @@ impl Writer {
                     let m = to_mutation(key, &gone).encode_to_vec();
                     self.stage_change(st, &m, ChangeKind::Delete);
                 }
-                tracing::trace!(key = %key, version = %version, only_tombstones, "forgotten");
+                tracing::trace!(key = ?key, version = %version, only_tombstones, "forgotten");
                 self.store.batch_remove(&mut st.batch, key);
                 st.changes.push(key.clone());
                 st.overlay.insert(key.clone(), None);
