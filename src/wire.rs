@@ -157,11 +157,39 @@ pub fn mutation_from_proto(m: proto::Mutation) -> Result<(String, Entry)> {
 
 /// The checked entries of a batch, and the refusals (by position) of the rest.
 pub fn split_batch(mutations: Vec<proto::Mutation>) -> (Vec<(String, Entry)>, Vec<proto::Refusal>) {
+    split_checked(mutations, |_| Ok(()))
+}
+
+/// Like [`split_batch`], for a batch from `origin`'s log stream: it carries
+/// only `origin`'s own writes, so an entry with another node's version is
+/// refused. (Repairs relay every node's entries; they go by the merge rule
+/// and the horizon alone.)
+pub fn split_streamed(
+    mutations: Vec<proto::Mutation>,
+    origin: &str,
+) -> (Vec<(String, Entry)>, Vec<proto::Refusal>) {
+    split_checked(mutations, |e| {
+        if *e.version.node == *origin {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "a streamed entry must be its origin's own write, but its version is \
+                 {}'s, not {origin}'s",
+                truncated(&e.version.node)
+            )))
+        }
+    })
+}
+
+fn split_checked(
+    mutations: Vec<proto::Mutation>,
+    check: impl Fn(&Entry) -> Result<()>,
+) -> (Vec<(String, Entry)>, Vec<proto::Refusal>) {
     let mut ok = Vec::with_capacity(mutations.len());
     let mut refused = Vec::new();
     for (i, m) in mutations.into_iter().enumerate() {
         let key = truncated(&m.key).to_string();
-        match mutation_from_proto(m) {
+        match mutation_from_proto(m).and_then(|(k, e)| check(&e).map(|()| (k, e))) {
             Ok(e) => ok.push(e),
             Err(e) => refused.push(proto::Refusal {
                 index: i as u32,
@@ -276,6 +304,26 @@ mod tests {
         assert!(mutation_from_proto(m("k", 1, &"n".repeat(65), None)).is_err());
         assert!(mutation_from_proto(m("k", 1, "bad id", None)).is_err());
         assert!(mutation_from_proto(m("k", 1, &"n".repeat(64), None)).is_ok());
+    }
+
+    #[test]
+    fn a_streamed_batch_carries_only_its_origins_writes() {
+        // Issue 24 item 4: only the envelope's origin was checked, so a peer
+        // could stream writes in another node's name.
+        let batch = vec![
+            m("a", 1, "n2", Some(b"1".to_vec())),
+            m("b", 1, "n3", Some(b"forged".to_vec())),
+        ];
+        let (ok, refused) = split_streamed(batch.clone(), "n2");
+        assert_eq!(ok.len(), 1);
+        assert_eq!((refused[0].index, refused[0].key.as_str()), (1, "b"));
+        assert!(
+            refused[0].reason.contains("own write"),
+            "{}",
+            refused[0].reason
+        );
+        // A repair relays everyone's entries.
+        assert_eq!(split_batch(batch).0.len(), 2);
     }
 
     #[test]

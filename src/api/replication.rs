@@ -61,7 +61,11 @@ async fn apply(
     // Each entry is checked alone: one that must be refused is skipped
     // and reported, and the rest of the batch is applied, so the sender's
     // stream moves on instead of retrying the same batch forever.
-    let (mutations, mut refused) = wire::split_batch(req.mutations);
+    let (mutations, mut refused) = if req.repair {
+        wire::split_batch(req.mutations)
+    } else {
+        wire::split_streamed(req.mutations, &req.origin)
+    };
     let applied = if mutations.is_empty() {
         0
     } else {

@@ -311,6 +311,21 @@ pub fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
+/// Why `id` may not name a node: with TLS, a node's identity is a name its
+/// certificate carries, and every development certificate also names
+/// localhost and the loopback addresses, so such an id would let any node
+/// pass as it.
+fn host_like(id: &str) -> Option<String> {
+    let loopback = id.eq_ignore_ascii_case("localhost");
+    let ip = id.parse::<std::net::IpAddr>().is_ok();
+    (loopback || ip).then(|| {
+        format!(
+            "{id:?} is a host name every development certificate carries; a node id must \
+             name one node (e.g. node1)"
+        )
+    })
+}
+
 impl Config {
     /// Checks what serde cannot: ranges, uniqueness, cross-field rules.
     pub fn validate(&self) -> Result<()> {
@@ -347,6 +362,9 @@ impl Config {
                 ),
             );
         }
+        if let Some(why) = host_like(&self.node_id) {
+            return bad("node_id", why);
+        }
         let mut seen = HashSet::new();
         for peer in &self.peers {
             if !valid_id(&peer.id) {
@@ -357,6 +375,9 @@ impl Config {
                         peer.id
                     ),
                 );
+            }
+            if let Some(why) = host_like(&peer.id) {
+                return bad("peers", why);
             }
             if peer.id == self.node_id {
                 return bad(

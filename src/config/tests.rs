@@ -282,6 +282,28 @@ fn an_exposed_metrics_listener_needs_tls_or_insecure_like_any_other() {
 }
 
 #[test]
+fn node_ids_that_every_dev_certificate_names_are_refused() {
+    // Issue 24 item 4: with TLS, a node id "localhost" or "127.0.0.1" could
+    // be claimed by any node, since every development certificate names them.
+    for id in ["localhost", "LOCALHOST", "127.0.0.1", "10.0.0.2"] {
+        let err = load(None, env(&[("MESHKV_NODE_ID", id)]), Overrides::default())
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("node_id") && err.contains("development certificate"),
+            "{id}: {err}"
+        );
+    }
+    let f = write_file("[[peers]]\nid = \"localhost\"\nurl = \"http://127.0.0.1:1\"\n");
+    let err = load(Some(f.path()), env(&[]), Overrides::default())
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("peers"), "{err}");
+}
+
+#[test]
 fn parse_peer_needs_both_halves() {
     assert!(parse_peer("n2=http://h:1").is_ok());
     assert!(parse_peer("n2").is_err());

@@ -219,6 +219,14 @@ fn request<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
 
 /// Runs one round with `peer`: digests, then, a bounded step at a time,
 /// push and pull. `rules` is completed with what the peer says about itself.
+/// Whether this node's data went back in time: a peer saw a higher mark
+/// from it than its disk recovered. A mark at or past `ceiling` (what this
+/// node's clock could ever have issued) proves nothing: believing it would
+/// let any peer make this node forget its data.
+pub fn went_back(recovered: Option<u64>, seen: u64, ceiling: u64) -> bool {
+    recovered.is_some_and(|hw| seen > hw && seen < ceiling)
+}
+
 /// If `rules` carries the recovered high-water mark, `checked(regressed)`
 /// is called once the Digest answer has said whether it regressed.
 pub async fn round(
@@ -286,9 +294,18 @@ async fn exchange_digests(
         .map_err(Error::from_peer(peer))?
         .into_inner();
     rules.peer_catching_up = answer.catching_up;
-    let regressed = rules
-        .recovered_high_water
-        .is_some_and(|hw| answer.seen_high_water > hw);
+    // No mark of ours can be past what our clock could have issued: the wall
+    // clock plus the skew it may follow (the writer observes no further).
+    let ceiling = crate::clock::from_physical_ms(rules.recent_to_ms.saturating_add(1));
+    let regressed = went_back(rules.recovered_high_water, answer.seen_high_water, ceiling);
+    if answer.seen_high_water >= ceiling {
+        tracing::warn!(
+            peer,
+            seen = answer.seen_high_water,
+            "the peer reports a high-water mark of ours that this node's clock could never \
+             have issued; ignored"
+        );
+    }
     if rules.recovered_high_water.is_some() {
         // Checked on the first answer of each start, so that a regression is
         // acted on once.
@@ -497,6 +514,18 @@ fn progress(peer: &str, processed: u32, asked: usize) -> Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_mark_our_clock_could_have_issued_proves_our_data_went_back() {
+        // Issue 24 item 4: an answer with seen_high_water = u64::MAX put the
+        // receiver into catch-up with forgetting.
+        let ceiling = 1_000;
+        assert!(went_back(Some(10), 11, ceiling));
+        assert!(!went_back(Some(10), 10, ceiling));
+        assert!(!went_back(None, 11, ceiling), "checked only once per start");
+        assert!(!went_back(Some(10), ceiling, ceiling));
+        assert!(!went_back(Some(10), u64::MAX, ceiling));
+    }
     use crate::clock::from_physical_ms;
 
     /// Issue 22, item 5: a push read 256 full values (256 MiB at the default
