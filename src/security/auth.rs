@@ -78,6 +78,7 @@ impl Tokens {
     /// Reads and checks a tokens file. Errors name the file and the entry,
     /// never a token.
     pub fn load(path: &Path) -> Result<Self> {
+        super::private::check("auth.tokens_file", path)?;
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::Config(format!(
                 "auth.tokens_file: cannot read {}: {e}",

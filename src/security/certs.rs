@@ -115,6 +115,9 @@ fn write(path: &Path, text: &str, secret: bool) -> Result<()> {
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
     if secret {
+        // A new file only: `create_new` never follows a symlink planted
+        // where the key goes, and so never writes the key elsewhere.
+        opts.create_new(true);
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
     }
     let _ = secret;

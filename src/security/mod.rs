@@ -20,6 +20,7 @@
 
 pub mod auth;
 pub mod certs;
+pub mod private;
 pub mod tls;
 
 pub use auth::{ClientAuth, Role, Tokens};

@@ -85,6 +85,7 @@ impl TlsMaterial {
 
     /// Reads three PEM files.
     pub fn from_files(cert: &Path, key: &Path, ca: &Path) -> Result<Self> {
+        super::private::check("tls.key", key)?;
         let m = Self {
             cert: read("cert", cert)?,
             key: read("key", key)?,
@@ -489,6 +490,12 @@ pub(crate) mod tests {
         std::fs::write(p("ca.pem"), ca.cert_pem()).unwrap();
         std::fs::write(p("n1.pem"), cert).unwrap();
         std::fs::write(p("n1.key"), key).unwrap();
+        #[cfg(unix)]
+        std::fs::set_permissions(
+            p("n1.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         let m = TlsMaterial::from_files(&p("n1.pem"), &p("n1.key"), &p("ca.pem")).unwrap();
         m.server_config(true).unwrap();
         m.server_config(false).unwrap();
