@@ -591,3 +591,35 @@ async fn sigterm_drains_and_exits_zero_and_data_survives() {
         assert!(r.found && r.value == vec![i as u8], "k{i} lost");
     }
 }
+
+#[test]
+fn the_cli_warns_before_sending_a_token_in_clear_to_another_machine() {
+    // Issue 24 item 7: bearer tokens went over http:// to any host silently.
+    let (status, _, stderr) = run_cli(&[
+        "get",
+        "k",
+        "--token",
+        "secret",
+        "--endpoint",
+        "http://192.0.2.1:1",
+        "--timeout",
+        "200ms",
+    ]);
+    assert!(!status.success());
+    assert!(stderr.contains("token in clear text"), "{stderr}");
+    assert!(
+        !stderr.contains("secret"),
+        "the token itself is never printed: {stderr}"
+    );
+    let (_, _, stderr) = run_cli(&[
+        "get",
+        "k",
+        "--token",
+        "secret",
+        "--endpoint",
+        "http://127.0.0.1:1",
+        "--timeout",
+        "200ms",
+    ]);
+    assert!(!stderr.contains("clear text"), "loopback is fine: {stderr}");
+}

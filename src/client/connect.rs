@@ -95,6 +95,12 @@ impl Credentials {
                 "--cacert, --cert and --key need an https:// endpoint, not {url}"
             )));
         }
+        if self.token.is_some() && !is_loopback(endpoint.uri().host().unwrap_or("")) {
+            eprintln!(
+                "meshkv: warning: sending the token in clear text to {url}; anyone on the \
+                 path can read it and use it. Use an https:// endpoint (the node needs TLS)"
+            );
+        }
         Ok(endpoint)
     }
 
@@ -110,6 +116,15 @@ impl Credentials {
                 }),
         }
     }
+}
+
+/// A host only this machine reaches: where a token may travel in clear.
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Parses a duration flag: a number with a unit of `ms`, `s`, `m` or `h`
@@ -277,4 +292,21 @@ fn plain_io(err: &std::io::Error) -> String {
         .next()
         .map(|c| c.to_lowercase().chain(chars).collect())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_hosts_may_see_a_token_in_clear() {
+        // Issue 24 item 7: the CLI sent bearer tokens over http:// to any
+        // host without a word.
+        for h in ["localhost", "127.0.0.1", "127.3.4.5", "[::1]", "::1"] {
+            assert!(is_loopback(h), "{h}");
+        }
+        for h in ["10.0.0.2", "node2", "example.com", "[2001:db8::1]", ""] {
+            assert!(!is_loopback(h), "{h}");
+        }
+    }
 }
