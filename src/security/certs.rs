@@ -148,6 +148,17 @@ pub fn make(
     hosts: &[String],
     tokens: Option<&Path>,
 ) -> Result<Written> {
+    // Every certificate carries every --host: one that names a node would
+    // let every node pass as that node.
+    if let Some(h) = hosts
+        .iter()
+        .find(|h| names.iter().any(|n| n.eq_ignore_ascii_case(h)))
+    {
+        return Err(Error::Config(format!(
+            "--host {h:?} is a node id: every certificate would name it, so every node \
+             could pass as {h:?}. Each node's certificate already names its own id"
+        )));
+    }
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
     let mut out = Written::default();
@@ -199,6 +210,20 @@ pub fn make(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_that_names_a_node_is_refused() {
+        // Issue 24 item 4: `--host node2` put node2 into every node's
+        // certificate, so every node could pass as node2.
+        let dir = tempfile::tempdir().unwrap();
+        let nodes = ["n1".to_string(), "n2".to_string()];
+        let err = make(dir.path(), &nodes, &["N2".into()], None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is a node id"), "{err}");
+        assert!(!dir.path().join("ca.key").exists(), "nothing written");
+        assert!(make(dir.path(), &nodes, &["lb.example".into()], None).is_ok());
+    }
 
     #[test]
     fn a_second_run_keeps_every_file() {
