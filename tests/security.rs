@@ -466,3 +466,38 @@ fn certs_are_made_once_and_kept() {
         "the CA is kept"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_sockets_cannot_hold_the_tls_handshake_slots() {
+    // Issue 24 item 2: 256 sockets that never speak held every handshake
+    // slot for 10 s each, and reopened, stalled the listener for good.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("certs");
+    certs(&dir, &["n1"]);
+    let ca = dir.join("ca.pem");
+    let mut node = tls_node(tmp.path(), "n1", &dir, &ca, free_addrs(1)[0], &[]);
+    node.start().await;
+    let addr = node.addr.unwrap();
+    let mut silent = Vec::new();
+    for _ in 0..300 {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // Give the listener time to take them all in.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(node.channel());
+    let answer = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        health.check(tonic_health::pb::HealthCheckRequest::default()),
+    )
+    .await
+    .expect("a real client got through while 300 sockets sat silent")
+    .unwrap()
+    .into_inner();
+    assert_eq!(answer.status, 1, "SERVING");
+    println!(
+        "handshake with 300 silent sockets open: {:?}",
+        started.elapsed()
+    );
+    drop(silent);
+}

@@ -19,7 +19,8 @@ use std::{
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::{mpsc, Semaphore},
+    sync::mpsc,
+    task::AbortHandle,
 };
 use tokio_rustls::{
     rustls::{
@@ -44,8 +45,10 @@ use crate::{
 /// A handshake that takes longer than this is dropped, so a client that
 /// opens a connection and sends nothing holds no slot for long.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once per listener; more connections wait in
-/// the kernel's accept queue.
+/// Handshakes in progress at once per listener. A connection beyond them
+/// ends the oldest one still in progress: sockets that never speak cannot
+/// hold the slots, since a client that does speak finishes its handshake in
+/// milliseconds, long before 256 newer connections evict it.
 const MAX_HANDSHAKES: usize = 256;
 /// Accepted connections not yet taken by the server.
 const ACCEPTED_QUEUE: usize = 64;
@@ -313,14 +316,10 @@ pub fn incoming(
     what: &'static str,
 ) -> ReceiverStream<std::io::Result<Conn>> {
     let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE);
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let pending = Arc::new(std::sync::Mutex::new(Pending::default()));
     let acceptor = tls.map(TlsAcceptor::from);
     tokio::spawn(async move {
         loop {
-            let permit = tokio::select! {
-                p = Arc::clone(&handshakes).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-                _ = tx.closed() => return,
-            };
             let accepted = tokio::select! {
                 a = listener.accept() => a,
                 _ = tx.closed() => return,
@@ -336,15 +335,23 @@ pub fn incoming(
             };
             let _ = tcp.set_nodelay(true);
             let Some(acceptor) = acceptor.clone() else {
-                drop(permit);
                 if tx.send(Ok(Conn::Plain(tcp))).await.is_err() {
                     return;
                 }
                 continue;
             };
             let tx = tx.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
+            // Held while the task is spawned and listed, so that it cannot
+            // finish (and unlist itself) before it is listed.
+            let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+            let evicted = (p.running.len() >= MAX_HANDSHAKES)
+                .then(|| p.running.pop_front())
+                .flatten();
+            let id = p.next;
+            p.next += 1;
+            let mine = Arc::clone(&pending);
+            let task = tokio::spawn(async move {
+                let _listed = Unlist(mine, id);
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(s)) => {
                         let _ = tx.send(Ok(Conn::Tls(Box::new(s)))).await;
@@ -359,9 +366,38 @@ pub fn incoming(
                     ),
                 }
             });
+            p.running.push_back((id, task.abort_handle()));
+            drop(p);
+            // Outside the lock: the evicted task takes it to unlist itself.
+            if let Some((_, oldest)) = evicted {
+                oldest.abort();
+                tracing::debug!(
+                    listener = what,
+                    "handshake slots full: the oldest pending handshake was dropped"
+                );
+            }
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// The handshakes in progress on one listener, oldest first.
+#[derive(Default)]
+struct Pending {
+    next: u64,
+    running: std::collections::VecDeque<(u64, AbortHandle)>,
+}
+
+/// Takes a handshake off the list when its task ends, however it ends.
+struct Unlist(Arc<std::sync::Mutex<Pending>>, u64);
+
+impl Drop for Unlist {
+    fn drop(&mut self) {
+        let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = p.running.iter().position(|(id, _)| *id == self.1) {
+            p.running.remove(i);
+        }
+    }
 }
 
 /// A channel to a peer: TLS with this node's certificate when `tls` is set
