@@ -190,6 +190,8 @@ pub struct Watcher {
     room: Arc<Semaphore>,
     /// When the last event went out, for progress events.
     last_sent: Instant,
+    /// How long a full buffer is tolerated ([`STALL`]).
+    stall: Duration,
 }
 
 /// Opens a watch: the stream for the client and the task that fills it.
@@ -205,6 +207,19 @@ pub fn open(
     permit: OwnedSemaphorePermit,
     shutdown: CancellationToken,
 ) -> WatchStream {
+    open_with(store, clock, blocking, plan, permit, shutdown, STALL)
+}
+
+/// [`open`], tolerating a full buffer for `stall`.
+fn open_with(
+    store: Arc<Store>,
+    clock: Arc<dyn PhysicalClock>,
+    blocking: Blocking,
+    plan: Plan,
+    permit: OwnedSemaphorePermit,
+    shutdown: CancellationToken,
+    stall: Duration,
+) -> WatchStream {
     let live = store.feed.subscribe();
     let feed = &store.feed;
     let start = start(plan.resume, feed.id(), feed.first(), feed.last());
@@ -218,6 +233,7 @@ pub fn open(
         tx,
         room: Arc::new(Semaphore::new(BUFFER_BYTES as usize)),
         last_sent: Instant::now(),
+        stall,
     };
     tokio::spawn(async move {
         let _permit = permit;
@@ -418,6 +434,7 @@ impl Watcher {
     /// Queues an event for the client, waiting at most [`STALL`] for room.
     async fn send(&mut self, ev: proto::WatchEvent) -> Result<(), Stop> {
         let bytes = (ev.value.len() + ev.text.len() + ev.key.len() + 64).min(BUFFER_BYTES as usize);
+        let stall = self.stall;
         let behind = || {
             Stop::Cut(
                 Error::Overloaded(format!(
@@ -425,20 +442,20 @@ impl Watcher {
                      {} MiB) stayed full for {}s; resume with the token of the last event \
                      received",
                     BUFFER_BYTES >> 20,
-                    STALL.as_secs()
+                    stall.as_secs_f64()
                 ))
                 .into(),
             )
         };
         let room = tokio::select! {
-            r = tokio::time::timeout(STALL, Arc::clone(&self.room).acquire_many_owned(bytes as u32)) => match r {
+            r = tokio::time::timeout(stall, Arc::clone(&self.room).acquire_many_owned(bytes as u32)) => match r {
                 Ok(Ok(p)) => p,
                 Ok(Err(_)) => return Err(Stop::Gone),
                 Err(_) => return Err(behind()),
             },
             _ = self.tx.closed() => return Err(Stop::Gone),
         };
-        match self.tx.send_timeout((ev, room), STALL).await {
+        match self.tx.send_timeout((ev, room), stall).await {
             Ok(()) => {
                 self.last_sent = Instant::now();
                 Ok(())
@@ -473,6 +490,63 @@ mod tests {
         assert!(plan(req("", 99)).is_err());
         assert!(plan(req("", 60_001)).is_err());
         assert!(plan(req("nope", 0)).is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watcher_that_does_not_read_is_cut_off_with_a_clear_status_and_can_resume() {
+        use tokio_stream::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer, _seq, _join) = crate::storage::writer::for_tests(dir.path());
+        let open = |token: &str| {
+            let req = proto::WatchRequest {
+                resume_token: token.into(),
+                ..Default::default()
+            };
+            let permit = slots().try_acquire_owned().unwrap();
+            open_with(
+                Arc::clone(&store),
+                Arc::new(crate::clock::SystemClock),
+                Blocking::Pool,
+                plan(req).unwrap(),
+                permit,
+                CancellationToken::new(),
+                Duration::from_millis(200),
+            )
+        };
+        let mut stream = open("");
+        // More changes than the buffer holds, and nobody reading.
+        let writes = (0..BUFFER_EVENTS + 50)
+            .map(|i| crate::storage::writer::LocalWrite::new(format!("k{i}"), Some(vec![1])))
+            .collect();
+        writer.write_batch(writes).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let first = stream.next().await.unwrap();
+        let status = first.expect_err("the cut comes first");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            status.message().contains("fell behind"),
+            "{}",
+            status.message()
+        );
+        // What was buffered still arrives, then the stream ends.
+        let mut last = String::new();
+        while let Some(ev) = stream.next().await {
+            last = ev.unwrap().token;
+        }
+        assert!(!last.is_empty());
+        // Resumed from the last token received, it gets the rest.
+        let mut stream = open(&last);
+        let mut keys = 0;
+        while keys < 50 {
+            let ev = tokio::time::timeout(Duration::from_secs(5), stream.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            if ev.kind == Kind::Put as i32 {
+                keys += 1;
+            }
+        }
     }
 
     #[test]
