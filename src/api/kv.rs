@@ -218,6 +218,7 @@ impl Kv for KvService {
             plan,
             permit,
             self.shutdown.clone(),
+            watch::STALL,
         )))
     }
 

@@ -198,20 +198,8 @@ pub struct Watcher {
 /// Subscribes to the feed at once, so nothing committed from now on is
 /// missed, whatever the task does first.
 /// `shutdown` ends it with UNAVAILABLE, so that open watches never hold up
-/// a node's drain.
+/// a node's drain; a buffer left full for `stall` ([`STALL`]) cuts it off.
 pub fn open(
-    store: Arc<Store>,
-    clock: Arc<dyn PhysicalClock>,
-    blocking: Blocking,
-    plan: Plan,
-    permit: OwnedSemaphorePermit,
-    shutdown: CancellationToken,
-) -> WatchStream {
-    open_with(store, clock, blocking, plan, permit, shutdown, STALL)
-}
-
-/// [`open`], tolerating a full buffer for `stall`.
-fn open_with(
     store: Arc<Store>,
     clock: Arc<dyn PhysicalClock>,
     blocking: Blocking,
@@ -503,7 +491,7 @@ mod tests {
                 ..Default::default()
             };
             let permit = slots().try_acquire_owned().unwrap();
-            open_with(
+            open(
                 Arc::clone(&store),
                 Arc::new(crate::clock::SystemClock),
                 Blocking::Pool,

@@ -302,6 +302,11 @@ pub struct Overrides {
     pub tokens_file: Option<PathBuf>,
 }
 
+/// The fewest changes the feed may keep: as many as a live watcher may lag
+/// behind the writer, so a change announced without its record is still on
+/// disk to read (see `storage::feed`).
+pub const MIN_WATCH_RETAIN_CHANGES: u64 = 4096;
+
 /// Node and cluster ids: 1..=64 characters of `[A-Za-z0-9._-]`.
 pub fn valid_id(id: &str) -> bool {
     !id.is_empty()
@@ -514,7 +519,7 @@ impl Config {
                 format!("{} is above 600000 (10 minutes)", self.drain_timeout_ms),
             );
         }
-        let live = crate::storage::feed::CHANNEL as u64;
+        let live = MIN_WATCH_RETAIN_CHANGES;
         if !(live..=100_000_000).contains(&self.storage.watch_retain_changes) {
             return bad(
                 "storage.watch_retain_changes",

@@ -593,20 +593,23 @@ impl Store {
         batch.remove(&self.versions, codec::version_key(key));
     }
 
-    /// Adds the clock high-water mark and the last log seq to a batch, so that
-    /// both are exactly as durable as the writes they cover.
-    pub(crate) fn batch_meta_u64_raw(
+    /// Adds the clock high-water mark, the last log seq and the last change
+    /// seq to a batch, so that all are exactly as durable as the writes they
+    /// cover.
+    pub(crate) fn batch_meta(
         &self,
         batch: &mut fjall::OwnedWriteBatch,
-        key: &[u8],
-        v: u64,
+        hlc: u64,
+        seq: u64,
+        change_seq: u64,
     ) {
-        batch.insert(&self.meta, key.to_vec(), v.to_be_bytes().to_vec());
-    }
-
-    pub(crate) fn batch_meta(&self, batch: &mut fjall::OwnedWriteBatch, hlc: u64, seq: u64) {
         batch.insert(&self.meta, META_HLC, hlc.to_be_bytes().to_vec());
         batch.insert(&self.meta, META_LAST_SEQ, seq.to_be_bytes().to_vec());
+        batch.insert(
+            &self.meta,
+            super::feed::META_CHANGE_SEQ,
+            change_seq.to_be_bytes().to_vec(),
+        );
     }
 }
 

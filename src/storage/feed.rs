@@ -29,7 +29,7 @@ use crate::{
 /// to reading the keyspace. The feed keeps at least this many on disk
 /// (`storage.watch_retain_changes` may not be lower), so a change the
 /// channel announces without its record is still there to read.
-pub const CHANNEL: usize = 4096;
+pub const CHANNEL: usize = crate::config::MIN_WATCH_RETAIN_CHANGES as usize;
 /// The largest change record the channel carries; larger ones are
 /// announced by seq alone and read from disk. The channel keeps its last
 /// [`CHANNEL`] messages whether or not anyone reads them, so this bounds
@@ -127,12 +127,6 @@ impl Feed {
         self.tx.subscribe()
     }
 
-    /// True if anyone is watching live: the writer skips building what no
-    /// one would receive.
-    pub(crate) fn watched(&self) -> bool {
-        self.tx.receiver_count() > 0
-    }
-
     /// After a commit: the feed now ends at `last`, keeps from `first`, and
     /// these changes are sent live.
     pub(crate) fn publish(&self, last: u64, first: u64, changes: Vec<Change>) {
@@ -207,11 +201,12 @@ fn parse_expiry_key(k: &[u8]) -> Result<(u64, String)> {
     Ok((u64::from_be_bytes(at), super::codec::kv_user_key(&k[8..])?))
 }
 
-/// Encodes a change: the mutation's encoding as the log holds it, and its kind.
-pub fn encode_change(mutation: &[u8], kind: proto::ChangeKind) -> Bytes {
+/// Encodes a change: the mutation's encoding as the log holds it (shared,
+/// not copied, until the record is written), and its kind.
+pub fn encode_change(mutation: Bytes, kind: proto::ChangeKind) -> Bytes {
     Bytes::from(
         proto::StoredChange {
-            mutation: Bytes::copy_from_slice(mutation),
+            mutation,
             kind: kind as i32,
         }
         .encode_to_vec(),
@@ -252,7 +247,7 @@ mod tests {
             value: Some(b"v".to_vec()),
             expires_ms: 9,
         };
-        let bytes = encode_change(&m.encode_to_vec(), proto::ChangeKind::Expire);
+        let bytes = encode_change(m.encode_to_vec().into(), proto::ChangeKind::Expire);
         assert_eq!(
             decode_change(&bytes).unwrap(),
             (m, proto::ChangeKind::Expire)

@@ -49,7 +49,6 @@ impl Writer {
             seq: self.last_seq,
             change_seq: self.change_seq,
             feed: Vec::new(),
-            watched: self.store.feed.watched(),
             log_bytes: 0,
             // Never below what was published as visible: an entry applied at
             // or after it must not count as covered by a round that started then.
@@ -72,8 +71,8 @@ impl Writer {
                 Command::Expire { due, .. } => Outcome::Count(self.stage_expire(&mut st, due)?),
             });
         }
-        self.stage_meta(&mut st);
         let first_change = self.stage_trim(&mut st);
+        self.stage_meta(&mut st);
         let durability = match self.opts.fsync {
             // A batch of cursors alone needs no sync: losing one re-sends records.
             FsyncMode::Always if st.changes.is_empty() && outcomes.is_empty() => {
@@ -184,7 +183,7 @@ impl Writer {
             } else {
                 ChangeKind::Put
             };
-            self.stage_change(st, &record, kind);
+            self.stage_change(st, record.clone(), kind);
             st.records.push((seq, record));
             st.changes.push(key.clone());
             tracing::trace!(key = ?key, version = %entry.version, seq, tombstone = entry.is_tombstone(), "local write");
@@ -241,7 +240,7 @@ impl Writer {
                 e if !e.is_live(st.now_ms) => ChangeKind::Expire,
                 _ => ChangeKind::Put,
             };
-            self.stage_change(st, &to_mutation(key, entry).encode_to_vec(), kind);
+            self.stage_change(st, Self::mutation(key, entry), kind);
             st.changes.push(key.clone());
             st.overlay.insert(key.clone(), Some(entry.clone()));
             done.applied += 1;
@@ -267,8 +266,7 @@ impl Writer {
                 // A live value forgotten in catch-up disappears: to a watcher, a delete.
                 if was_live {
                     let gone = Entry::new(version.clone(), None);
-                    let m = to_mutation(key, &gone).encode_to_vec();
-                    self.stage_change(st, &m, ChangeKind::Delete);
+                    self.stage_change(st, Self::mutation(key, &gone), ChangeKind::Delete);
                 }
                 tracing::trace!(key = ?key, version = %version, only_tombstones, "forgotten");
                 self.store.batch_remove(&mut st.batch, key);
@@ -281,8 +279,8 @@ impl Writer {
     }
 
     /// Gives a change (an encoded mutation) the next change seq, writes it
-    /// to the feed, and queues it for live watchers if there are any.
-    fn stage_change(&self, st: &mut Staged, mutation: &[u8], kind: ChangeKind) {
+    /// to the feed, and queues it for live watchers.
+    fn stage_change(&self, st: &mut Staged, mutation: prost::bytes::Bytes, kind: ChangeKind) {
         st.change_seq += 1;
         let record = feed::encode_change(mutation, kind);
         st.batch.insert(
@@ -290,9 +288,12 @@ impl Writer {
             feed::change_key(st.change_seq),
             &record[..],
         );
-        if st.watched {
-            st.feed.push((st.change_seq, record));
-        }
+        st.feed.push((st.change_seq, record));
+    }
+
+    /// The encoded mutation of `entry` under `key`, for [`Self::stage_change`].
+    fn mutation(key: &str, entry: &Entry) -> prost::bytes::Bytes {
+        to_mutation(key, entry).encode_to_vec().into()
     }
 
     /// Records due expiries as changes, for the keys that still hold them,
@@ -305,16 +306,15 @@ impl Writer {
                 continue;
             };
             if e.expires_ms == Some(*at) && e.value.is_some() && !e.is_live(st.now_ms) {
-                let m = to_mutation(key, &e).encode_to_vec();
-                self.stage_change(st, &m, ChangeKind::Expire);
+                self.stage_change(st, Self::mutation(key, &e), ChangeKind::Expire);
                 n += 1;
             }
         }
         Ok(n)
     }
 
-    /// Drops the oldest changes past `retain_changes` (a chunk at most) and
-    /// saves the last change seq; the oldest change kept afterwards.
+    /// Drops the oldest changes past `retain_changes` (a chunk at most); the
+    /// oldest change kept afterwards.
     fn stage_trim(&self, st: &mut Staged) -> u64 {
         let mut first = self.first_change;
         let keep_from = st
@@ -327,17 +327,13 @@ impl Writer {
                 .remove(&self.store.feed.changes, feed::change_key(first).to_vec());
             first += 1;
         }
-        if st.change_seq != self.change_seq {
-            self.store
-                .batch_meta_u64_raw(&mut st.batch, feed::META_CHANGE_SEQ, st.change_seq);
-        }
         first
     }
 
-    /// Stages the clock mark, the last seq and the pending `meta` records.
+    /// Stages the clock mark, the last seqs and the pending `meta` records.
     fn stage_meta(&self, st: &mut Staged) {
         let store = &self.store;
-        store.batch_meta(&mut st.batch, self.hlc.high_water(), st.seq);
+        store.batch_meta(&mut st.batch, self.hlc.high_water(), st.seq, st.change_seq);
         let pending = self.pending.take();
         for (key, v) in &pending.cursors {
             store.batch_meta_u64(&mut st.batch, key, *v);
@@ -371,8 +367,6 @@ struct Staged {
     change_seq: u64,
     /// This batch's changes, for live watchers once committed.
     feed: Vec<feed::Change>,
-    /// Someone watches live: changes are queued for them.
-    watched: bool,
     /// Bytes of this batch's log records.
     log_bytes: u64,
     /// This batch's time: `applied_ms` of its tombstones, and the horizon.
