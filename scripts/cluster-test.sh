@@ -189,6 +189,14 @@ print(next(t["token"] for t in tomllib.loads(sys.stdin.read())["tokens"] if t["r
   out=$(grpcurl -cacert "$WORK/ca.pem" -max-time 5 -d '{"key":"k"}' 127.0.0.1:50051 meshkv.v1.KV/Read 2>&1 || true)
   grep -q "Unauthenticated" <<<"$out" || fail "security: a read without a token was not refused: $out"
   say "security: OK: plain text refused, a request without a token is Unauthenticated"
+  # A node holds its own key and no other: not the CA's, not a peer's.
+  for f in ca.key node2.key node3.key; do
+    if docker exec "$(cid node1)" test -e "/certs/$f"; then
+      fail "security: node1's container can read /certs/$f"
+    fi
+  done
+  docker exec "$(cid node1)" test -r /certs/node1.key || fail "security: node1 lacks its own key"
+  say "security: OK: node1 holds its own key only"
 fi
 
 # 1. A write to node1 is readable on node2 and node3.

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 secs="${1:-30}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(client_request replicate stored_entry config)
+[ ${#targets[@]} -gt 0 ] || targets=(client_request replicate stored_entry config peer_rpc)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "cargo-fuzz is missing; installing it" >&2

@@ -11,7 +11,7 @@ use crate::{
     proto::{self, anti_entropy_server::AntiEntropy},
     replication::Ctx,
     security::ConnInfo,
-    storage::{digest::ANSWER_SCAN_BUDGET, Digests, Refresh, BUCKETS},
+    storage::{bucket_of, digest::ANSWER_SCAN_BUDGET, Digests, Refresh, BUCKETS},
     version::{to_mutation, version_to_proto},
     wire::{self, ANSWER_BUDGET, MAX_FETCH_KEYS},
 };
@@ -89,13 +89,23 @@ impl AntiEntropy for AntiEntropyService {
                     })
             })
             .collect::<Result<Vec<u16>, Error>>()?;
+        if !req.after_key.is_empty() {
+            validate::key(&req.after_key)?;
+            if buckets.first() != Some(&bucket_of(req.after_key.as_bytes())) {
+                return Err(Error::InvalidArgument(
+                    "after_key must be a key of the first bucket asked for".into(),
+                )
+                .into());
+            }
+        }
         let store = Arc::clone(&self.ctx.store);
+        let after = (!req.after_key.is_empty()).then_some(req.after_key);
         // Versions only: the values of a bucket are never loaded to compare it.
-        let (pairs, covered) = self
+        let (pairs, reach) = self
             .ctx
             .blocking
             .run("bucket scan", move || {
-                store.bucket_versions(&buckets, ANSWER_BUDGET)
+                store.bucket_versions(&buckets, after.as_deref(), ANSWER_BUDGET)
             })
             .await??;
         let entries = pairs
@@ -107,7 +117,8 @@ impl AntiEntropy for AntiEntropyService {
             .collect();
         Ok(Response::new(proto::BucketVersionsResponse {
             entries,
-            processed: covered as u32,
+            processed: reach.full as u32,
+            resume_after: reach.partial.unwrap_or_default(),
         }))
     }
 

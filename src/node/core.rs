@@ -10,7 +10,7 @@ use crate::{
     clock::{from_physical_ms, physical_ms, PhysicalClock},
     config::{Config, FsyncMode},
     error::Result,
-    node::seams::{Connector, Seams},
+    node::{seams::Seams, secure::PeerConnector},
     replication::{Ctx, PeerManager},
     storage::{
         admission::LaneLimits,
@@ -67,7 +67,7 @@ impl Core {
         config: &Config,
         seams: &Seams,
         (store, recovered): (Arc<Store>, Recovered),
-        connect: &Connector,
+        connect: &PeerConnector,
         shutdown: &CancellationToken,
         tracker: &TaskTracker,
     ) -> Result<Self> {

@@ -16,7 +16,7 @@ use crate::{
         seams::Seams,
         serve::serve_with,
     },
-    security::{tls, TlsMaterial},
+    security::{accept, TlsMaterial},
 };
 
 /// Binds `config.listen` (and `config.peer_listen`), with TLS when it is
@@ -43,7 +43,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         Some(a) => {
             let (l, addr) = bind(a).await?;
             Some(Listener {
-                incoming: tls::incoming(l, peer_tls, "peer"),
+                incoming: accept::incoming(l, peer_tls, "peer"),
                 addr,
             })
         }
@@ -51,7 +51,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     };
     let listeners = Listeners {
         client: Listener {
-            incoming: tls::incoming(client, client_tls, "client"),
+            incoming: accept::incoming(client, client_tls, "client"),
             addr: client_addr,
         },
         peer,

@@ -6,17 +6,25 @@ use std::sync::Arc;
 
 use crate::{
     config::{Config, PeerConfig},
+    error::Error,
     error::Result,
-    node::seams::{Connector, Seams},
-    security::{tls, ClientAuth, TlsMaterial, Tokens},
+    node::seams::Seams,
+    replication::{PeerChannel, PeerCredential},
+    security::{gate::PeerAuth, tls, ClientAuth, TlsMaterial, Tokens},
 };
+
+/// Builds the channel to a peer, carrying this node's peer credential.
+pub(super) type PeerConnector = dyn Fn(&PeerConfig) -> Result<PeerChannel> + Send + Sync;
 
 /// What the rest of start-up needs from the security settings.
 pub(super) struct Secured {
-    /// Dials peers: over TLS, proving their ids, when TLS is on.
-    pub connect: Arc<Connector>,
+    /// Dials peers: over TLS, proving their ids, when TLS is on; with the
+    /// peer token when TLS is off and tokens are configured.
+    pub connect: Arc<PeerConnector>,
     /// Checks clients' tokens and certificates.
     pub client_auth: ClientAuth,
+    /// Checks peers before their messages are read.
+    pub peer_auth: PeerAuth,
     /// How the node is protected, in words.
     pub words: String,
 }
@@ -32,6 +40,25 @@ impl Secured {
             .as_deref()
             .map(Tokens::load)
             .transpose()?;
+        let tls_on = config.tls.enabled();
+        // Without TLS, a tokens file must protect the peer services too,
+        // or any local process could read and write everything through them.
+        let peer_token = match &tokens {
+            Some(t) if !tls_on => match t.peer_token() {
+                Some(token) => Some(token.to_vec()),
+                None if config.peers.is_empty() => None,
+                None => {
+                    return Err(Error::Config(
+                        "auth.tokens_file: without TLS, the peer services need a token with \
+                         role = \"peer\", which nodes present to each other; add one (the \
+                         same on every node), or turn TLS on"
+                            .into(),
+                    ))
+                }
+            },
+            _ => None,
+        };
+        let credential = PeerCredential::new(peer_token.as_deref())?;
         let words = security_words(config, tokens.is_some());
         if config.runs_insecure() {
             tracing::warn!(
@@ -39,17 +66,29 @@ impl Secured {
                  every key and forge replication. Configure [tls] and [auth] (see `meshkv certs`)"
             );
         }
+        let tokens = tokens.map(Arc::new);
         let client_auth = ClientAuth {
-            tokens: tokens.map(Arc::new),
-            certificates: config.tls.enabled(),
+            tokens: tokens.clone(),
+            certificates: tls_on,
         };
-        let connect: Arc<Connector> = match tls {
-            Some(m) => Arc::new(move |p: &PeerConfig| tls::peer_channel(Some(&m), &p.id, &p.url)),
-            None => Arc::clone(&seams.connect),
+        let peer_auth = PeerAuth {
+            tls: tls_on,
+            tokens,
+            peers: config.peers.iter().map(|p| p.id.clone()).collect(),
+        };
+        let connect: Arc<PeerConnector> = match tls {
+            Some(m) => Arc::new(move |p: &PeerConfig| {
+                Ok(credential.wrap(tls::peer_channel(Some(&m), &p.id, &p.url)?))
+            }),
+            None => {
+                let base = Arc::clone(&seams.connect);
+                Arc::new(move |p: &PeerConfig| Ok(credential.wrap(base(p)?)))
+            }
         };
         Ok(Self {
             connect,
             client_auth,
+            peer_auth,
             words,
         })
     }
@@ -81,7 +120,7 @@ fn security_words(config: &Config, tokens: bool) -> String {
             }
         )
     } else if tokens {
-        "loopback only, no TLS; clients need a token".into()
+        "loopback only, no TLS; clients need a token, peers the peer token".into()
     } else {
         "loopback only, no TLS, no authentication".into()
     }

@@ -19,13 +19,25 @@ use crate::{
         admin_server::AdminServer, anti_entropy_server::AntiEntropyServer, kv_server::KvServer,
         replication_server::ReplicationServer,
     },
-    security::Role,
+    security::{
+        budget::Budget,
+        gate::{Gate, Rule},
+        Role,
+    },
     wire,
 };
 
 /// Concurrent gRPC calls one connection may have open. Peers need a handful
 /// (two pipelined batches and a repair); load generators a few hundred.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+
+/// Request bytes being received from clients at once, across every
+/// connection, when one message is smaller (`security::budget`).
+pub const CLIENT_RECEIVE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Request bytes being received from peers at once: two of the largest
+/// messages a peer may send.
+pub const PEER_RECEIVE_BYTES: usize = 2 * wire::PEER_MESSAGE_LIMIT;
 
 /// The routers to serve.
 pub(super) struct Routers {
@@ -47,13 +59,19 @@ pub(super) fn routers<H: HealthApi>(
     peer_apart: bool,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> Result<Routers> {
-    let members = Arc::new(Membership {
-        node_id: config.node_id.clone(),
-        cluster_id: config.cluster_id.clone(),
-        peers: config.peers.iter().map(|p| p.id.clone()).collect(),
-        require_cert: config.tls.enabled(),
-    });
     let max_peer = wire::PEER_MESSAGE_LIMIT;
+    // Never below what the write and apply queues may hold, or the budget
+    // would refuse what the queues were sized to take.
+    let client_budget = Budget::new(
+        "client",
+        CLIENT_RECEIVE_BYTES
+            .max(2 * config.max_message_bytes())
+            .max(config.limits.write_queue_bytes),
+    );
+    let peer_budget = Budget::new(
+        "peer",
+        PEER_RECEIVE_BYTES.max(config.limits.peer_queue_bytes),
+    );
     let kv = KvServer::new(KvService::new(
         Arc::clone(&core.store),
         core.writer.clone(),
@@ -66,21 +84,14 @@ pub(super) fn routers<H: HealthApi>(
     // A stored value may exceed this node's own client limit (a peer with a
     // larger one accepted it), and must still be readable here.
     .max_encoding_message_size(max_peer);
-    // Reads need the read role; KvService checks the write role per call.
-    let kv = InterceptedService::new(kv, secured.client_auth.interceptor(Role::Read));
-    let replication = ReplicationServer::new(ReplicationService::new(
-        Arc::clone(&members),
-        core.writer.clone(),
-        shutdown.clone(),
-    ))
-    .max_decoding_message_size(max_peer)
-    .max_encoding_message_size(max_peer);
-    let anti_entropy = AntiEntropyServer::new(AntiEntropyService::new(
-        Arc::clone(&members),
-        Arc::clone(&core.ctx),
-    ))
-    .max_decoding_message_size(max_peer)
-    .max_encoding_message_size(max_peer);
+    // Reads need the read role (the interceptor); mutations need write,
+    // checked by the gate before their body is read, and by KvService.
+    let kv = Gate::new(
+        InterceptedService::new(kv, secured.client_auth.interceptor(Role::Read)),
+        Rule::Kv(secured.client_auth.clone()),
+        Arc::clone(&client_budget),
+    );
+    let (replication, anti_entropy) = peer_services(config, core, secured, &peer_budget, shutdown);
     let admin = InterceptedService::new(
         AdminServer::new(AdminService::new(
             Arc::clone(&core.manager),
@@ -102,17 +113,27 @@ pub(super) fn routers<H: HealthApi>(
         .map_err(|e| Error::Corrupt(format!("reflection descriptors: {e}")))?;
 
     let client = builder()
-        .add_service(health.clone())
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .add_service(Gate::new(
+            health.clone(),
+            Rule::Open,
+            Arc::clone(&client_budget),
+        ))
+        .add_service(
+            Gate::new(reflection_v1, Rule::Open, Arc::clone(&client_budget))
+                .streaming(&["ServerReflectionInfo"]),
+        )
+        .add_service(
+            Gate::new(reflection_v1alpha, Rule::Open, Arc::clone(&client_budget))
+                .streaming(&["ServerReflectionInfo"]),
+        )
         .add_service(kv)
-        .add_service(admin);
+        .add_service(Gate::new(admin, Rule::Open, Arc::clone(&client_budget)));
     Ok(if peer_apart {
         Routers {
             client,
             peer: Some(
                 builder()
-                    .add_service(health)
+                    .add_service(Gate::new(health, Rule::Open, Arc::clone(&peer_budget)))
                     .add_service(replication)
                     .add_service(anti_entropy),
             ),
@@ -123,6 +144,42 @@ pub(super) fn routers<H: HealthApi>(
             peer: None,
         }
     })
+}
+
+/// Replication and AntiEntropy, behind the peer rule and `budget`.
+fn peer_services(
+    config: &Config,
+    core: &Core,
+    secured: &Secured,
+    budget: &Arc<Budget>,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> (
+    Gate<ReplicationServer<ReplicationService>>,
+    Gate<AntiEntropyServer<AntiEntropyService>>,
+) {
+    let members = Arc::new(Membership {
+        node_id: config.node_id.clone(),
+        cluster_id: config.cluster_id.clone(),
+        peers: config.peers.iter().map(|p| p.id.clone()).collect(),
+        require_cert: config.tls.enabled(),
+    });
+    let max_peer = wire::PEER_MESSAGE_LIMIT;
+    let replication = ReplicationServer::new(ReplicationService::new(
+        Arc::clone(&members),
+        core.writer.clone(),
+        shutdown.clone(),
+    ))
+    .max_decoding_message_size(max_peer)
+    .max_encoding_message_size(max_peer);
+    let anti_entropy =
+        AntiEntropyServer::new(AntiEntropyService::new(members, Arc::clone(&core.ctx)))
+            .max_decoding_message_size(max_peer)
+            .max_encoding_message_size(max_peer);
+    let rule = || Rule::Peers(secured.peer_auth.clone());
+    (
+        Gate::new(replication, rule(), Arc::clone(budget)).streaming(&["ReplicateStream"]),
+        Gate::new(anti_entropy, rule(), Arc::clone(budget)),
+    )
 }
 
 fn builder() -> Server {

@@ -2,20 +2,14 @@
 //! what to push, what to pull, what to leave to the log stream and what a
 //! node catching up must drop.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-    time::Duration,
-};
-
-use tonic::transport::Channel;
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use crate::{
     clock::physical_ms,
     error::{Error, Result},
     proto::{self, anti_entropy_client::AntiEntropyClient, replication_client::ReplicationClient},
-    replication::Ctx,
-    storage::{bucket_of, Refresh, Store, BUCKETS},
+    replication::{Ctx, PeerChannel},
+    storage::{bucket_of, Reach, Refresh, Store, BUCKETS},
     version::{to_mutation, version_from_proto, Version},
     wire::{self, ANSWER_BUDGET},
 };
@@ -232,8 +226,8 @@ pub fn went_back(recovered: Option<u64>, seen: u64, ceiling: u64) -> bool {
 pub async fn round(
     ctx: &Ctx,
     peer: &str,
-    ae: &mut AntiEntropyClient<Channel>,
-    repl: &mut ReplicationClient<Channel>,
+    ae: &mut AntiEntropyClient<PeerChannel>,
+    repl: &mut ReplicationClient<PeerChannel>,
     mut rules: Rules,
     checked: &(dyn Fn(bool) + Sync),
 ) -> Result<RoundStats> {
@@ -241,9 +235,14 @@ pub async fn round(
     let (differing, mut stats) =
         exchange_digests(ctx, peer, ae, &mut rules, timeout, checked).await?;
     let mut rest: &[u16] = &differing;
+    // Where the first bucket of `rest` resumes: a bucket may take several
+    // answers.
+    let mut after: Option<String> = None;
     while !rest.is_empty() {
-        let (covered, local, remote) = compare_versions(ctx, peer, ae, rest, timeout).await?;
-        rest = &rest[covered..];
+        let (reach, local, remote) =
+            compare_versions(ctx, peer, ae, rest, after.as_deref(), timeout).await?;
+        rest = &rest[reach.full..];
+        after = reach.partial;
         let plan = plan(&local, &remote, &rules);
         stats.skipped += plan.skipped;
 
@@ -269,7 +268,7 @@ pub async fn round(
 async fn exchange_digests(
     ctx: &Ctx,
     peer: &str,
-    ae: &mut AntiEntropyClient<Channel>,
+    ae: &mut AntiEntropyClient<PeerChannel>,
     rules: &mut Rules,
     timeout: Duration,
     checked: &(dyn Fn(bool) + Sync),
@@ -339,16 +338,18 @@ async fn exchange_digests(
     Ok((differing, stats))
 }
 
-/// The versions on both sides of the first buckets of `rest`, as many as
-/// one bounded answer from each side covers: how many buckets that is, then
-/// the local and the remote `(key, version)` pairs of those buckets.
+/// The versions on both sides of the first buckets of `rest` (the first
+/// resumed after the key `after`), as far as one bounded answer from each
+/// side reaches: how far that is, then the local and the remote
+/// `(key, version)` pairs within it.
 async fn compare_versions(
     ctx: &Ctx,
     peer: &str,
-    ae: &mut AntiEntropyClient<Channel>,
+    ae: &mut AntiEntropyClient<PeerChannel>,
     rest: &[u16],
+    after: Option<&str>,
     timeout: Duration,
-) -> Result<(usize, Vec<(String, Version)>, Vec<(String, Version)>)> {
+) -> Result<(Reach, Vec<(String, Version)>, Vec<(String, Version)>)> {
     let ask = &rest[..rest.len().min(BUCKETS_PER_CALL)];
     let answer = ae
         .bucket_versions(request(
@@ -356,43 +357,66 @@ async fn compare_versions(
                 cluster_id: ctx.cluster_id.clone(),
                 origin: ctx.node_id.clone(),
                 buckets: ask.iter().map(|b| u32::from(*b)).collect(),
+                after_key: after.unwrap_or_default().to_string(),
             },
             timeout,
         ))
         .await
         .map_err(Error::from_peer(peer))?
         .into_inner();
-    let remote_covered = progress(peer, answer.processed, ask.len())?;
+    let remote_reach = progress(peer, ask, after, answer.processed, answer.resume_after)?;
     // The local side of the same buckets, bounded the same way.
-    let (local, local_covered) = {
+    let (local, local_reach) = {
         let store = Arc::clone(&ctx.store);
-        let buckets = ask[..remote_covered].to_vec();
+        let buckets = ask[..ask.len().min(remote_reach.full + 1)].to_vec();
+        let after = after.map(str::to_string);
         ctx.blocking
             .run("bucket scan", move || {
-                store.bucket_versions(&buckets, ANSWER_BUDGET)
+                store.bucket_versions(&buckets, after.as_deref(), ANSWER_BUDGET)
             })
             .await??
     };
-    let covered = remote_covered.min(local_covered.max(1));
-    let chunk: HashSet<u16> = rest[..covered].iter().copied().collect();
+    let reach = remote_reach.min(local_reach);
     let remote: Vec<(String, Version)> = answer
         .entries
         .into_iter()
         .filter_map(|kv| Some((kv.key, version_from_proto(kv.version?))))
-        .filter(|(k, _)| chunk.contains(&bucket_of(k.as_bytes())))
         .collect();
-    let local: Vec<(String, Version)> = local
+    Ok((
+        reach.clone(),
+        within(ask, after, &reach, local),
+        within(ask, after, &reach, remote),
+    ))
+}
+
+/// The pairs of `pairs` that lie between the start (the first bucket of
+/// `ask` after `after`) and `reach`.
+fn within(
+    ask: &[u16],
+    after: Option<&str>,
+    reach: &Reach,
+    pairs: Vec<(String, Version)>,
+) -> Vec<(String, Version)> {
+    let index: HashMap<u16, usize> = ask.iter().enumerate().map(|(i, b)| (*b, i)).collect();
+    pairs
         .into_iter()
-        .filter(|(k, _)| chunk.contains(&bucket_of(k.as_bytes())))
-        .collect();
-    Ok((covered, local, remote))
+        .filter(|(k, _)| {
+            let Some(&i) = index.get(&bucket_of(k.as_bytes())) else {
+                return false;
+            };
+            let started = i > 0 || after.is_none_or(|a| k.as_str() > a);
+            let reached = i < reach.full
+                || (i == reach.full && reach.partial.as_deref().is_some_and(|p| k.as_str() <= p));
+            started && reached
+        })
+        .collect()
 }
 
 /// Sends our winning entries for `keys`, in batches sized by encoded length.
 async fn push(
     ctx: &Ctx,
     peer: &str,
-    repl: &mut ReplicationClient<Channel>,
+    repl: &mut ReplicationClient<PeerChannel>,
     keys: &[String],
     timeout: Duration,
     stats: &mut RoundStats,
@@ -462,7 +486,7 @@ fn load_batch(
 async fn pull(
     ctx: &Ctx,
     peer: &str,
-    ae: &mut AntiEntropyClient<Channel>,
+    ae: &mut AntiEntropyClient<PeerChannel>,
     keys: &[String],
     timeout: Duration,
     stats: &mut RoundStats,
@@ -482,7 +506,7 @@ async fn pull(
             .await
             .map_err(Error::from_peer(peer))?
             .into_inner();
-        rest = &rest[progress(peer, answer.processed, ask.len())?..];
+        rest = &rest[fetched(peer, answer.processed, ask.len())?..];
         let (entries, refused) = wire::split_batch(answer.mutations);
         for r in refused {
             stats.refused += 1;
@@ -501,7 +525,8 @@ async fn pull(
 }
 
 /// How many requested items an answer covered: at least one, at most all.
-fn progress(peer: &str, processed: u32, asked: usize) -> Result<usize> {
+/// How many of `asked` keys a Fetch answer covered: at least one.
+fn fetched(peer: &str, processed: u32, asked: usize) -> Result<usize> {
     match processed as usize {
         0 => Err(Error::Peer {
             peer: peer.to_string(),
@@ -509,6 +534,38 @@ fn progress(peer: &str, processed: u32, asked: usize) -> Result<usize> {
         }),
         n => Ok(n.min(asked)),
     }
+}
+
+/// How far a BucketVersions answer reached; it must pass where it started
+/// (the first bucket of `ask`, after `after`), and a bucket it stopped
+/// inside must hold the key it stopped at.
+fn progress(
+    peer: &str,
+    ask: &[u16],
+    after: Option<&str>,
+    processed: u32,
+    resume_after: String,
+) -> Result<Reach> {
+    let bad = |why: &str| Error::Peer {
+        peer: peer.to_string(),
+        status: tonic::Status::internal(format!("the peer's bucket answer {why}")),
+    };
+    let full = (processed as usize).min(ask.len());
+    let partial = (!resume_after.is_empty() && full < ask.len()).then_some(resume_after);
+    if let Some(p) = &partial {
+        if bucket_of(p.as_bytes()) != ask[full] {
+            return Err(bad("resumes at a key outside the bucket it stopped in"));
+        }
+    }
+    let reach = Reach { full, partial };
+    let start = Reach {
+        full: 0,
+        partial: after.map(str::to_string),
+    };
+    if reach <= start {
+        return Err(bad("covered nothing"));
+    }
+    Ok(reach)
 }
 
 #[cfg(test)]
@@ -726,9 +783,92 @@ mod tests {
 
     #[test]
     fn an_answer_must_cover_something_and_not_more_than_asked() {
-        assert!(progress("p", 0, 5).is_err());
-        assert_eq!(progress("p", 3, 5).unwrap(), 3);
-        assert_eq!(progress("p", 9, 5).unwrap(), 5);
+        assert!(fetched("p", 0, 5).is_err());
+        assert_eq!(fetched("p", 3, 5).unwrap(), 3);
+        assert_eq!(fetched("p", 9, 5).unwrap(), 5);
+    }
+
+    /// A key of bucket `b`, found by trying names.
+    fn key_in(b: u16) -> String {
+        (0..)
+            .map(|i| format!("k{i}"))
+            .find(|k| bucket_of(k.as_bytes()) == b)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_bucket_answer_must_pass_its_start_and_stop_inside_its_bucket() {
+        let ask = [7u16, 9, 11];
+        let (k7, k9) = (key_in(7), key_in(9));
+        let reach = |full, partial: Option<&String>| Reach {
+            full,
+            partial: partial.cloned(),
+        };
+        for (after, processed, resume, want) in [
+            (None, 0, String::new(), None),
+            (None, 0, k7.clone(), Some(reach(0, Some(&k7)))),
+            (None, 1, k9.clone(), Some(reach(1, Some(&k9)))),
+            (None, 9, k9.clone(), Some(reach(3, None))),
+            // Resuming: the same key again is no progress.
+            (Some(k7.as_str()), 0, k7.clone(), None),
+            (Some(k7.as_str()), 1, String::new(), Some(reach(1, None))),
+            // A key from another bucket than the one it stopped in.
+            (None, 0, k9.clone(), None),
+        ] {
+            let got = progress("p", &ask, after, processed, resume.clone()).ok();
+            assert_eq!(
+                got, want,
+                "after {after:?}, processed {processed}, resume {resume:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_pairs_between_the_start_and_the_reach_are_compared() {
+        let ask = [7u16, 9, 11];
+        let mut k7: Vec<String> = (0..)
+            .map(|i| format!("k{i}"))
+            .filter(|k| bucket_of(k.as_bytes()) == 7)
+            .take(3)
+            .collect();
+        k7.sort();
+        let (k9, k11, k5) = (key_in(9), key_in(11), key_in(5));
+        let v = Version {
+            hlc: 1,
+            node: "n1".into(),
+        };
+        let pairs: Vec<(String, Version)> = [&k7[0], &k7[1], &k7[2], &k9, &k11, &k5]
+            .into_iter()
+            .map(|k| (k.clone(), v.clone()))
+            .collect();
+        let keys = |r: &Reach, after: Option<&str>| -> Vec<String> {
+            within(&ask, after, r, pairs.clone())
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        let r = Reach {
+            full: 1,
+            partial: Some(k9.clone()),
+        };
+        assert_eq!(
+            keys(&r, Some(&k7[0])),
+            [k7[1].clone(), k7[2].clone(), k9.clone()]
+        );
+        let r = Reach {
+            full: 0,
+            partial: Some(k7[1].clone()),
+        };
+        assert_eq!(keys(&r, None), [k7[0].clone(), k7[1].clone()]);
+        let r = Reach {
+            full: 3,
+            partial: None,
+        };
+        assert_eq!(
+            keys(&r, None).len(),
+            5,
+            "a bucket not asked for is never compared"
+        );
     }
 
     #[test]

@@ -11,7 +11,6 @@ use std::{
 
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::transport::Channel;
 
 use crate::{
     clock::{physical_ms, PhysicalClock},
@@ -22,7 +21,7 @@ use crate::{
         log,
         machine::PeerState,
         peer::{Backoff, Peer},
-        repair, stream,
+        repair, stream, PeerChannel,
     },
     storage::{blocking::Blocking, Store, WriterHandle},
 };
@@ -150,7 +149,7 @@ impl PeerManager {
         ctx: Arc<Ctx>,
         peers: &[PeerConfig],
         catch_up: bool,
-        connect: &dyn Fn(&PeerConfig) -> Result<Channel>,
+        connect: &dyn Fn(&PeerConfig) -> Result<PeerChannel>,
         shutdown: &CancellationToken,
         tracker: &TaskTracker,
     ) -> Result<Arc<Self>> {

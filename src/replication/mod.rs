@@ -35,6 +35,7 @@
 //! our own deletes, by a complete round since it arrived for remote ones.
 
 pub mod anti_entropy;
+pub mod channel;
 pub mod log;
 pub mod machine;
 pub mod manager;
@@ -42,6 +43,7 @@ pub mod peer;
 pub mod repair;
 pub mod stream;
 
+pub use channel::{PeerChannel, PeerCredential};
 pub use manager::{Ctx, PeerManager, PeerView};
 
 #[cfg(test)]

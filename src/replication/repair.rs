@@ -11,7 +11,6 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 use crate::{
     proto::{anti_entropy_client::AntiEntropyClient, replication_client::ReplicationClient},
@@ -19,7 +18,7 @@ use crate::{
         anti_entropy::{self, Mode, Rules},
         machine::{round_due, Event, RoundEnd},
         peer::{sleep_or_shutdown, Backoff, Peer},
-        Ctx,
+        Ctx, PeerChannel,
     },
     wire,
 };
@@ -52,7 +51,7 @@ fn rules(ctx: &Ctx, peer: &Peer, mode: Mode, now_ms: u64) -> Rules {
 pub async fn run(
     ctx: Arc<Ctx>,
     peer: Arc<Peer>,
-    channel: Channel,
+    channel: PeerChannel,
     mut backoff: Backoff,
     shutdown: CancellationToken,
 ) {

@@ -22,7 +22,7 @@ use crate::{
     },
     replication::{
         anti_entropy::{round, Rules},
-        Ctx,
+        Ctx, PeerChannel, PeerCredential,
     },
     storage::{blocking::Blocking, bucket_of, writer},
 };
@@ -37,6 +37,9 @@ struct ScriptedPeer {
     hang_pushes: bool,
     /// Encoded length and entry count of each Replicate it received.
     pushes: Arc<Mutex<Vec<(usize, usize)>>>,
+    /// At most this many versions per BucketVersions answer, stopping
+    /// inside a bucket if need be.
+    page: Option<usize>,
 }
 
 fn version(hlc: u64) -> proto::Version {
@@ -63,19 +66,35 @@ impl AntiEntropy for ScriptedPeer {
         &self,
         r: Request<proto::BucketVersionsRequest>,
     ) -> Result<Response<proto::BucketVersionsResponse>, Status> {
-        let asked = r.into_inner().buckets;
-        let entries = self
+        let req = r.into_inner();
+        let asked = req.buckets;
+        let mut held: Vec<(usize, &String, u64)> = self
             .holds
             .iter()
-            .filter(|(k, _)| asked.contains(&u32::from(bucket_of(k.as_bytes()))))
-            .map(|(k, h)| proto::KeyVersion {
+            .filter_map(|(k, h)| {
+                let b = u32::from(bucket_of(k.as_bytes()));
+                let i = asked.iter().position(|a| *a == b)?;
+                (i > 0 || req.after_key.is_empty() || *k > req.after_key).then_some((i, k, *h))
+            })
+            .collect();
+        held.sort();
+        let (mut processed, mut resume_after) = (asked.len() as u32, String::new());
+        if let Some(page) = self.page.filter(|p| held.len() > *p) {
+            held.truncate(page);
+            let (i, k, _) = held[page - 1];
+            (processed, resume_after) = (i as u32, k.clone());
+        }
+        let entries = held
+            .into_iter()
+            .map(|(_, k, h)| proto::KeyVersion {
                 key: k.clone(),
-                version: Some(version(*h)),
+                version: Some(version(h)),
             })
             .collect();
         Ok(Response::new(proto::BucketVersionsResponse {
             entries,
-            processed: asked.len() as u32,
+            processed,
+            resume_after,
         }))
     }
 
@@ -173,12 +192,14 @@ fn node(dir: &std::path::Path, config: ReplicationConfig) -> Arc<Ctx> {
 async fn clients(
     addr: SocketAddr,
 ) -> (
-    AntiEntropyClient<tonic::transport::Channel>,
-    ReplicationClient<tonic::transport::Channel>,
+    AntiEntropyClient<PeerChannel>,
+    ReplicationClient<PeerChannel>,
 ) {
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_lazy();
+    let ch = PeerCredential::default().wrap(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy(),
+    );
     (
         AntiEntropyClient::new(ch.clone()),
         ReplicationClient::new(ch),
@@ -208,6 +229,43 @@ async fn a_push_that_fails_does_not_stop_the_pull() {
     assert_eq!(stats.pulled, 1, "{stats:?}");
     let pulled = ctx.store.get("pull-me").unwrap().expect("pulled");
     assert_eq!(pulled.value.as_deref(), Some(&b"theirs"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_too_big_for_one_answer_is_compared_in_pages() {
+    // Issue 24 item 3: a bucket crafted to hold more than one answer's worth
+    // of keys was answered whole and stalled every round at that bucket.
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = node(dir.path(), ReplicationConfig::default());
+    let crowded = bucket_of(b"k0");
+    let mut holds: Vec<(String, u64)> = (0..)
+        .map(|i| format!("k{i}"))
+        .filter(|k| bucket_of(k.as_bytes()) == crowded)
+        .take(30)
+        .map(|k| (k, from_physical_ms(1_000)))
+        .collect();
+    holds.extend((0..5).map(|i| (format!("elsewhere-{i}"), from_physical_ms(1_000))));
+    // One key of the crowded bucket is ours already, and newer.
+    ctx.writer
+        .write(holds[7].0.clone(), Some(b"ours".to_vec()))
+        .await
+        .unwrap();
+    let addr = serve(ScriptedPeer {
+        holds: holds.clone(),
+        page: Some(4),
+        ..ScriptedPeer::default()
+    })
+    .await;
+    let (mut ae, mut repl) = clients(addr).await;
+    let stats = round(&ctx, "n2", &mut ae, &mut repl, Rules::eager("n1"), &|_| {})
+        .await
+        .expect("the round pages through the crowded bucket");
+    assert!(stats.complete(), "{stats:?}");
+    assert_eq!(stats.pulled, 34, "{stats:?}");
+    assert_eq!(stats.pushed, 1, "{stats:?}");
+    for (k, _) in &holds {
+        assert!(ctx.store.get(k).unwrap().is_some(), "{k} missing");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,9 +328,11 @@ async fn periodic_rounds_run_while_the_stream_never_catches_up() {
     })
     .await;
     let url = format!("http://{addr}");
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())
-        .unwrap()
-        .connect_lazy();
+    let channel = PeerCredential::default().wrap(
+        tonic::transport::Endpoint::from_shared(url.clone())
+            .unwrap()
+            .connect_lazy(),
+    );
     let peer = Arc::new(Peer::new("n2".into(), url, 0, false));
     let shutdown = CancellationToken::new();
     let backoff = || Backoff::new(Duration::from_millis(10), Duration::from_millis(100), 1);

@@ -22,14 +22,14 @@ use tokio::{
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{codegen::http::uri::PathAndQuery, transport::Channel};
+use tonic::codegen::http::uri::PathAndQuery;
 
 use crate::{
     proto,
     replication::{
         machine::{check_batch, Batch, Event, Gate},
         peer::{sleep_or_shutdown, Backoff, Peer},
-        Ctx,
+        Ctx, PeerChannel,
     },
     wire::{self, EncodedReplicateRequest},
 };
@@ -165,7 +165,7 @@ async fn wait_unblocked(peer: &Peer, shutdown: &CancellationToken) -> bool {
 pub async fn run(
     ctx: Arc<Ctx>,
     peer: Arc<Peer>,
-    channel: Channel,
+    channel: PeerChannel,
     mut seq_rx: watch::Receiver<u64>,
     mut backoff: Backoff,
     shutdown: CancellationToken,
@@ -228,7 +228,7 @@ async fn read(ctx: &Ctx, after: u64) -> crate::error::Result<(Vec<(u64, Bytes)>,
 async fn session(
     ctx: &Ctx,
     peer: &Peer,
-    channel: Channel,
+    channel: PeerChannel,
     seq_rx: &mut watch::Receiver<u64>,
     backoff: &mut Backoff,
     shutdown: &CancellationToken,
@@ -291,7 +291,7 @@ async fn session(
 
 /// Opens the `ReplicateStream` call that sends what arrives on `rx`.
 async fn open(
-    channel: Channel,
+    channel: PeerChannel,
     rx: mpsc::Receiver<EncodedReplicateRequest>,
 ) -> Result<tonic::Streaming<proto::ReplicateResponse>, String> {
     let mut grpc = tonic::client::Grpc::new(channel)

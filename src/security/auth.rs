@@ -4,7 +4,7 @@
 //! ```toml
 //! [[tokens]]
 //! name = "ci"          # shown in logs and errors; the token never is
-//! role = "write"       # read, write or admin
+//! role = "write"       # read, write, admin or peer
 //! token = "…"          # at least 16 characters
 //! ```
 //! A request sends `authorization: Bearer TOKEN`. The interceptors below
@@ -19,13 +19,14 @@ use tonic::{Request, Status};
 
 use crate::{
     error::{Error, Result},
-    security::tls::ConnInfo,
+    security::accept::ConnInfo,
 };
 
 /// Shortest token accepted: guessing one must be hopeless.
 pub const MIN_TOKEN_CHARS: usize = 16;
 
-/// What a caller may do. Each role includes the ones before it.
+/// What a caller may do. Each client role includes the ones before it;
+/// `Peer` stands apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -33,8 +34,22 @@ pub enum Role {
     Read,
     /// `Read`, `Write`, `Delete`, `WriteBatch`.
     Write,
-    /// Everything, including the `Admin` service (status, dump).
+    /// Every client call, including the `Admin` service (status, dump).
     Admin,
+    /// The peer services (Replication, AntiEntropy) when TLS is off: nodes
+    /// present this token to each other. It opens no client service, and
+    /// no client role opens the peer services.
+    Peer,
+}
+
+impl Role {
+    /// Whether a caller with this role may make a call that needs `need`.
+    pub fn allows(self, need: Role) -> bool {
+        match (self, need) {
+            (Role::Peer, _) | (_, Role::Peer) => self == need,
+            (have, need) => have >= need,
+        }
+    }
 }
 
 impl std::fmt::Display for Role {
@@ -43,6 +58,7 @@ impl std::fmt::Display for Role {
             Role::Read => "read",
             Role::Write => "write",
             Role::Admin => "admin",
+            Role::Peer => "peer",
         })
     }
 }
@@ -132,7 +148,7 @@ impl Tokens {
     /// A tokens file with one fresh random token per role, for `meshkv certs`.
     pub fn generate() -> Result<String> {
         let mut tokens = Vec::new();
-        for role in [Role::Admin, Role::Write, Role::Read] {
+        for role in [Role::Admin, Role::Write, Role::Read, Role::Peer] {
             let mut bytes = [0u8; 24];
             rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut bytes)
                 .map_err(|e| Error::Config(format!("no randomness from the OS: {e}")))?;
@@ -145,6 +161,15 @@ impl Tokens {
         }
         toml::to_string(&TokensFile { tokens })
             .map_err(|e| Error::Config(format!("tokens file: {e}")))
+    }
+
+    /// The first token with the `peer` role: what this node presents to its
+    /// peers when TLS is off.
+    pub fn peer_token(&self) -> Option<&[u8]> {
+        self.entries
+            .iter()
+            .find(|(_, role, _)| *role == Role::Peer)
+            .map(|(_, _, token)| token.as_slice())
     }
 
     /// The name and role of the token `presented`, if it is one. Every
@@ -207,8 +232,11 @@ impl ClientAuth {
     ) -> impl FnMut(Request<()>) -> std::result::Result<Request<()>, Status> + Clone {
         let auth = self.clone();
         move |mut req: Request<()>| {
-            let caller = auth.authenticate(&req)?;
-            if caller.role < need {
+            let caller = auth.authenticate(
+                req.metadata().get("authorization").map(|v| v.as_bytes()),
+                req.extensions().get::<ConnInfo>(),
+            )?;
+            if !caller.role.allows(need) {
                 return Err(Error::PermissionDenied(format!(
                     "{} has the {} role; this call needs {need}",
                     caller.name, caller.role
@@ -220,14 +248,20 @@ impl ClientAuth {
         }
     }
 
-    fn authenticate<T>(&self, req: &Request<T>) -> std::result::Result<Caller, Status> {
+    /// Who presented the `authorization` header value `authorization` on the
+    /// connection `conn`.
+    pub fn authenticate(
+        &self,
+        authorization: Option<&[u8]>,
+        conn: Option<&ConnInfo>,
+    ) -> std::result::Result<Caller, Status> {
         if self.open() {
             return Ok(Caller {
                 name: "anyone".into(),
                 role: Role::Admin,
             });
         }
-        if let Some(value) = req.metadata().get("authorization") {
+        if let Some(value) = authorization {
             let Some(tokens) = &self.tokens else {
                 return Err(Error::Unauthenticated(
                     "this node takes no tokens; present a client certificate".into(),
@@ -235,9 +269,8 @@ impl ClientAuth {
                 .into());
             };
             let presented = value
-                .as_bytes()
                 .strip_prefix(b"Bearer ")
-                .or_else(|| value.as_bytes().strip_prefix(b"bearer "))
+                .or_else(|| value.strip_prefix(b"bearer "))
                 .ok_or_else(|| {
                     Status::from(Error::Unauthenticated(
                         "malformed authorization metadata; send `authorization: Bearer TOKEN`"
@@ -249,10 +282,7 @@ impl ClientAuth {
                 None => Err(Error::Unauthenticated("unknown token".into()).into()),
             };
         }
-        let verified_cert = req
-            .extensions()
-            .get::<ConnInfo>()
-            .is_some_and(|c| c.client_cert.is_some());
+        let verified_cert = conn.is_some_and(|c| c.client_cert.is_some());
         if self.certificates && verified_cert {
             return Ok(Caller {
                 name: "client certificate".into(),
@@ -272,7 +302,7 @@ impl ClientAuth {
 /// for calls that need more than their service's minimum.
 pub fn require<T>(req: &Request<T>, need: Role) -> std::result::Result<(), Status> {
     match req.extensions().get::<Caller>() {
-        Some(c) if c.role >= need => Ok(()),
+        Some(c) if c.role.allows(need) => Ok(()),
         Some(c) => Err(Error::PermissionDenied(format!(
             "{} has the {} role; this call needs {need}",
             c.name, c.role
@@ -411,8 +441,27 @@ mod tests {
         let text = Tokens::generate().unwrap();
         let t = Tokens::parse(&text).unwrap();
         let roles: Vec<Role> = t.entries.iter().map(|e| e.1).collect();
-        assert_eq!(roles, [Role::Admin, Role::Write, Role::Read]);
+        assert_eq!(roles, [Role::Admin, Role::Write, Role::Read, Role::Peer]);
+        assert!(t.peer_token().is_some(), "nodes without TLS need it");
         assert_ne!(Tokens::generate().unwrap(), text, "tokens are random");
+    }
+
+    #[test]
+    fn the_peer_role_and_the_client_roles_open_nothing_of_each_other() {
+        use Role::*;
+        for (have, need, ok) in [
+            (Admin, Read, true),
+            (Admin, Write, true),
+            (Write, Read, true),
+            (Read, Write, false),
+            (Write, Admin, false),
+            (Admin, Peer, false),
+            (Peer, Read, false),
+            (Peer, Admin, false),
+            (Peer, Peer, true),
+        ] {
+            assert_eq!(have.allows(need), ok, "{have} for {need}");
+        }
     }
 
     #[test]

@@ -13,15 +13,25 @@
 //! client certificate from the cluster's CA. Health and reflection stay
 //! open, for probes and for grpcurl.
 //!
+//! **Before a body is read.** [`accept`] bounds connections that never
+//! speak; [`gate`] refuses callers without the role a method needs before
+//! tonic reads its message, and meters what it lets through against a
+//! node-wide receive [`budget`]. Without TLS but with tokens, peers present
+//! a token with the `peer` role.
+//!
 //! **No accidental exposure.** A node that would listen on a non-loopback
 //! address without TLS refuses to start unless `insecure = true`
 //! ([`crate::config::Config::validate`]). `meshkv certs` ([`certs`]) makes
 //! a development CA, node certificates and a tokens file.
 
+pub mod accept;
 pub mod auth;
+pub mod budget;
 pub mod certs;
+pub mod gate;
 pub mod private;
 pub mod tls;
 
+pub use accept::{Conn, ConnInfo};
 pub use auth::{ClientAuth, Role, Tokens};
-pub use tls::{Conn, ConnInfo, TlsMaterial};
+pub use tls::TlsMaterial;

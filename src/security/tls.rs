@@ -1,57 +1,21 @@
-//! TLS on both listeners and on every outgoing connection.
-//!
-//! The listeners accept TLS handshakes themselves instead of leaving them to
-//! tonic, for two reasons: a refused handshake (a certificate from another
-//! CA, none where one is required) is logged with the remote address and
-//! the reason, and the verified client certificate travels with each
-//! request ([`ConnInfo`]), so the peer services can check that it names the
-//! peer the request claims to come from.
+//! TLS on both listeners and on every outgoing connection: the material,
+//! the server and client configurations, and the name checks. The
+//! listeners run handshakes themselves (`security::accept`).
 
-use std::{
-    net::SocketAddr,
-    path::Path,
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{path::Path, sync::Arc, time::Duration};
 
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::{TcpListener, TcpStream},
-    sync::mpsc,
-    task::AbortHandle,
+use tokio_rustls::rustls::{
+    self,
+    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName},
+    server::{ParsedCertificate, WebPkiClientVerifier},
+    RootCertStore, ServerConfig,
 };
-use tokio_rustls::{
-    rustls::{
-        self,
-        pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName},
-        server::{ParsedCertificate, WebPkiClientVerifier},
-        RootCertStore, ServerConfig,
-    },
-    server::TlsStream,
-    TlsAcceptor,
-};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{
-    server::Connected, Certificate, Channel, ClientTlsConfig, Endpoint, Identity,
-};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::{
     config::TlsConfig,
     error::{Error, Result},
 };
-
-/// A handshake that takes longer than this is dropped, so a client that
-/// opens a connection and sends nothing holds no slot for long.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once per listener. A connection beyond them
-/// ends the oldest one still in progress: sockets that never speak cannot
-/// hold the slots, since a client that does speak finishes its handshake in
-/// milliseconds, long before 256 newer connections evict it.
-const MAX_HANDSHAKES: usize = 256;
-/// Accepted connections not yet taken by the server.
-const ACCEPTED_QUEUE: usize = 64;
 
 /// The PEM files of a node: its certificate chain, its key, and the
 /// cluster's CA. `Debug` leaves the key out.
@@ -209,197 +173,6 @@ pub fn cert_names(cert: &CertificateDer<'_>, name: &str) -> bool {
     rustls::client::verify_server_name(&parsed, &server_name).is_ok()
 }
 
-/// What tonic learns about a connection: left in every request's extensions.
-#[derive(Debug, Clone)]
-pub struct ConnInfo {
-    /// The remote address.
-    pub remote: Option<SocketAddr>,
-    /// The client certificate the handshake verified against the CA.
-    pub client_cert: Option<Arc<CertificateDer<'static>>>,
-}
-
-/// A connection on either listener, plain or TLS.
-pub enum Conn {
-    /// TLS is off.
-    Plain(TcpStream),
-    /// TLS is on; the handshake is done.
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl Connected for Conn {
-    type ConnectInfo = ConnInfo;
-
-    fn connect_info(&self) -> ConnInfo {
-        match self {
-            Conn::Plain(s) => ConnInfo {
-                remote: s.peer_addr().ok(),
-                client_cert: None,
-            },
-            Conn::Tls(s) => {
-                let (tcp, session) = s.get_ref();
-                ConnInfo {
-                    remote: tcp.peer_addr().ok(),
-                    client_cert: session
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .map(|c| Arc::new(c.clone().into_owned())),
-                }
-            }
-        }
-    }
-}
-
-impl AsyncRead for Conn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Conn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Conn::Plain(s) => s.is_write_vectored(),
-            Conn::Tls(s) => s.is_write_vectored(),
-        }
-    }
-}
-
-/// The connections `listener` accepts, after a TLS handshake when `tls` is
-/// set. A failed handshake is logged (which listener, from where, why) and
-/// the connection dropped. Accepting stops when the server drops the stream.
-pub fn incoming(
-    listener: TcpListener,
-    tls: Option<Arc<ServerConfig>>,
-    what: &'static str,
-) -> ReceiverStream<std::io::Result<Conn>> {
-    let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE);
-    let pending = Arc::new(std::sync::Mutex::new(Pending::default()));
-    let acceptor = tls.map(TlsAcceptor::from);
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = tx.closed() => return,
-            };
-            let (tcp, remote) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait, then go on.
-                    tracing::warn!(listener = what, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let Some(acceptor) = acceptor.clone() else {
-                if tx.send(Ok(Conn::Plain(tcp))).await.is_err() {
-                    return;
-                }
-                continue;
-            };
-            let tx = tx.clone();
-            // Held while the task is spawned and listed, so that it cannot
-            // finish (and unlist itself) before it is listed.
-            let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
-            let evicted = (p.running.len() >= MAX_HANDSHAKES)
-                .then(|| p.running.pop_front())
-                .flatten();
-            let id = p.next;
-            p.next += 1;
-            let mine = Arc::clone(&pending);
-            let task = tokio::spawn(async move {
-                let _listed = Unlist(mine, id);
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => {
-                        let _ = tx.send(Ok(Conn::Tls(Box::new(s)))).await;
-                    }
-                    Ok(Err(e)) => tracing::warn!(
-                        listener = what, %remote, error = %e,
-                        "TLS handshake refused"
-                    ),
-                    Err(_) => tracing::warn!(
-                        listener = what, %remote,
-                        "TLS handshake timed out"
-                    ),
-                }
-            });
-            p.running.push_back((id, task.abort_handle()));
-            drop(p);
-            // Outside the lock: the evicted task takes it to unlist itself.
-            if let Some((_, oldest)) = evicted {
-                oldest.abort();
-                tracing::debug!(
-                    listener = what,
-                    "handshake slots full: the oldest pending handshake was dropped"
-                );
-            }
-        }
-    });
-    ReceiverStream::new(rx)
-}
-
-/// The handshakes in progress on one listener, oldest first.
-#[derive(Default)]
-struct Pending {
-    next: u64,
-    running: std::collections::VecDeque<(u64, AbortHandle)>,
-}
-
-/// Takes a handshake off the list when its task ends, however it ends.
-struct Unlist(Arc<std::sync::Mutex<Pending>>, u64);
-
-impl Drop for Unlist {
-    fn drop(&mut self) {
-        let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = p.running.iter().position(|(id, _)| *id == self.1) {
-            p.running.remove(i);
-        }
-    }
-}
-
 /// A channel to a peer: TLS with this node's certificate when `tls` is set
 /// (the peer's certificate must name `peer_id`), plain otherwise.
 pub fn peer_channel(tls: Option<&TlsMaterial>, peer_id: &str, url: &str) -> Result<Channel> {
@@ -454,7 +227,7 @@ pub(crate) mod tests {
         rt.block_on(async move {
             let (a, b) = tokio::io::duplex(64 * 1024);
             let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-            let acceptor = TlsAcceptor::from(server);
+            let acceptor = tokio_rustls::TlsAcceptor::from(server);
             let (c, s) = tokio::join!(connector.connect(name, a), acceptor.accept(b));
             // Each side's own verdict; the other side then only sees an alert.
             match (c, s) {

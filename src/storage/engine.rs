@@ -55,6 +55,17 @@ pub fn seen_keys(peer: &str) -> [String; 3] {
     ]
 }
 
+/// Where a bounded scan of buckets stopped: the first `full` buckets asked
+/// for are complete, and the next one is complete through the key
+/// `partial` when set. Reaches order by how far they got.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Reach {
+    /// Buckets read to their end.
+    pub full: usize,
+    /// The last key read of the bucket after them, if it was begun.
+    pub partial: Option<String>,
+}
+
 /// The open storage of one node. Reads go straight to the engine (it is
 /// thread-safe); every write goes through the [`writer`](super::writer).
 pub struct Store {
@@ -397,34 +408,61 @@ impl Store {
         Ok(self.meta.remove(cursor_key(peer))?)
     }
 
-    /// `(key, version)` of every entry in `buckets`, in order, bucket by bucket;
-    /// stops after the bucket where the pairs' encoded size passes `budget`.
-    /// Returns the pairs and how many buckets they cover (at least one, if
-    /// any were asked for). Values are never decoded.
+    /// `(key, version)` of the entries in `buckets`, in order, bucket by
+    /// bucket, starting after the key `after` in the first bucket (from its
+    /// start if `None`). Stops once the pairs' encoded size passes `budget`,
+    /// between buckets or inside one, but never before it has returned a
+    /// pair or covered a bucket, so a bucket crafted to hold more than one
+    /// answer is read in several. The [`Reach`] says where it stopped.
+    /// Values are never decoded.
     pub fn bucket_versions(
         &self,
         buckets: &[u16],
+        after: Option<&str>,
         budget: usize,
-    ) -> Result<(Vec<(String, Version)>, usize)> {
-        let (mut out, mut bytes, mut covered) = (Vec::new(), 0usize, 0usize);
-        for b in buckets {
-            if covered > 0 && bytes > budget {
-                break;
-            }
+    ) -> Result<(Vec<(String, Version)>, Reach)> {
+        use std::ops::Bound;
+        let (mut out, mut bytes) = (Vec::new(), 0usize);
+        for (i, b) in buckets.iter().enumerate() {
+            let upper = match b.checked_add(1) {
+                Some(next) => Bound::Excluded(next.to_be_bytes().to_vec()),
+                None => Bound::Unbounded,
+            };
+            let lower = match after.filter(|_| i == 0) {
+                Some(k) => Bound::Excluded(codec::version_key(k)),
+                None => Bound::Included(b.to_be_bytes().to_vec()),
+            };
             let mut n = 0;
-            for kv in self.versions.prefix(b.to_be_bytes()) {
+            let mut last: Option<String> = None;
+            for kv in self.versions.range::<Vec<u8>, _>((lower, upper)) {
+                if bytes > budget && !out.is_empty() {
+                    super::blocking::charge(n, 0);
+                    return Ok((
+                        out,
+                        Reach {
+                            full: i,
+                            partial: last,
+                        },
+                    ));
+                }
                 let (k, v) = kv.into_inner()?;
                 let key = codec::user_key(&k)?;
                 let version = codec::decode_version(&v)?.version;
                 // Key, hlc, node id and framing, as a KeyVersion on the wire.
                 bytes += key.len() + version.node.len() + 24;
+                last = Some(key.clone());
                 out.push((key, version));
                 n += 1;
             }
             super::blocking::charge(n, 0);
-            covered += 1;
         }
-        Ok((out, covered))
+        Ok((
+            out,
+            Reach {
+                full: buckets.len(),
+                partial: None,
+            },
+        ))
     }
 
     /// Up to `max` entries in key order after the key `after` (from the
@@ -640,17 +678,82 @@ mod tests {
         }
         batch.commit().unwrap();
         let buckets: Vec<u16> = buckets.into_iter().collect();
-        let (all, covered) = store.bucket_versions(&buckets, usize::MAX).unwrap();
-        assert_eq!((all.len(), covered), (400, buckets.len()));
-        // A budget of one pair's size covers one bucket, never none.
-        let (some, covered) = store.bucket_versions(&buckets, 1).unwrap();
-        assert_eq!(covered, 1);
-        assert!(!some.is_empty() && some.len() < 400);
+        let (all, reach) = store.bucket_versions(&buckets, None, usize::MAX).unwrap();
+        assert_eq!(all.len(), 400);
+        assert_eq!(
+            reach,
+            Reach {
+                full: buckets.len(),
+                partial: None
+            }
+        );
+        // A budget of one pair's size returns one pair, never none.
+        let (some, reach) = store.bucket_versions(&buckets, None, 1).unwrap();
+        assert_eq!(some.len(), 1);
+        assert!(
+            reach.full == 0 || reach.full == 1 && reach.partial.is_none(),
+            "{reach:?}"
+        );
         // The versions come back right although the values are skipped.
         let all: std::collections::BTreeMap<String, Version> = all.into_iter().collect();
         for i in [0u64, 123, 399] {
             assert_eq!(all[&format!("key-{i}")].hlc, i);
         }
+    }
+
+    /// Issue 24, item 3: a bucket crafted to hold more than one answer was
+    /// returned whole, past the message limit, and stalled every round.
+    #[test]
+    fn a_crowded_bucket_is_read_in_pages_that_miss_and_repeat_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), "n1", "c", 8, 4).unwrap();
+        // Keys of one bucket, and a few of the next bucket asked for.
+        let first = crate::storage::bucket_of(b"key-0");
+        let second = (first + 1) % BUCKETS as u16;
+        let (mut crowded, mut other) = (Vec::new(), Vec::new());
+        for i in 0..20_000u64 {
+            let key = format!("key-{i}");
+            match crate::storage::bucket_of(key.as_bytes()) {
+                b if b == first => crowded.push(key),
+                b if b == second => other.push(key),
+                _ => {}
+            }
+        }
+        assert!(crowded.len() > 3 && !other.is_empty());
+        let mut batch = store.db.batch();
+        for (i, key) in crowded.iter().chain(&other).enumerate() {
+            let entry = Entry {
+                version: Version {
+                    hlc: i as u64,
+                    node: "n1".into(),
+                },
+                value: Some(vec![1]),
+                expires_ms: None,
+            };
+            store.batch_put(&mut batch, key, &entry, 0);
+        }
+        batch.commit().unwrap();
+        let mut ask: &[u16] = &[first, second];
+        let mut after: Option<String> = None;
+        let mut seen = Vec::new();
+        let mut pages = 0;
+        while !ask.is_empty() {
+            // About two pairs per answer.
+            let (pairs, reach) = store.bucket_versions(ask, after.as_deref(), 40).unwrap();
+            assert!(
+                !pairs.is_empty() || reach.full > 0,
+                "every answer makes progress"
+            );
+            seen.extend(pairs.into_iter().map(|(k, _)| k));
+            ask = &ask[reach.full..];
+            after = reach.partial;
+            pages += 1;
+        }
+        crowded.sort();
+        other.sort();
+        let want: Vec<String> = crowded.iter().chain(&other).cloned().collect();
+        assert_eq!(seen, want, "every key once, in order");
+        assert!(pages > crowded.len() / 3, "{pages} pages");
     }
 
     /// Issue 22, item 3: a Digest answer rescanned every dirty bucket in

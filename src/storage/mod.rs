@@ -45,5 +45,5 @@ pub mod window;
 pub mod writer;
 
 pub use digest::{bucket_of, DigestView, Digests, BUCKETS};
-pub use engine::{cursor_key, seen_keys, Recovered, Refresh, Store};
+pub use engine::{cursor_key, seen_keys, Reach, Recovered, Refresh, Store};
 pub use writer::{apply::Refusal, Applied, WriterHandle, WriterOptions};
