@@ -84,7 +84,7 @@ pub async fn run(
         // compares: the log up to this seq, and every entry applied before
         // the visible time (what tombstone collection may trust).
         let resume_at = ctx.last_seq();
-        let visible_ms = ctx.store.visible_ms();
+        let visible_ms = ctx.store.round_visible_ms(started_ms);
         let rules = rules(&ctx, &peer, mode, started_ms);
         peer.handle(&ctx, Event::RoundStarted(mode));
         tracing::info!(peer = %peer.id, ?mode, "anti-entropy round starting");

@@ -55,6 +55,10 @@ pub fn seen_keys(peer: &str) -> [String; 3] {
     ]
 }
 
+/// The top bit of `Store::visible_ms`: the writer is asleep, with nothing
+/// being committed.
+const WRITER_IDLE: u64 = 1 << 63;
+
 /// Where a bounded scan of buckets stopped: the first `full` buckets asked
 /// for are complete, and the next one is complete through the key
 /// `partial` when set. Reaches order by how far they got.
@@ -373,11 +377,57 @@ impl Store {
     /// whenever it goes idle; 0 after a restart, where every bucket starts
     /// dirty and the writer's first idle moment raises it.
     pub fn visible_ms(&self) -> u64 {
-        self.visible_ms.load(Ordering::Acquire)
+        self.visible_ms.load(Ordering::Acquire) & !WRITER_IDLE
     }
 
+    /// The visible time for an anti-entropy round that starts at `now_ms`.
+    /// While the writer is idle, everything committed is marked, so that is
+    /// `now_ms`, and it is published: the writer stamps what it applies
+    /// after waking at or above it. Without this an idle node's visible time
+    /// stayed where its last commit left it, and no later round could prove
+    /// a tombstone held once it had left the in-flight window: with no
+    /// writes after a delete, tombstones were never collected.
+    pub fn round_visible_ms(&self, now_ms: u64) -> u64 {
+        let mut v = self.visible_ms.load(Ordering::Acquire);
+        loop {
+            if v & WRITER_IDLE == 0 {
+                return v;
+            }
+            let raised = (v & !WRITER_IDLE).max(now_ms & !WRITER_IDLE);
+            // Only while the writer still sleeps: once it has woken, it may
+            // be committing entries stamped below `now_ms`.
+            match self.visible_ms.compare_exchange_weak(
+                v,
+                raised | WRITER_IDLE,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return raised,
+                Err(current) => v = current,
+            }
+        }
+    }
+
+    /// After a commit: everything stamped up to `ms` is marked.
     pub(crate) fn publish_visible(&self, ms: u64) {
-        self.visible_ms.fetch_max(ms, Ordering::AcqRel);
+        self.visible_ms
+            .fetch_max(ms & !WRITER_IDLE, Ordering::AcqRel);
+    }
+
+    /// The writer goes to sleep with everything committed up to `ms`.
+    pub(crate) fn writer_sleeps(&self, ms: u64) {
+        let _ = self
+            .visible_ms
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some((v & !WRITER_IDLE).max(ms & !WRITER_IDLE) | WRITER_IDLE)
+            });
+    }
+
+    /// The writer woke for work: rounds no longer raise the visible time.
+    /// An atomic step on the same value as theirs, so every raise a round
+    /// made before it is seen when the writer next stamps.
+    pub(crate) fn writer_wakes(&self) {
+        self.visible_ms.fetch_and(!WRITER_IDLE, Ordering::AcqRel);
     }
 
     /// The HLC high-water mark as of the last commit.

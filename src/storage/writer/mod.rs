@@ -460,7 +460,9 @@ impl Writer {
                 Ok(m) => m,
                 Err(_) => {
                     self.idle();
-                    match rx.blocking_recv() {
+                    let woke = rx.blocking_recv();
+                    self.store.writer_wakes();
+                    match woke {
                         Some(m) => m,
                         None => break,
                     }
@@ -474,7 +476,7 @@ impl Writer {
     /// Nothing is being committed and everything committed is marked: all
     /// is visible up to now.
     fn idle(&self) {
-        self.store.publish_visible(self.hlc.wall_ms());
+        self.store.writer_sleeps(self.hlc.wall_ms());
     }
 
     /// The same loop as a task, committing inline: for simulation, where
@@ -486,7 +488,9 @@ impl Writer {
                 Ok(m) => m,
                 Err(_) => {
                     self.idle();
-                    match rx.recv().await {
+                    let woke = rx.recv().await;
+                    self.store.writer_wakes();
+                    match woke {
                         Some(m) => m,
                         None => break,
                     }

@@ -500,6 +500,20 @@ fn cursors_ride_along_and_a_batch_of_cursors_alone_is_committed() {
     assert!(w.pending.is_empty());
 }
 
+/// When `key` was applied, as stored.
+fn applied_ms(store: &Store, key: &str) -> Option<u64> {
+    let mut applied = None;
+    store
+        .for_each_version(|k, v| {
+            if k == key {
+                applied = Some(v.applied_ms);
+            }
+            Ok(true)
+        })
+        .unwrap();
+    applied
+}
+
 /// Issue 22, item 7: `applied_ms` is stamped before the commit, so a
 /// round that started during a slow commit counted as proof that a peer
 /// holds a tombstone the round never saw. Rounds now take the visible
@@ -528,17 +542,39 @@ fn the_visible_time_follows_commits_and_never_lets_applied_ms_fall_below_it() {
     // taken as proof of it.
     clock.0.store(6_000, std::sync::atomic::Ordering::SeqCst);
     commit_local(&mut w, "b", None);
-    let mut applied = None;
-    store
-        .for_each_version(|key, v| {
-            if key == "b" {
-                applied = Some(v.applied_ms);
-            }
-            Ok(true)
-        })
-        .unwrap();
-    assert_eq!(applied, Some(7_000));
+    assert_eq!(applied_ms(&store, "b"), Some(7_000));
     assert_eq!(store.visible_ms(), 7_000);
+}
+
+/// A delete followed by no other write was never collected: the visible
+/// time stayed at the moment the writer went idle, so no later round
+/// could prove the tombstone held once it had left the in-flight window
+/// (the liveness test `a_node_restored_from_an_old_copy_...` failed with a
+/// 2 s window every time, and with 0.5 s under load).
+#[test]
+fn rounds_while_the_writer_sleeps_see_everything_up_to_their_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, rec) = open(dir.path());
+    let clock = Arc::new(crate::clock::tests::ManualClock(
+        std::sync::atomic::AtomicU64::new(5_000),
+    ));
+    let mut w = bare_writer(store.clone(), &rec, clock.clone());
+    commit_local(&mut w, "a", None);
+    w.idle();
+    assert_eq!(
+        store.round_visible_ms(9_000),
+        9_000,
+        "asleep: all is visible"
+    );
+    assert_eq!(store.visible_ms(), 9_000, "and published");
+    assert_eq!(store.round_visible_ms(8_000), 9_000, "never lowered");
+    // Awake, a round gets what the last commit published, not its start.
+    store.writer_wakes();
+    assert_eq!(store.round_visible_ms(20_000), 9_000);
+    // What the writer stamps after waking is at or above what rounds saw,
+    // even with its clock behind theirs: no round counts as proof of it.
+    commit_local(&mut w, "b", None);
+    assert_eq!(applied_ms(&store, "b"), Some(9_000));
 }
 
 /// Issue 22, item 8: a cursor or seen mark saved while the queue was full
