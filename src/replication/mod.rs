@@ -39,6 +39,7 @@ pub mod channel;
 pub mod log;
 pub mod machine;
 pub mod manager;
+mod paging;
 pub mod peer;
 pub mod repair;
 pub mod stream;

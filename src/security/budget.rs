@@ -48,11 +48,6 @@ impl Budget {
         })
     }
 
-    /// The bound, in bytes.
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
-
     /// Bytes charged now.
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)

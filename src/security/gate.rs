@@ -30,7 +30,7 @@ use crate::{
     proto::kv_server,
     security::{
         accept::ConnInfo,
-        auth::{ClientAuth, Role},
+        auth::{Caller, ClientAuth, Role},
         budget::{Budget, Charge, Metered},
         tls::cert_names,
         Tokens,
@@ -90,13 +90,12 @@ impl PeerAuth {
             // Neither TLS nor tokens: loopback only, and open.
             return Ok(());
         };
-        let auth = ClientAuth {
-            tokens: Some(Arc::clone(tokens)),
-            certificates: false,
-        };
-        let caller = auth.authenticate(authorization, conn).map_err(|s| {
-            Error::Unauthenticated(format!("peer calls need a peer token: {}", s.message()))
-        })?;
+        let caller = authorization
+            .ok_or_else(|| Error::Unauthenticated("no token".into()))
+            .and_then(|value| tokens.caller(value))
+            .map_err(|err| {
+                Error::Unauthenticated(format!("peer calls need a peer token: {err}"))
+            })?;
         if caller.role != Role::Peer {
             return Err(Error::PermissionDenied(format!(
                 "{} has the {} role; peer calls need the peer role",
@@ -108,11 +107,13 @@ impl PeerAuth {
 }
 
 impl Rule {
-    fn check(&self, req: &http::Request<Body>) -> Result<(), Status> {
+    /// Refuses a call the rule does not allow; a KV mutation's proven
+    /// caller is handed on, so the KV interceptor need not check again.
+    fn check(&self, req: &http::Request<Body>) -> Result<Option<Caller>, Status> {
         let authorization = req.headers().get("authorization").map(|v| v.as_bytes());
         let conn = req.extensions().get::<ConnInfo>();
         match self {
-            Rule::Open => Ok(()),
+            Rule::Open => Ok(None),
             Rule::Kv(auth) => {
                 let method = req
                     .uri()
@@ -120,7 +121,7 @@ impl Rule {
                     .strip_prefix(kv_prefix())
                     .unwrap_or_default();
                 if !KV_MUTATIONS.contains(&method) {
-                    return Ok(());
+                    return Ok(None);
                 }
                 let caller = auth.authenticate(authorization, conn)?;
                 if !caller.role.allows(Role::Write) {
@@ -130,9 +131,9 @@ impl Rule {
                     ))
                     .into());
                 }
-                Ok(())
+                Ok(Some(caller))
             }
-            Rule::Peers(peers) => peers.check(authorization, conn).map_err(|err| {
+            Rule::Peers(peers) => peers.check(authorization, conn).map(|()| None).map_err(|err| {
                 // Nothing the caller sent goes into the log: only where it
                 // came from and why it was refused.
                 tracing::debug!(remote = ?conn.and_then(|c| c.remote), error = %err, "refused a peer call before reading it");
@@ -198,9 +199,13 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        if let Err(status) = self.rule.check(&req) {
-            return Box::pin(std::future::ready(Ok(status.into_http())));
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
+        match self.rule.check(&req) {
+            Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
+            Ok(Some(caller)) => {
+                req.extensions_mut().insert(caller);
+            }
+            Ok(None) => {}
         }
         let method = req.uri().path().rsplit('/').next().unwrap_or_default();
         let streaming = self.streaming.contains(&method);
@@ -220,27 +225,8 @@ where
 mod tests {
     use super::*;
 
-    const FILE: &str = r#"
-        [[tokens]]
-        name = "reader"
-        role = "read"
-        token = "rrrrrrrrrrrrrrrrrrrr"
-        [[tokens]]
-        name = "writer"
-        role = "write"
-        token = "wwwwwwwwwwwwwwwwwwww"
-        [[tokens]]
-        name = "admin"
-        role = "admin"
-        token = "aaaaaaaaaaaaaaaaaaaa"
-        [[tokens]]
-        name = "nodes"
-        role = "peer"
-        token = "pppppppppppppppppppp"
-    "#;
-
     fn tokens() -> Arc<Tokens> {
-        Arc::new(Tokens::parse(FILE).unwrap())
+        Arc::new(Tokens::parse(crate::security::auth::tests::FILE).unwrap())
     }
 
     fn request(path: &str, token: Option<&str>) -> http::Request<Body> {
@@ -253,7 +239,7 @@ mod tests {
 
     fn code(rule: &Rule, path: &str, token: Option<&str>) -> tonic::Code {
         match rule.check(&request(path, token)) {
-            Ok(()) => tonic::Code::Ok,
+            Ok(_) => tonic::Code::Ok,
             Err(s) => s.code(),
         }
     }

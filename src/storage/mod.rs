@@ -33,6 +33,7 @@
 
 pub mod admission;
 pub mod blocking;
+mod buckets;
 pub mod codec;
 pub mod digest;
 mod engine;
@@ -44,6 +45,7 @@ pub mod scan;
 pub mod window;
 pub mod writer;
 
+pub use buckets::Reach;
 pub use digest::{bucket_of, DigestView, Digests, BUCKETS};
-pub use engine::{cursor_key, seen_keys, Reach, Recovered, Refresh, Store};
+pub use engine::{cursor_key, seen_keys, Recovered, Refresh, Store};
 pub use writer::{apply::Refusal, Applied, WriterHandle, WriterOptions};
