@@ -66,6 +66,10 @@ pub enum Error {
         /// The version of the key's live value here, if it has one.
         current: Option<crate::version::Version>,
     },
+    /// A wait for other nodes (a consistency level, a write token) outlived
+    /// the call's deadline; the message says who had answered.
+    #[error("deadline exceeded: {0}")]
+    DeadlineExceeded(String),
     /// A client command's request failed; the message is one sentence for
     /// the person who ran it (see `client::connect::request_error`).
     #[error("{0}")]
@@ -123,6 +127,7 @@ impl From<Error> for tonic::Status {
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Precondition { .. } => Code::FailedPrecondition,
             Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Locked { .. } | Error::Config(_) | Error::Corrupt(_) => Code::Internal,
         };
         tonic::Status::new(code, err.to_string())
@@ -143,6 +148,7 @@ mod tests {
             (Error::Unavailable("x".into()), Code::Unavailable),
             (Error::PermissionDenied("x".into()), Code::PermissionDenied),
             (Error::Unauthenticated("x".into()), Code::Unauthenticated),
+            (Error::DeadlineExceeded("x".into()), Code::DeadlineExceeded),
             (Error::Corrupt("x".into()), Code::Internal),
         ];
         for (err, code) in cases {

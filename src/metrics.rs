@@ -109,6 +109,24 @@ pub fn tombstones_waiting(peer: &str, n: u64) {
     metrics::gauge!("meshkv_tombstones_waiting", "peer" => peer.to_string()).set(n as f64);
 }
 
+/// A copy repaired by a read at QUORUM or ALL: `where` is `local` (this
+/// node's) or `peer`.
+pub fn read_repaired(place: &'static str) {
+    metrics::counter!("meshkv_read_repairs_total", "copy" => place).increment(1);
+}
+
+/// A conflict that last-writer-wins decided (see `replication::conflicts`).
+pub fn conflict(peer: &str, kind: &'static str) {
+    metrics::counter!("meshkv_conflicts_total", "peer" => peer.to_string(), "kind" => kind)
+        .increment(1);
+}
+
+/// A peer's estimated clock offset (its clock less ours).
+pub fn peer_clock_offset(peer: &str, offset_ms: i64) {
+    metrics::gauge!("meshkv_peer_clock_offset_seconds", "peer" => peer.to_string())
+        .set(offset_ms as f64 / 1e3);
+}
+
 /// Entries a peer acknowledged.
 pub fn replicated_out(peer: &str, entries: u64) {
     metrics::counter!("meshkv_replicated_out_entries_total", "peer" => peer.to_string())

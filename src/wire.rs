@@ -70,6 +70,9 @@ pub struct EncodedReplicateRequest {
     /// As in [`proto::ReplicateRequest`].
     #[prost(bool, tag = "4")]
     pub repair: bool,
+    /// As in [`proto::ReplicateRequest`].
+    #[prost(uint64, tag = "5")]
+    pub upto_seq: u64,
 }
 
 /// The bytes one item of `encoded_len` adds to a `repeated` field of a message:
@@ -254,12 +257,14 @@ mod tests {
             origin: "n1".into(),
             mutations: mutations.clone(),
             repair: false,
+            upto_seq: 7,
         };
         let encoded = EncodedReplicateRequest {
             cluster_id: "c".into(),
             origin: "n1".into(),
             mutations: mutations.iter().map(|m| m.encode_to_vec().into()).collect(),
             repair: false,
+            upto_seq: 7,
         };
         assert_eq!(encoded.encode_to_vec(), plain.encode_to_vec());
         let back = proto::ReplicateRequest::decode(&encoded.encode_to_vec()[..]).unwrap();

@@ -44,9 +44,12 @@ async fn grpcurl_and_the_cli_scan_a_prefix_in_key_order_and_pages() {
         .map(|i| write(&format!("user/{i:04}"), &format!("v{i}")))
         .chain([write("other", "x"), write("user0", "not under user/")])
         .collect();
-    kv.write_batch(proto::WriteBatchRequest { writes })
-        .await
-        .unwrap();
+    kv.write_batch(proto::WriteBatchRequest {
+        writes,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     kv.delete(proto::DeleteRequest {
         key: "user/0001".into(),
         ..Default::default()
@@ -388,7 +391,10 @@ async fn an_old_token_gets_a_marked_snapshot_then_live_events_and_grpcurl_drives
     for chunk in writes.chunks(1000) {
         let writes = chunk.to_vec();
         node.kv()
-            .write_batch(proto::WriteBatchRequest { writes })
+            .write_batch(proto::WriteBatchRequest {
+                writes,
+                ..Default::default()
+            })
             .await
             .unwrap();
     }

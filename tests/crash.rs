@@ -53,6 +53,7 @@ async fn acknowledged_writes_survive_kill_9_under_concurrent_load() {
                             .delete(proto::DeleteRequest {
                                 key: key.clone(),
                                 expect: None,
+                                ..Default::default()
                             })
                             .await
                             .map(drop);

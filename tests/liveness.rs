@@ -131,6 +131,7 @@ async fn a_refused_entry_is_skipped_reported_and_counted_never_a_stall() {
     let resp = nodes[1]
         .replication()
         .replicate(proto::ReplicateRequest {
+            upto_seq: 0,
             // As a repair: these versions are far older than the horizon.
             repair: true,
             cluster_id: "meshkv".into(),
@@ -193,6 +194,7 @@ async fn a_version_from_the_far_future_is_refused_and_replication_stays_live() {
     let resp = nodes[0]
         .replication()
         .replicate(proto::ReplicateRequest {
+            upto_seq: 0,
             cluster_id: "meshkv".into(),
             origin: "node2".into(),
             mutations: vec![m("p", i64::MAX as u64), m("q", (now_ms + 3_600_000) << 16)],
@@ -559,6 +561,7 @@ async fn a_decommissioned_peer_no_longer_holds_back_tombstone_collection() {
         .delete(proto::DeleteRequest {
             key: "gone".into(),
             expect: None,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -647,6 +650,7 @@ async fn a_node_restored_from_an_old_copy_does_not_resurrect_deleted_keys() {
             .delete(proto::DeleteRequest {
                 key: format!("old-{i}"),
                 expect: None,
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -725,7 +729,10 @@ async fn stalled_dumps_are_bounded() {
             })
             .collect();
         node.kv()
-            .write_batch(proto::WriteBatchRequest { writes: batch })
+            .write_batch(proto::WriteBatchRequest {
+                writes: batch,
+                ..Default::default()
+            })
             .await
             .unwrap();
     }

@@ -290,6 +290,7 @@ async fn bad_input_gets_a_clear_status_and_the_node_keeps_serving() {
         .delete(proto::DeleteRequest {
             key: String::new(),
             expect: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -375,6 +376,7 @@ async fn bad_input_gets_a_clear_status_and_the_node_keeps_serving() {
         expires_ms: 0,
     };
     let req = |cluster: &str, origin: &str, ms: Vec<proto::Mutation>| proto::ReplicateRequest {
+        upto_seq: 0,
         // As a repair: hlc 1 is far older than the tombstone horizon.
         repair: true,
         cluster_id: cluster.into(),

@@ -151,6 +151,7 @@ async fn a_peer_from_another_ca_or_without_a_certificate_gets_nothing_through() 
     );
     let err = ReplicationClient::new(no_cert)
         .replicate(proto::ReplicateRequest {
+            upto_seq: 0,
             cluster_id: "meshkv".into(),
             origin: "n2".into(),
             mutations: vec![mutation("forged2", "n2")],
@@ -229,6 +230,7 @@ async fn a_peer_with_a_valid_certificate_cannot_claim_another_origin() {
     );
     let mut repl = ReplicationClient::new(as_n2);
     let send = |origin: &str, key: &str| proto::ReplicateRequest {
+        upto_seq: 0,
         cluster_id: "meshkv".into(),
         origin: origin.into(),
         mutations: vec![mutation(key, origin)],

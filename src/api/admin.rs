@@ -12,7 +12,7 @@ use crate::{
     proto::{self, admin_server::Admin},
     replication::PeerManager,
     storage::Refresh,
-    version::to_mutation,
+    version::{to_mutation, version_to_proto},
 };
 
 /// Entries read from storage per step of a Dump, and buffered for its client.
@@ -96,6 +96,77 @@ async fn dump_chunks(
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn conflicts(
+        &self,
+        _request: Request<proto::ConflictsRequest>,
+    ) -> Result<Response<proto::ConflictsResponse>, Status> {
+        use crate::replication::conflicts::Kind;
+        let conflicts = self
+            .manager
+            .ctx()
+            .conflicts
+            .recent()
+            .into_iter()
+            .map(|c| proto::Conflict {
+                key: c.key,
+                kind: match c.kind {
+                    Kind::Lost => proto::conflict::Kind::Lost,
+                    Kind::Replaced => proto::conflict::Kind::Replaced,
+                }
+                .into(),
+                kept: Some(version_to_proto(&c.kept)),
+                lost: Some(version_to_proto(&c.lost)),
+                peer: c.peer,
+                at_ms: c.at_ms,
+            })
+            .collect();
+        Ok(Response::new(proto::ConflictsResponse { conflicts }))
+    }
+
+    async fn write_status(
+        &self,
+        request: Request<proto::WriteStatusRequest>,
+    ) -> Result<Response<proto::WriteStatusResponse>, Status> {
+        let (origin, seq) = crate::api::consistency::parse_token(&request.into_inner().token)?;
+        let ctx = self.manager.ctx();
+        if origin != ctx.node_id {
+            return Ok(Response::new(proto::WriteStatusResponse {
+                applied_here: ctx.store.positions.of(&origin) >= seq,
+                origin,
+                seq,
+                peers: Vec::new(),
+            }));
+        }
+        if seq > self.manager.last_seq() {
+            return Err(Error::InvalidArgument(format!(
+                "this node's log ends at {}; the token names {seq}, which it never wrote",
+                self.manager.last_seq()
+            ))
+            .into());
+        }
+        let peers = self
+            .manager
+            .peers()
+            .iter()
+            .map(|p| {
+                let s = p.state();
+                proto::WriteProgress {
+                    peer: p.id.clone(),
+                    applied: s.acked_seq >= seq,
+                    acked_seq: s.acked_seq,
+                    behind: seq.saturating_sub(s.acked_seq),
+                    connected: s.connected,
+                }
+            })
+            .collect();
+        Ok(Response::new(proto::WriteStatusResponse {
+            origin,
+            seq,
+            applied_here: true,
+            peers,
+        }))
+    }
+
     async fn cluster_status(
         &self,
         _request: Request<proto::ClusterStatusRequest>,
@@ -141,6 +212,10 @@ impl Admin for AdminService {
                     .state
                     .last_complete_round_ms
                     .map_or(-1.0, |ms| now_ms.saturating_sub(ms) as f64 / 1e3),
+                conflicts_lost: v.conflicts.lost,
+                conflicts_replaced: v.conflicts.replaced,
+                clock_offset_ms: v.clock.offset_ms,
+                clock_samples: v.clock.samples,
             })
             .collect();
         Ok(Response::new(proto::ClusterStatusResponse {

@@ -61,6 +61,7 @@ impl AntiEntropy for AntiEntropyService {
             buckets: buckets.into_iter().map(u32::from).collect(),
             catching_up: self.ctx.catching_up(),
             seen_high_water: seen,
+            now_ms: self.ctx.clock.now_ms(),
         }))
     }
 

@@ -7,10 +7,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    api::{scan, validate, watch},
+    api::{
+        consistency::{self, Replicas},
+        scan, validate, watch,
+    },
     clock::PhysicalClock,
     error::Error,
     proto::{self, kv_server::Kv},
+    replication::quorum::Level,
     security::{auth, Role},
     storage::{
         blocking::Blocking,
@@ -41,6 +45,8 @@ pub struct KvService {
     watches: Arc<Semaphore>,
     /// Ends open watches when the node stops.
     shutdown: tokio_util::sync::CancellationToken,
+    /// The peers, for consistency levels and write tokens.
+    replicas: Replicas,
 }
 
 impl KvService {
@@ -53,6 +59,7 @@ impl KvService {
         blocking: Blocking,
         max_value_bytes: usize,
         shutdown: tokio_util::sync::CancellationToken,
+        replicas: Replicas,
     ) -> Self {
         Self {
             store,
@@ -63,7 +70,30 @@ impl KvService {
             scans: Arc::new(Semaphore::new(scan::MAX_SCANS)),
             watches: watch::slots(),
             shutdown,
+            replicas,
         }
+    }
+}
+
+impl KvService {
+    /// When a call must answer by (see [`consistency::deadline`]).
+    fn deadline<T>(&self, request: &Request<T>) -> tokio::time::Instant {
+        consistency::deadline(request.metadata(), self.replicas.default_timeout)
+    }
+
+    /// Commits local writes, then waits for `level`: their versions and
+    /// the token of the last one.
+    async fn commit(
+        &self,
+        writes: Vec<LocalWrite>,
+        level: Level,
+        deadline: tokio::time::Instant,
+    ) -> Result<(Vec<crate::version::Version>, String), Error> {
+        let written = self.writer.write_logged(writes).await?;
+        self.replicas
+            .confirm_write(written.seq, level, deadline)
+            .await?;
+        Ok((written.versions, self.replicas.token(written.seq)))
     }
 }
 
@@ -140,11 +170,15 @@ impl Kv for KvService {
     ) -> Result<Response<proto::WriteResponse>, Status> {
         let started = Instant::now();
         auth::require(&request, Role::Write)?;
-        let write = check_write(request.into_inner(), self.max_value_bytes)?;
-        let version = self.writer.write_one(write).await?;
+        let deadline = self.deadline(&request);
+        let req = request.into_inner();
+        let level = Level::from_proto(req.consistency)?;
+        let write = check_write(req, self.max_value_bytes)?;
+        let (version, token) = self.commit(vec![write], level, deadline).await?;
         crate::metrics::request("write", started.elapsed());
         Ok(Response::new(proto::WriteResponse {
-            version: Some(version_to_proto(&version)),
+            version: version.first().map(version_to_proto),
+            token,
         }))
     }
 
@@ -153,9 +187,18 @@ impl Kv for KvService {
         request: Request<proto::ReadRequest>,
     ) -> Result<Response<proto::ReadResponse>, Status> {
         let started = Instant::now();
+        let deadline = self.deadline(&request);
         let req = request.into_inner();
         validate::key(&req.key)?;
-        let entry = self.store.get(&req.key)?;
+        let level = Level::from_proto(req.consistency)?;
+        let after = self.replicas.check_tokens(&req.after)?;
+        if !after.is_empty() {
+            self.replicas.wait_applied(&after, deadline).await?;
+        }
+        let mut entry = self.store.get(&req.key)?;
+        if level != Level::One {
+            entry = self.replicas.read(&req.key, entry, level, deadline).await?;
+        }
         let now_ms = self.clock.now_ms();
         crate::metrics::request("read", started.elapsed());
         Ok(Response::new(match entry {
@@ -228,11 +271,15 @@ impl Kv for KvService {
     ) -> Result<Response<proto::WriteBatchResponse>, Status> {
         let started = Instant::now();
         auth::require(&request, Role::Write)?;
-        let writes = check_batch(request.into_inner(), self.max_value_bytes)?;
-        let versions = self.writer.write_batch(writes).await?;
+        let deadline = self.deadline(&request);
+        let req = request.into_inner();
+        let level = Level::from_proto(req.consistency)?;
+        let writes = check_batch(req, self.max_value_bytes)?;
+        let (versions, token) = self.commit(writes, level, deadline).await?;
         crate::metrics::request("write_batch", started.elapsed());
         Ok(Response::new(proto::WriteBatchResponse {
             versions: versions.iter().map(version_to_proto).collect(),
+            token,
         }))
     }
 
@@ -242,16 +289,19 @@ impl Kv for KvService {
     ) -> Result<Response<proto::DeleteResponse>, Status> {
         let started = Instant::now();
         auth::require(&request, Role::Write)?;
+        let deadline = self.deadline(&request);
         let req = request.into_inner();
+        let level = Level::from_proto(req.consistency)?;
         validate::key(&req.key)?;
         let write = LocalWrite {
             expect: check_expect(req.expect)?,
             ..LocalWrite::new(req.key, None)
         };
-        let version = self.writer.write_one(write).await?;
+        let (version, token) = self.commit(vec![write], level, deadline).await?;
         crate::metrics::request("delete", started.elapsed());
         Ok(Response::new(proto::DeleteResponse {
-            version: Some(version_to_proto(&version)),
+            version: version.first().map(version_to_proto),
+            token,
         }))
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod anti_entropy;
+pub mod consistency;
 pub mod kv;
 pub mod replication;
 pub mod scan;

@@ -9,9 +9,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     api::validate::Membership,
-    clock::{physical_ms, PhysicalClock, SystemClock},
+    clock::physical_ms,
     error::{Error, Result},
     proto::{self, replication_server::Replication},
+    replication::PeerManager,
     security::ConnInfo,
     storage::WriterHandle,
     wire,
@@ -26,6 +27,8 @@ pub const STREAM_APPLYING: usize = 4;
 pub struct ReplicationService {
     members: Arc<Membership>,
     writer: WriterHandle,
+    /// Notes conflicts; its clock stamps answers.
+    manager: Arc<PeerManager>,
     /// Cancelled when the node starts to shut down: inbound streams end.
     shutdown: CancellationToken,
 }
@@ -36,11 +39,13 @@ impl ReplicationService {
     pub fn new(
         members: Arc<Membership>,
         writer: WriterHandle,
+        manager: Arc<PeerManager>,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
             members,
             writer,
+            manager,
             shutdown,
         }
     }
@@ -49,6 +54,7 @@ impl ReplicationService {
 /// Applies one batch; the answer says what was applied and what refused.
 async fn apply(
     writer: &WriterHandle,
+    manager: &PeerManager,
     req: proto::ReplicateRequest,
 ) -> Result<proto::ReplicateResponse> {
     let started = std::time::Instant::now();
@@ -66,10 +72,15 @@ async fn apply(
     } else {
         wire::split_streamed(req.mutations, &req.origin)
     };
-    let applied = if mutations.is_empty() {
+    let position = (!req.repair && req.upto_seq > 0).then_some(req.upto_seq);
+    let applied = if mutations.is_empty() && position.is_none() {
         0
     } else {
-        let done = writer.apply(mutations, !req.repair).await?;
+        let done = match position {
+            Some(upto) => writer.apply_streamed(mutations, &req.origin, upto).await?,
+            None => writer.apply(mutations, !req.repair).await?,
+        };
+        manager.note_contests(&req.origin, &done.contested);
         let malformed: Vec<u32> = refused.iter().map(|r| r.index).collect();
         refused.extend(
             done.refused
@@ -88,14 +99,18 @@ async fn apply(
     }
     crate::metrics::replicated_in(&req.origin, received, applied, refused.len() as u64);
     crate::metrics::stage("replicate_apply", started.elapsed());
+    let now_ms = manager.ctx().clock.now_ms();
     if let Some(ms) = stamped_ms {
-        let now_ms = SystemClock.now_ms();
         crate::metrics::replication_delay(
             &req.origin,
             std::time::Duration::from_millis(now_ms.saturating_sub(ms)),
         );
     }
-    Ok(proto::ReplicateResponse { applied, refused })
+    Ok(proto::ReplicateResponse {
+        applied,
+        refused,
+        now_ms,
+    })
 }
 
 /// The oldest batch still being applied; never resolves if there is none.
@@ -122,6 +137,7 @@ async fn oldest(
 async fn serve_stream(
     members: Arc<Membership>,
     writer: WriterHandle,
+    manager: Arc<PeerManager>,
     conn: Option<ConnInfo>,
     mut inbound: Streaming<proto::ReplicateRequest>,
     out: mpsc::Sender<std::result::Result<proto::ReplicateResponse, Status>>,
@@ -174,8 +190,8 @@ async fn serve_stream(
                     return;
                 }
                 sender.get_or_insert_with(|| (req.cluster_id.clone(), req.origin.clone()));
-                let writer = writer.clone();
-                applying.push_back(tokio::spawn(async move { apply(&writer, req).await }));
+                let (writer, manager) = (writer.clone(), Arc::clone(&manager));
+                applying.push_back(tokio::spawn(async move { apply(&writer, &manager, req).await }));
             }
         }
     }
@@ -191,7 +207,9 @@ impl Replication for ReplicationService {
         let req = request.into_inner();
         self.members
             .check(&req.cluster_id, &req.origin, conn.as_ref())?;
-        Ok(Response::new(apply(&self.writer, req).await?))
+        Ok(Response::new(
+            apply(&self.writer, &self.manager, req).await?,
+        ))
     }
 
     type ReplicateStreamStream =
@@ -206,6 +224,7 @@ impl Replication for ReplicationService {
         tokio::spawn(serve_stream(
             Arc::clone(&self.members),
             self.writer.clone(),
+            Arc::clone(&self.manager),
             conn,
             request.into_inner(),
             tx,

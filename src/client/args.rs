@@ -39,6 +39,8 @@ pub enum Command {
         #[command(flatten)]
         cas: CasArgs,
         #[command(flatten)]
+        level: LevelArgs,
+        #[command(flatten)]
         conn: ClientArgs,
     },
     /// Print a key's raw value; exit 1 if it is not found.
@@ -49,6 +51,13 @@ pub enum Command {
     Get {
         /// The key.
         key: String,
+        /// Read only once the node has applied the write of this token (as
+        /// `put` and `delete` print it), waiting up to --timeout; repeat for
+        /// several. Read-your-writes on any node.
+        #[arg(long, value_name = "TOKEN")]
+        after: Vec<String>,
+        #[command(flatten)]
+        level: LevelArgs,
         #[command(flatten)]
         conn: ClientArgs,
     },
@@ -58,6 +67,8 @@ pub enum Command {
         key: String,
         #[command(flatten)]
         cas: CasArgs,
+        #[command(flatten)]
+        level: LevelArgs,
         #[command(flatten)]
         conn: ClientArgs,
     },
@@ -110,11 +121,24 @@ pub enum Command {
     /// Make a development CA, a certificate per node and a tokens file, for
     /// a TLS cluster. Files that exist are kept, so it is safe to run again.
     Certs(CertsArgs),
+    /// List the last conflicts last-writer-wins decided on a node, newest
+    /// first: `KIND<TAB>key<TAB>kept<TAB>lost<TAB>peer` per line, KIND
+    /// LOST (a peer's write lost to a newer one) or REPLACED (a value here
+    /// was replaced by a concurrent write).
+    Conflicts {
+        #[command(flatten)]
+        conn: ClientArgs,
+    },
     /// Show a node and its replication to each peer as a table.
     Status {
         /// Print the raw status as JSON-like debug output instead of a table.
         #[arg(long)]
         raw: bool,
+        /// Show which peers hold the write of this write token (as `put`
+        /// prints it) instead; ask the node that took the write. (`--token`
+        /// is the bearer token every client command takes.)
+        #[arg(long, value_name = "TOKEN")]
+        write_token: Option<String>,
         #[command(flatten)]
         conn: ClientArgs,
     },
@@ -239,6 +263,39 @@ impl CasArgs {
     }
 }
 
+/// How many nodes a request waits for (see the README's consistency levels).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Consistency {
+    /// This node alone.
+    #[default]
+    One,
+    /// A majority of the cluster, this node included.
+    Quorum,
+    /// Every node.
+    All,
+}
+
+/// The consistency level of one request.
+#[derive(Debug, Clone, Default, Args)]
+pub struct LevelArgs {
+    /// How many nodes must have the write (or answer the read) first.
+    #[arg(long, value_enum, default_value_t)]
+    pub consistency: Consistency,
+}
+
+impl LevelArgs {
+    /// The level as the API takes it.
+    pub fn proto(&self) -> i32 {
+        use crate::proto::Consistency as C;
+        match self.consistency {
+            Consistency::One => C::One,
+            Consistency::Quorum => C::Quorum,
+            Consistency::All => C::All,
+        }
+        .into()
+    }
+}
+
 /// `HLC@NODE`, as the client commands print versions.
 pub fn parse_version(s: &str) -> std::result::Result<crate::proto::Version, String> {
     let (hlc, node) = s
@@ -298,6 +355,15 @@ impl ClientArgs {
         ))
     }
 
+    /// `message` with `--timeout` as its gRPC deadline, so that the node
+    /// answers before it (a consistency level, a token wait) instead of the
+    /// call being cut.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        req.set_timeout(self.timeout);
+        req
+    }
+
     /// A KV client over [`channel`](Self::channel), taking values up to the ceiling.
     pub fn kv(&self) -> Result<KvClient<AuthChannel>> {
         Ok(KvClient::new(self.channel()?)
@@ -314,5 +380,19 @@ impl ClientArgs {
         let channel = InterceptedService::new(endpoint.connect_lazy(), self.credentials.auth()?);
         Ok(KvClient::new(channel)
             .max_decoding_message_size(crate::config::MAX_VALUE_BYTES_CEILING * 2))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clap checks a command's definition only when it parses one: two
+    /// flags of one name would pass every test that never runs that
+    /// command.
+    #[test]
+    fn every_command_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }

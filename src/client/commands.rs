@@ -6,7 +6,7 @@ use tonic_health::pb::{health_check_response::ServingStatus, health_client::Heal
 
 use crate::{
     client::{
-        args::{CasArgs, CertsArgs, ClientArgs, Command},
+        args::{CasArgs, CertsArgs, ClientArgs, Command, LevelArgs},
         connect::request_error,
     },
     error::{Error, Result},
@@ -31,10 +31,21 @@ pub async fn run_client(command: Command) -> Result<Outcome> {
             value,
             ttl,
             cas,
+            level,
             conn,
-        } => put(key, value, ttl, &cas, &conn).await,
-        Command::Get { key, conn } => get(key, &conn).await,
-        Command::Delete { key, cas, conn } => delete(key, &cas, &conn).await,
+        } => put(key, value, ttl, &cas, &level, &conn).await,
+        Command::Get {
+            key,
+            after,
+            level,
+            conn,
+        } => get(key, after, &level, &conn).await,
+        Command::Delete {
+            key,
+            cas,
+            level,
+            conn,
+        } => delete(key, &cas, &level, &conn).await,
         Command::Scan {
             prefix,
             limit,
@@ -58,8 +69,14 @@ pub async fn run_client(command: Command) -> Result<Outcome> {
             conn,
         } => watch(prefix, from, progress, &conn).await,
         Command::Bench(args) => bench(args).await,
-        Command::Status { raw, conn } => status(raw, &conn).await,
+        Command::Status {
+            write_token: Some(token),
+            conn,
+            ..
+        } => write_status(token, &conn).await,
+        Command::Status { raw, conn, .. } => status(raw, &conn).await,
         Command::Health { conn } => health(&conn).await,
+        Command::Conflicts { conn } => conflicts(&conn).await,
     }
 }
 
@@ -81,6 +98,7 @@ async fn put(
     value: String,
     ttl: Option<std::time::Duration>,
     cas: &CasArgs,
+    level: &LevelArgs,
     conn: &ClientArgs,
 ) -> Result<Outcome> {
     let ttl_ms = match ttl {
@@ -102,28 +120,36 @@ async fn put(
     };
     let resp = conn
         .kv()?
-        .write(proto::WriteRequest {
+        .write(conn.request(proto::WriteRequest {
             key,
             value,
             ttl_ms,
             expect: cas.expect(),
+            consistency: level.proto(),
             ..Default::default()
-        })
+        }))
         .await
         .map_err(request_error(&conn.endpoint, conn.timeout))?
         .into_inner();
-    println!("OK {}", show_version(resp.version.as_ref()));
+    println!("OK {} {}", show_version(resp.version.as_ref()), resp.token);
     Ok(Outcome::Ok)
 }
 
 /// Prints the value's exact bytes (with a newline only for text on a terminal).
-async fn get(key: String, conn: &ClientArgs) -> Result<Outcome> {
+async fn get(
+    key: String,
+    after: Vec<String>,
+    level: &LevelArgs,
+    conn: &ClientArgs,
+) -> Result<Outcome> {
     let resp = conn
         .kv()?
-        .read(proto::ReadRequest {
+        .read(conn.request(proto::ReadRequest {
             key: key.clone(),
+            after,
+            consistency: level.proto(),
             ..Default::default()
-        })
+        }))
         .await
         .map_err(request_error(&conn.endpoint, conn.timeout))?
         .into_inner();
@@ -140,17 +166,23 @@ async fn get(key: String, conn: &ClientArgs) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-async fn delete(key: String, cas: &CasArgs, conn: &ClientArgs) -> Result<Outcome> {
+async fn delete(
+    key: String,
+    cas: &CasArgs,
+    level: &LevelArgs,
+    conn: &ClientArgs,
+) -> Result<Outcome> {
     let resp = conn
         .kv()?
-        .delete(proto::DeleteRequest {
+        .delete(conn.request(proto::DeleteRequest {
             key,
             expect: cas.expect(),
-        })
+            consistency: level.proto(),
+        }))
         .await
         .map_err(request_error(&conn.endpoint, conn.timeout))?
         .into_inner();
-    println!("OK {}", show_version(resp.version.as_ref()));
+    println!("OK {} {}", show_version(resp.version.as_ref()), resp.token);
     Ok(Outcome::Ok)
 }
 
@@ -276,6 +308,79 @@ async fn status(raw: bool, conn: &ClientArgs) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
+/// Prints which peers hold the write of `token`; exit 1 unless every
+/// peer has it.
+async fn write_status(token: String, conn: &ClientArgs) -> Result<Outcome> {
+    let status = AdminClient::new(conn.channel()?)
+        .write_status(proto::WriteStatusRequest { token })
+        .await
+        .map_err(request_error(&conn.endpoint, conn.timeout))?
+        .into_inner();
+    print!("{}", format_write_status(&status));
+    let everywhere = status.applied_here && status.peers.iter().all(|p| p.applied);
+    Ok(if everywhere && !status.peers.is_empty() {
+        Outcome::Ok
+    } else {
+        Outcome::Negative
+    })
+}
+
+/// A write's progress, a line per peer.
+fn format_write_status(s: &proto::WriteStatusResponse) -> String {
+    let mut out = format!(
+        "write {} of {}: {}\n",
+        s.seq,
+        s.origin,
+        if s.applied_here {
+            "applied on this node"
+        } else {
+            "not yet applied on this node"
+        }
+    );
+    if s.peers.is_empty() {
+        out.push_str(&format!(
+            "ask {} for each peer's progress: only the node that took a write tracks it\n",
+            s.origin
+        ));
+    }
+    for p in &s.peers {
+        let state = match (p.applied, p.connected) {
+            (true, _) => "applied".to_string(),
+            (false, true) => format!("replicating, {} writes behind", p.behind),
+            (false, false) => format!("disconnected, {} writes behind", p.behind),
+        };
+        out.push_str(&format!("{:<16} {state} (acked {})\n", p.peer, p.acked_seq));
+    }
+    out
+}
+
+/// Prints the node's conflict ledger, newest first.
+async fn conflicts(conn: &ClientArgs) -> Result<Outcome> {
+    let answer = AdminClient::new(conn.channel()?)
+        .conflicts(proto::ConflictsRequest {})
+        .await
+        .map_err(request_error(&conn.endpoint, conn.timeout))?
+        .into_inner();
+    for c in &answer.conflicts {
+        let kind = match c.kind() {
+            proto::conflict::Kind::Lost => "LOST",
+            proto::conflict::Kind::Replaced => "REPLACED",
+            proto::conflict::Kind::Unspecified => "?",
+        };
+        println!(
+            "{kind}\t{}\t{}\t{}\t{}",
+            c.key,
+            show_version(c.kept.as_ref()),
+            show_version(c.lost.as_ref()),
+            c.peer
+        );
+    }
+    if answer.conflicts.is_empty() {
+        eprintln!("no conflicts since this node started");
+    }
+    Ok(Outcome::Ok)
+}
+
 /// Prints SERVING or why not; exit 1 unless serving.
 async fn health(conn: &ClientArgs) -> Result<Outcome> {
     let status = HealthClient::new(conn.channel()?)
@@ -324,6 +429,8 @@ pub fn format_status(s: &proto::ClusterStatusResponse) -> String {
         "REPAIRED",
         "REFUSED",
         "TOMBS_WAITING",
+        "CONFLICTS",
+        "CLOCK_OFFSET_MS",
         "LAST_ERROR",
     ];
     let rows: Vec<Vec<String>> = s
@@ -343,6 +450,13 @@ pub fn format_status(s: &proto::ClusterStatusResponse) -> String {
                 p.keys_repaired.to_string(),
                 p.refused.to_string(),
                 p.tombstones_waiting.to_string(),
+                // Lost/replaced, as Admin/Conflicts lists them.
+                format!("{}/{}", p.conflicts_lost, p.conflicts_replaced),
+                if p.clock_samples == 0 {
+                    "-".into()
+                } else {
+                    format!("{:+}", p.clock_offset_ms)
+                },
                 if p.last_error.is_empty() {
                     "-".into()
                 } else {

@@ -254,6 +254,11 @@ pub struct ReplicationConfig {
     /// skew"). Versions up to this far ahead still count as in flight for
     /// anti-entropy.
     pub max_clock_skew_ms: u64,
+    /// How long a request at consistency QUORUM or ALL, or a read with
+    /// write tokens, waits for other nodes when the call carries no gRPC
+    /// deadline, in milliseconds. Then DEADLINE_EXCEEDED (UNAVAILABLE for
+    /// tokens); a write is never rolled back.
+    pub consistency_timeout_ms: u64,
 }
 
 impl Default for ReplicationConfig {
@@ -269,6 +274,7 @@ impl Default for ReplicationConfig {
             anti_entropy_interval_secs: 30,
             tombstone_ttl_secs: 24 * 3600,
             max_clock_skew_ms: 60_000,
+            consistency_timeout_ms: 5_000,
         }
     }
 }
@@ -452,6 +458,10 @@ impl Config {
             ("replication.batch_max_entries", r.batch_max_entries as u64),
             ("replication.batch_max_bytes", r.batch_max_bytes as u64),
             ("replication.rpc_timeout_ms", r.rpc_timeout_ms),
+            (
+                "replication.consistency_timeout_ms",
+                r.consistency_timeout_ms,
+            ),
             ("replication.backoff_min_ms", r.backoff_min_ms),
             (
                 "replication.anti_entropy_interval_secs",
@@ -470,6 +480,11 @@ impl Config {
         const TEN_YEARS_SECS: u64 = 10 * 366 * 24 * 3600;
         for (key, v, max) in [
             ("replication.rpc_timeout_ms", r.rpc_timeout_ms, 3_600_000),
+            (
+                "replication.consistency_timeout_ms",
+                r.consistency_timeout_ms,
+                3_600_000,
+            ),
             ("replication.backoff_min_ms", r.backoff_min_ms, 3_600_000),
             ("replication.backoff_max_ms", r.backoff_max_ms, 3_600_000),
             ("replication.max_clock_skew_ms", r.max_clock_skew_ms, DAY_MS),

@@ -112,6 +112,8 @@ impl Core {
             // Above every mark a previous run reported, unless the data went back.
             incarnation: from_physical_ms(clock.now_ms()).max(recovered.high_water + 1),
             seen_high_water: Default::default(),
+            acked: watch::Sender::new(0),
+            conflicts: Default::default(),
         });
         let start = StartKind::of(config, &recovered, clock.as_ref());
         if start.stale {

@@ -11,7 +11,10 @@ use tonic::{
 use tonic_health::pb::health_server::{Health as HealthApi, HealthServer};
 
 use crate::{
-    api::{AdminService, AntiEntropyService, KvService, Membership, ReplicationService},
+    api::{
+        consistency::Replicas, AdminService, AntiEntropyService, KvService, Membership,
+        ReplicationService,
+    },
     config::Config,
     error::{Error, Result},
     node::{core::Core, secure::Secured},
@@ -79,6 +82,11 @@ pub(super) fn routers<H: HealthApi>(
         core.ctx.blocking,
         config.limits.max_value_bytes,
         shutdown.clone(),
+        Replicas {
+            manager: Arc::clone(&core.manager),
+            writer: core.writer.clone(),
+            default_timeout: Duration::from_millis(config.replication.consistency_timeout_ms),
+        },
     ))
     .max_decoding_message_size(config.max_message_bytes())
     // A stored value may exceed this node's own client limit (a peer with a
@@ -167,6 +175,7 @@ fn peer_services(
     let replication = ReplicationServer::new(ReplicationService::new(
         Arc::clone(&members),
         core.writer.clone(),
+        Arc::clone(&core.manager),
         shutdown.clone(),
     ))
     .max_decoding_message_size(max_peer)

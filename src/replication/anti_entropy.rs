@@ -191,6 +191,9 @@ pub struct RoundStats {
     pub regressed: bool,
     /// Why pushing stopped, if it did; the pulls went on.
     pub push_error: Option<String>,
+    /// The Digest's round trip and the peer's clock in its answer, for the
+    /// peer's clock offset.
+    pub clock: Option<(Duration, u64)>,
 }
 
 impl RoundStats {
@@ -279,6 +282,7 @@ async fn exchange_digests(
     // is compared below whatever the peer says of it.
     let view = ctx.digests(usize::MAX, Refresh::Wait).await?;
     let digests = view.digests.as_slice().to_vec();
+    let asked = tokio::time::Instant::now();
     let answer = ae
         .digest(request(
             proto::DigestRequest {
@@ -293,6 +297,7 @@ async fn exchange_digests(
         .await
         .map_err(Error::from_peer(peer))?
         .into_inner();
+    let clock = Some((asked.elapsed(), answer.now_ms));
     rules.peer_catching_up = answer.catching_up;
     // No mark of ours can be past what our clock could have issued: the wall
     // clock plus the skew it may follow (the writer observes no further).
@@ -334,6 +339,7 @@ async fn exchange_digests(
         differing_buckets: differing.len(),
         peer_catching_up: answer.catching_up,
         regressed,
+        clock,
         ..RoundStats::default()
     };
     Ok((differing, stats))
@@ -420,6 +426,7 @@ async fn push(
                     origin: ctx.node_id.clone(),
                     mutations: batch,
                     repair: true,
+                    upto_seq: 0,
                 },
                 timeout,
             ))
@@ -492,6 +499,8 @@ async fn pull(
         }
         if !entries.is_empty() {
             let done = ctx.writer.apply(entries, false).await?;
+            // Who saw what is the stream's knowledge; a round cannot tell.
+            ctx.note_contests(peer, &done.contested, |_, _| None);
             stats.pulled += done.applied;
             for (_, key, why) in done.refused {
                 stats.refused += 1;

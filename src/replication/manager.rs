@@ -15,15 +15,19 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     clock::{physical_ms, PhysicalClock},
     config::{PeerConfig, ReplicationConfig},
-    error::Result,
+    error::{Error, Result},
     high_water::SeenMarks,
     replication::{
+        conflicts::{classify, Conflict, Counts, Ledger},
         log,
         machine::PeerState,
         peer::{Backoff, Peer},
-        repair, stream, PeerChannel,
+        quorum::{Level, Tally},
+        repair,
+        skew::Offset,
+        stream, PeerChannel,
     },
-    storage::{blocking::Blocking, Store, WriterHandle},
+    storage::{blocking::Blocking, Contest, Store, WriterHandle},
 };
 
 /// What every replication task needs.
@@ -58,6 +62,12 @@ pub struct Ctx {
     pub seen_high_water: std::sync::Mutex<std::collections::HashMap<String, SeenMarks>>,
     /// Seeds every peer task's randomness; `None` draws from the OS.
     pub seed: Option<u64>,
+    /// Bumped whenever a peer's acknowledged seq moves: wakes the writes
+    /// waiting for a consistency level.
+    pub acked: watch::Sender<u64>,
+    /// What last-writer-wins decided against someone: counts and the last
+    /// conflicts.
+    pub conflicts: Ledger,
 }
 
 impl Ctx {
@@ -107,6 +117,43 @@ impl Ctx {
         answer
     }
 
+    /// Records the conflicts among `contests`, entries `sender` delivered.
+    /// `saw(origin, hlc)` says whether peer `origin` had seen this node's
+    /// own write at `hlc`, when that can be told.
+    pub fn note_contests(
+        &self,
+        sender: &str,
+        contests: &[Contest],
+        saw: impl Fn(&str, u64) -> Option<bool>,
+    ) {
+        let now_ms = self.clock.now_ms();
+        for c in contests {
+            let seen = if *c.local.node == *self.node_id {
+                saw(&c.remote.node, c.local.hlc)
+            } else {
+                None
+            };
+            let max_skew = self.config.max_clock_skew_ms;
+            let Some(kind) = classify(&c.local, &c.remote, c.remote_won, seen, max_skew) else {
+                continue;
+            };
+            let (kept, lost) = if c.remote_won {
+                (c.remote.clone(), c.local.clone())
+            } else {
+                (c.local.clone(), c.remote.clone())
+            };
+            tracing::debug!(key = ?c.key, %kept, %lost, peer = sender, ?kind, "conflict");
+            self.conflicts.record(Conflict {
+                key: c.key.clone(),
+                kind,
+                kept,
+                lost,
+                peer: sender.to_string(),
+                at_ms: now_ms,
+            });
+        }
+    }
+
     /// The first round with one more peer finished.
     pub(crate) fn caught_up_with_one(&self) {
         let left = self.catching_up.fetch_sub(1, Ordering::Relaxed);
@@ -131,6 +178,10 @@ pub struct PeerView {
     pub backlog_bytes: u64,
     /// Age of the oldest unacknowledged write, in seconds.
     pub lag_seconds: f64,
+    /// Its estimated clock offset.
+    pub clock: Offset,
+    /// Conflicts counted for writes it delivered.
+    pub conflicts: Counts,
 }
 
 /// Owns the peer tasks.
@@ -138,6 +189,9 @@ pub struct PeerView {
 pub struct PeerManager {
     ctx: Arc<Ctx>,
     peers: Vec<Arc<Peer>>,
+    /// A channel to each peer, in the order of `peers`: for reads at a
+    /// consistency level and read repair.
+    channels: Vec<PeerChannel>,
 }
 
 impl PeerManager {
@@ -183,7 +237,11 @@ impl PeerManager {
         if catch_up {
             ctx.catching_up.store(list.len(), Ordering::Relaxed);
         }
-        let manager = Arc::new(Self { ctx, peers: list });
+        let manager = Arc::new(Self {
+            ctx,
+            peers: list,
+            channels: channels.clone(),
+        });
         let cfg = &manager.ctx.config;
         let seed = manager.ctx.seed;
         let backoff = |peer: &str, task: u64| {
@@ -220,6 +278,59 @@ impl PeerManager {
             manager.ctx.synced.send_replace(true);
         }
         Ok(manager)
+    }
+
+    /// Each peer with a channel to it.
+    pub fn channels(&self) -> impl Iterator<Item = (&Arc<Peer>, &PeerChannel)> {
+        self.peers.iter().zip(&self.channels)
+    }
+
+    /// Records the conflicts among `contests`, which `sender` delivered.
+    pub fn note_contests(&self, sender: &str, contests: &[Contest]) {
+        if contests.is_empty() {
+            return;
+        }
+        self.ctx.note_contests(sender, contests, |origin, hlc| {
+            let peer = self.peers.iter().find(|p| p.id == origin)?;
+            Some(hlc < self.own_acked_below_hlc(peer.state().acked_seq))
+        });
+    }
+
+    /// Each peer and the last seq of this node's log it acknowledged.
+    pub fn acked(&self) -> Vec<(String, u64)> {
+        self.peers
+            .iter()
+            .map(|p| (p.id.clone(), p.state().acked_seq))
+            .collect()
+    }
+
+    /// Waits until enough peers for `level` have acknowledged this node's
+    /// log up to `seq`, or until `deadline`: then the error names who has
+    /// the write and who does not.
+    pub async fn await_acked(
+        &self,
+        seq: u64,
+        level: Level,
+        deadline: tokio::time::Instant,
+    ) -> Result<Tally> {
+        let mut changed = self.ctx.acked.subscribe();
+        loop {
+            changed.borrow_and_update();
+            let tally = Tally::at(&self.acked(), seq);
+            if tally.meets(level) {
+                return Ok(tally);
+            }
+            tokio::select! {
+                r = changed.changed() => {
+                    if r.is_err() {
+                        return Err(Error::Unavailable("the node is stopping".into()));
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(Tally::at(&self.acked(), seq).timed_out(level));
+                }
+            }
+        }
     }
 
     /// The peers, for tombstone collection and status.
@@ -306,6 +417,8 @@ impl PeerManager {
                 PeerView {
                     id: p.id.clone(),
                     url: p.url.clone(),
+                    clock: p.clock(),
+                    conflicts: self.ctx.conflicts.counts(&p.id),
                     backlog_entries: backlog,
                     backlog_bytes: backlog * mean,
                     lag_seconds,

@@ -36,12 +36,15 @@
 
 pub mod anti_entropy;
 pub mod channel;
+pub mod conflicts;
 pub mod log;
 pub mod machine;
 pub mod manager;
 mod paging;
 pub mod peer;
+pub mod quorum;
 pub mod repair;
+pub mod skew;
 pub mod stream;
 
 pub use channel::{PeerChannel, PeerCredential};

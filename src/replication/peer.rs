@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     machine::{step, stream_gate, Event, Gate, PeerState},
+    skew::Offset,
     Ctx,
 };
 
@@ -30,6 +31,8 @@ pub struct Peer {
     pub(crate) wake: Notify,
     /// Wakes the streamer (a repair or catch-up finished).
     pub(crate) unblocked: Notify,
+    /// Its clock offset, from the answers it stamps.
+    clock: Mutex<Offset>,
 }
 
 impl Peer {
@@ -42,6 +45,7 @@ impl Peer {
             state: Mutex::new(PeerState::new(acked_seq, catching_up)),
             wake: Notify::new(),
             unblocked: Notify::new(),
+            clock: Mutex::new(Offset::default()),
         }
     }
 
@@ -56,7 +60,16 @@ impl Peer {
 
     /// Steps the peer's state machine and carries out what it asks.
     pub(crate) fn handle(&self, ctx: &Ctx, event: Event) {
-        let act = step(&mut self.lock(), event);
+        let (act, moved) = {
+            let mut state = self.lock();
+            let before = state.acked_seq;
+            let act = step(&mut state, event);
+            (act, state.acked_seq != before)
+        };
+        if moved {
+            // Writes waiting for a consistency level count again.
+            ctx.acked.send_modify(|n| *n = n.wrapping_add(1));
+        }
         if let Some(seq) = act.save_cursor {
             ctx.writer.save_cursor(&self.id, seq);
         }
@@ -91,6 +104,39 @@ impl Peer {
             s.last_refused = last;
         }
         crate::metrics::peer_refused(&self.id, n);
+    }
+
+    /// The peer's estimated clock offset.
+    pub fn clock(&self) -> Offset {
+        *self.clock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Learns from an answer the peer stamped `peer_ms`, to a request sent
+    /// `rtt` ago: updates the offset, exports it, and warns as it nears
+    /// `max_clock_skew_ms`.
+    pub(crate) fn clock_sample(&self, ctx: &Ctx, rtt: std::time::Duration, peer_ms: u64) {
+        let got_ms = ctx.clock.now_ms();
+        let sent_ms = got_ms.saturating_sub(rtt.as_millis() as u64);
+        let max = ctx.config.max_clock_skew_ms;
+        let (before, after) = {
+            let mut c = self.clock.lock().unwrap_or_else(|p| p.into_inner());
+            let before = c.nearing(max);
+            c.sample(sent_ms, got_ms, peer_ms);
+            (before, *c)
+        };
+        if after.samples == 0 {
+            return;
+        }
+        crate::metrics::peer_clock_offset(&self.id, after.offset_ms);
+        if after.nearing(max) && !before {
+            tracing::warn!(
+                peer = %self.id,
+                offset_ms = after.offset_ms,
+                max_clock_skew_ms = max,
+                "the peer's clock is more than half of max_clock_skew_ms away from ours; past it, \
+                 the clock that runs ahead has its writes refused: check NTP on both"
+            );
+        }
     }
 
     /// Whether the streamer may run: see [`stream_gate`].

@@ -95,6 +95,9 @@ pub async fn run(
         };
         match round {
             Ok(stats) => {
+                if let Some((rtt, peer_ms)) = stats.clock {
+                    peer.clock_sample(&ctx, rtt, peer_ms);
+                }
                 peer.refused(stats.refused, stats.last_refused.clone());
                 let end = RoundEnd::new(mode, &stats, resume_at, visible_ms);
                 let finished = end.finished;

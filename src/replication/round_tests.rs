@@ -59,6 +59,8 @@ impl AntiEntropy for ScriptedPeer {
             buckets: (0..crate::storage::BUCKETS as u32).collect(),
             catching_up: false,
             seen_high_water: 0,
+            // A peer that stamps nothing: no clock sample.
+            now_ms: 0,
         }))
     }
 
@@ -151,6 +153,7 @@ impl Replication for ScriptedPeer {
         Ok(Response::new(proto::ReplicateResponse {
             applied: n as u64,
             refused: Vec::new(),
+            now_ms: 0,
         }))
     }
 }
@@ -185,6 +188,8 @@ fn node(dir: &std::path::Path, config: ReplicationConfig) -> Arc<Ctx> {
         recovered_high_water: 0,
         incarnation: 1,
         seen_high_water: Default::default(),
+        acked: tokio::sync::watch::Sender::new(0),
+        conflicts: Default::default(),
     })
 }
 

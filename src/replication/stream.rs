@@ -368,6 +368,7 @@ async fn send_next(
         origin: ctx.node_id.clone(),
         mutations: batch.into_iter().map(|(_, r)| r).collect(),
         repair: false,
+        upto_seq: upto,
     };
     // Room for PIPELINE requests, and at most that many are out.
     if tx.try_send(request).is_err() {
@@ -379,7 +380,9 @@ async fn send_next(
 
 /// Moves the peer's cursor past an answered batch and records what it said.
 fn acknowledged(ctx: &Ctx, peer: &Peer, batch: Sent, resp: &proto::ReplicateResponse) {
-    crate::metrics::stage("replicate_round_trip", batch.at.elapsed());
+    let rtt = batch.at.elapsed();
+    crate::metrics::stage("replicate_round_trip", rtt);
+    peer.clock_sample(ctx, rtt, resp.now_ms);
     peer.handle(ctx, Event::Acked { upto: batch.upto });
     let last = resp
         .refused

@@ -89,6 +89,8 @@ pub struct Store {
     pub window: LogWindow,
     /// Every change applied here, for Watch.
     pub feed: super::feed::Feed,
+    /// How far each origin's log is applied here, for write tokens.
+    pub positions: super::positions::Positions,
     _lock: DirLock,
 }
 
@@ -190,6 +192,7 @@ impl Store {
         super::migrate::from_layout_1(&db, &kv, &versions)?;
         let fresh = kv.first_key_value().is_none();
         db.persist(PersistMode::SyncAll)?;
+        let positions = super::positions::Positions::load(&meta)?;
         let store = Arc::new(Store {
             db,
             kv,
@@ -204,6 +207,7 @@ impl Store {
             visible_ms: AtomicU64::new(0),
             window: LogWindow::new(last_seq, WINDOW_BYTES),
             feed,
+            positions,
             _lock: lock,
         });
         Ok((

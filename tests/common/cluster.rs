@@ -191,6 +191,7 @@ impl Load {
                             kv.delete(proto::DeleteRequest {
                                 key: key.clone(),
                                 expect: None,
+                                ..Default::default()
                             })
                             .await
                             .map(|r| (ver(&r.into_inner().version), None))

@@ -369,6 +369,7 @@ async fn drive(s: Scenario, log: Rc<RefCell<Log>>) -> turmoil::Result {
                     .delete(timed(tonic::Request::new(proto::DeleteRequest {
                         key: key.clone(),
                         expect: None,
+                        ..Default::default()
                     })))
                     .await;
                 match r {
@@ -395,6 +396,7 @@ async fn drive(s: Scenario, log: Rc<RefCell<Log>>) -> turmoil::Result {
                             ..Default::default()
                         })
                         .collect(),
+                    ..Default::default()
                 };
                 match c.write_batch(timed(tonic::Request::new(req))).await {
                     Ok(r) => {

@@ -78,6 +78,7 @@ impl Client {
                             ..Default::default()
                         })
                         .collect(),
+                    ..Default::default()
                 })
                 .await
                 .map(drop),

@@ -8,7 +8,7 @@ use std::{collections::HashMap, sync::Arc};
 use fjall::PersistMode;
 use prost::Message;
 
-use super::{apply, Applied, Command, Expect, LocalWrite, Outcome, Writer};
+use super::{apply, Applied, Command, Expect, LocalWrite, Outcome, Writer, Written};
 use crate::{
     config::FsyncMode,
     error::{Error, Result},
@@ -49,6 +49,7 @@ impl Writer {
             seq: self.last_seq,
             change_seq: self.change_seq,
             feed: Vec::new(),
+            positions: Vec::new(),
             log_bytes: 0,
             // Never below what was published as visible: an entry applied at
             // or after it must not count as covered by a round that started then.
@@ -61,8 +62,16 @@ impl Writer {
                 Command::Remote {
                     mutations,
                     streamed,
+                    position,
                     ..
-                } => Outcome::Applied(self.stage_remote(&mut st, mutations, *streamed)?),
+                } => {
+                    if let Some((origin, upto)) = position.take() {
+                        let key = crate::storage::positions::key(&origin);
+                        self.store.batch_meta_u64(&mut st.batch, &key, upto);
+                        st.positions.push((origin, upto));
+                    }
+                    Outcome::Applied(self.stage_remote(&mut st, mutations, *streamed)?)
+                }
                 Command::Forget {
                     entries,
                     only_tombstones,
@@ -106,6 +115,7 @@ impl Writer {
         store
             .feed
             .publish(st.change_seq, first_change, std::mem::take(&mut st.feed));
+        store.positions.publish(std::mem::take(&mut st.positions));
         if st.seq != self.last_seq {
             self.last_seq = st.seq;
             self.seq_tx.send_replace(st.seq);
@@ -138,7 +148,7 @@ impl Writer {
         &mut self,
         st: &mut Staged,
         writes: &mut [LocalWrite],
-    ) -> Result<Result<Vec<Version>>> {
+    ) -> Result<Result<Written>> {
         if let Err(e) = self.check_conditions(st, writes)? {
             return Ok(Err(e));
         }
@@ -190,7 +200,10 @@ impl Writer {
             versions.push(entry.version.clone());
             st.overlay.insert(key.clone(), Some(entry));
         }
-        Ok(Ok(versions))
+        Ok(Ok(Written {
+            versions,
+            seq: st.seq,
+        }))
     }
 
     /// Stages the remote entries that [`apply::decide`] lets in.
@@ -220,6 +233,24 @@ impl Writer {
                 self.hlc.observe(entry.version.hlc);
             }
             tracing::trace!(key = ?key, version = %entry.version, streamed, tombstone = entry.is_tombstone(), ?decision, "remote entry");
+            if let Some(o) = old
+                .as_ref()
+                .filter(|o| o.version.node != entry.version.node)
+            {
+                let remote_won = match decision {
+                    apply::Decision::Apply => Some(true),
+                    apply::Decision::Loses if o.version != entry.version => Some(false),
+                    _ => None,
+                };
+                if let Some(remote_won) = remote_won {
+                    done.contested.push(super::Contest {
+                        key: key.clone(),
+                        local: o.version.clone(),
+                        remote: entry.version.clone(),
+                        remote_won,
+                    });
+                }
+            }
             match decision {
                 apply::Decision::Apply => {}
                 apply::Decision::Refuse(why) => {
@@ -367,6 +398,8 @@ struct Staged {
     change_seq: u64,
     /// This batch's changes, for live watchers once committed.
     feed: Vec<feed::Change>,
+    /// The origins' positions this batch commits.
+    positions: Vec<(String, u64)>,
     /// Bytes of this batch's log records.
     log_bytes: u64,
     /// This batch's time: `applied_ms` of its tombstones, and the horizon.

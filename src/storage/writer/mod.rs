@@ -159,13 +159,16 @@ enum Command {
     /// Local writes (one, or a client's batch).
     Local {
         writes: Vec<LocalWrite>,
-        reply: oneshot::Sender<Result<Vec<Version>>>,
+        reply: oneshot::Sender<Result<Written>>,
         _permit: Option<Permit>,
     },
     Remote {
         mutations: Vec<(String, Entry)>,
         /// From the origin's log stream, not a repair: see [`WriterHandle::apply`].
         streamed: bool,
+        /// The origin and the log seq of the batch's last record, when
+        /// streamed: committed with the entries (see `storage::positions`).
+        position: Option<(String, u64)>,
         reply: oneshot::Sender<Result<Applied>>,
         _permit: Option<Permit>,
     },
@@ -190,6 +193,32 @@ pub struct Applied {
     pub applied: u64,
     /// Entries refused: their position in the batch, their key and why.
     pub refused: Vec<(usize, String, apply::Refusal)>,
+    /// Entries that met a local copy of another origin: what
+    /// last-writer-wins decided, for the conflict ledger.
+    pub contested: Vec<Contest>,
+}
+
+/// A remote entry that met a local copy written by another origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contest {
+    /// The key.
+    pub key: String,
+    /// The local copy's version.
+    pub local: Version,
+    /// The remote entry's version.
+    pub remote: Version,
+    /// Whether the remote entry won (and is now stored).
+    pub remote_won: bool,
+}
+
+/// What a committed request of local writes got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// One version per write, in order.
+    pub versions: Vec<Version>,
+    /// The log seq of the last write: every write of the request is at or
+    /// below it in this node's log.
+    pub seq: u64,
 }
 
 /// Submits writes to the writer thread. Cheap to clone.
@@ -237,6 +266,13 @@ impl WriterHandle {
     /// write's condition does not hold, none is committed
     /// ([`Error::Precondition`]).
     pub async fn write_batch(&self, writes: Vec<LocalWrite>) -> Result<Vec<Version>> {
+        Ok(self.write_logged(writes).await?.versions)
+    }
+
+    /// [`write_batch`](Self::write_batch), also answering where the writes
+    /// went in this node's log: what a peer must have acknowledged to hold
+    /// them all.
+    pub async fn write_logged(&self, writes: Vec<LocalWrite>) -> Result<Written> {
         let permit = self.clients.try_admit(local_bytes(&writes))?;
         self.call(|reply| Command::Local {
             writes,
@@ -256,10 +292,33 @@ impl WriterHandle {
     /// whose delete every node has since applied and purged. If the value is
     /// still live somewhere, anti-entropy delivers it as a repair.
     pub async fn apply(&self, mutations: Vec<(String, Entry)>, streamed: bool) -> Result<Applied> {
+        self.apply_at(mutations, streamed, None).await
+    }
+
+    /// [`apply`](Self::apply) for a batch of `origin`'s log stream ending at
+    /// seq `upto`: the position is committed with the entries, so a write
+    /// token up to it is answered once they are readable here.
+    pub async fn apply_streamed(
+        &self,
+        mutations: Vec<(String, Entry)>,
+        origin: &str,
+        upto: u64,
+    ) -> Result<Applied> {
+        self.apply_at(mutations, true, Some((origin.to_string(), upto)))
+            .await
+    }
+
+    async fn apply_at(
+        &self,
+        mutations: Vec<(String, Entry)>,
+        streamed: bool,
+        position: Option<(String, u64)>,
+    ) -> Result<Applied> {
         let permit = self.peers.admit(remote_bytes(&mutations)).await?;
         self.call(|reply| Command::Remote {
             mutations,
             streamed,
+            position,
             reply,
             _permit: Some(permit),
         })
@@ -446,7 +505,7 @@ struct Writer {
 
 /// What one request gets back once the batch is committed.
 enum Outcome {
-    Local(Result<Vec<Version>>),
+    Local(Result<Written>),
     Applied(Applied),
     Count(u64),
 }

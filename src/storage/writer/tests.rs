@@ -270,7 +270,7 @@ fn commit_local(w: &mut Writer, key: &str, value: Option<&[u8]>) -> Version {
         }])
         .unwrap();
     match out.pop() {
-        Some(Outcome::Local(Ok(mut v))) => v.pop().expect("a version"),
+        Some(Outcome::Local(Ok(mut w))) => w.versions.pop().expect("a version"),
         _ => panic!("a local outcome"),
     }
 }
@@ -281,6 +281,7 @@ fn commit_remote(w: &mut Writer, mutations: Vec<(String, Entry)>, streamed: bool
         .commit(&mut [Command::Remote {
             mutations,
             streamed,
+            position: None,
             reply: oneshot::channel().0,
             _permit: None,
         }])
@@ -366,6 +367,7 @@ fn an_expired_remote_tombstone_is_stored_only_where_it_beats_a_value() {
     let remote = |key: &str, e: Entry| Command::Remote {
         mutations: vec![(key.into(), e)],
         streamed: false,
+        position: None,
         reply: oneshot::channel().0,
         _permit: None,
     };
