@@ -56,6 +56,47 @@ pub async fn serve(
     Ok((bound, fut))
 }
 
+/// Starts every counter of the node, and of each of `peers`, at 0 (and the
+/// tombstones-waiting gauge, measured later): a
+/// series Prometheus has never seen makes `increase()` blind to its first
+/// step, so alerts on refusals or skew would miss the first event.
+pub fn register(peers: &[String]) {
+    for name in [
+        "meshkv_clock_skew_events_total",
+        "meshkv_log_truncated_records_total",
+        "meshkv_tombstones_purged_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for copy in ["local", "peer"] {
+        metrics::counter!("meshkv_read_repairs_total", "copy" => copy).increment(0);
+    }
+    for peer in peers {
+        for name in [
+            "meshkv_peer_refused_entries_total",
+            "meshkv_replicated_out_entries_total",
+            "meshkv_anti_entropy_rounds_total",
+            "meshkv_anti_entropy_keys_repaired_total",
+        ] {
+            metrics::counter!(name, "peer" => peer.clone()).increment(0);
+        }
+        for name in [
+            "meshkv_replicated_in_entries_total",
+            "meshkv_replicated_in_applied_total",
+            "meshkv_replicated_in_refused_total",
+        ] {
+            metrics::counter!(name, "origin" => peer.clone()).increment(0);
+        }
+        // Measured by each collection pass (every tombstone TTL / 8, at
+        // most 10 minutes); none is known to wait before the first.
+        metrics::gauge!("meshkv_tombstones_waiting", "peer" => peer.clone()).set(0.0);
+        for kind in ["lost", "replaced"] {
+            metrics::counter!("meshkv_conflicts_total", "peer" => peer.clone(), "kind" => kind)
+                .increment(0);
+        }
+    }
+}
+
 /// A client request that succeeded, with its latency.
 pub fn request(method: &'static str, took: Duration) {
     metrics::counter!("meshkv_requests_total", "method" => method).increment(1);
@@ -119,6 +160,17 @@ pub fn read_repaired(place: &'static str) {
 pub fn conflict(peer: &str, kind: &'static str) {
     metrics::counter!("meshkv_conflicts_total", "peer" => peer.to_string(), "kind" => kind)
         .increment(1);
+}
+
+/// 1 while the node reports SERVING, 0 otherwise (starting, catching up,
+/// stopping, storage failed).
+pub fn serving(serving: bool) {
+    metrics::gauge!("meshkv_serving").set(if serving { 1.0 } else { 0.0 });
+}
+
+/// 1 once storage has failed: the node refuses writes until restarted.
+pub fn storage_failed(failed: bool) {
+    metrics::gauge!("meshkv_storage_failed").set(if failed { 1.0 } else { 0.0 });
 }
 
 /// A peer's estimated clock offset (its clock less ours).

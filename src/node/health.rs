@@ -41,6 +41,7 @@ impl Health {
         } else {
             ServingStatus::NotServing
         };
+        crate::metrics::serving(serving);
         self.reporter.set_service_status("", status).await;
         self.reporter
             .set_service_status("meshkv.v1.KV", status)
@@ -64,6 +65,7 @@ pub(super) async fn watch_health(
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
 ) {
+    crate::metrics::storage_failed(false);
     if wait_for_round {
         let why = "waiting for the first anti-entropy round with a peer";
         tracing::info!("{why}; NOT_SERVING until then");
@@ -88,6 +90,7 @@ pub(super) async fn watch_health(
         tokio::select! {
             _ = fatal.cancelled() => {
                 tracing::error!("storage failed: NOT_SERVING; writes are refused until restart");
+                crate::metrics::storage_failed(true);
                 health.set(false, "storage failed; restart the node").await;
             }
             _ = shutdown.cancelled() => {}

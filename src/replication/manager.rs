@@ -217,6 +217,7 @@ impl PeerManager {
                 );
             }
         }
+        crate::metrics::register(&peers.iter().map(|p| p.id.clone()).collect::<Vec<_>>());
         let mut list = Vec::with_capacity(peers.len());
         let mut channels = Vec::with_capacity(peers.len());
         for p in peers {
