@@ -25,18 +25,8 @@ fn certs(dir: &Path, nodes: &[&str]) {
     assert!(status.success(), "meshkv certs: {out}{err}");
 }
 
-/// The token of `role` from a tokens file that `meshkv certs` wrote.
 fn token(dir: &Path, role: &str) -> String {
-    let text = std::fs::read_to_string(dir.join("tokens.toml")).unwrap();
-    let table: toml::Table = toml::from_str(&text).unwrap();
-    table["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["role"].as_str() == Some(role))
-        .and_then(|t| t["token"].as_str())
-        .unwrap()
-        .to_string()
+    common::token_of(dir, role)
 }
 
 /// A TLS node: `cert_dir` holds its certificate and key, `ca` is the CA it

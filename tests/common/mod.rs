@@ -394,6 +394,21 @@ fn isolated(mut cmd: Command) -> Command {
     cmd
 }
 
+/// The token of `role` from the tokens file (`tokens.toml`) that
+/// `meshkv certs --tokens` wrote into `dir`.
+pub fn token_of(dir: &Path, role: &str) -> String {
+    let text = fs::read_to_string(dir.join("tokens.toml")).unwrap();
+    let table: toml::Table = toml::from_str(&text).unwrap();
+    table["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["role"].as_str() == Some(role))
+        .and_then(|t| t["token"].as_str())
+        .unwrap()
+        .to_string()
+}
+
 /// Free loopback ports for nodes that must know each other's addresses
 /// before they start.
 pub fn free_addrs(n: usize) -> Vec<SocketAddr> {
