@@ -72,14 +72,10 @@ async fn apply(
     } else {
         wire::split_streamed(req.mutations, &req.origin)
     };
-    let position = (!req.repair && req.upto_seq > 0).then_some(req.upto_seq);
-    let applied = if mutations.is_empty() && position.is_none() {
+    let applied = if mutations.is_empty() {
         0
     } else {
-        let done = match position {
-            Some(upto) => writer.apply_streamed(mutations, &req.origin, upto).await?,
-            None => writer.apply(mutations, !req.repair).await?,
-        };
+        let done = writer.apply(mutations, !req.repair).await?;
         manager.note_contests(&req.origin, &done.contested);
         let malformed: Vec<u32> = refused.iter().map(|r| r.index).collect();
         refused.extend(
@@ -111,6 +107,24 @@ async fn apply(
         refused,
         now_ms,
     })
+}
+
+/// Records that `origin`'s log is applied here through `upto` (0: the batch
+/// named no position). Called as batches are answered, in order: batches
+/// of one stream are applied concurrently and may commit out of order, so
+/// only once the oldest is done is every record up to its end readable here.
+/// Published at once, persisted with the writer's next commit; after a
+/// crash the stored position may lag, which only makes tokens wait.
+fn applied_through(manager: &PeerManager, writer: &WriterHandle, origin: &str, upto: u64) {
+    if upto == 0 {
+        return;
+    }
+    manager
+        .ctx()
+        .store
+        .positions
+        .publish(vec![(origin.to_string(), upto)]);
+    writer.save_position(origin, upto);
 }
 
 /// The oldest batch still being applied; never resolves if there is none.
@@ -145,6 +159,8 @@ async fn serve_stream(
 ) {
     let mut sender: Option<(String, String)> = None;
     let mut applying = VecDeque::with_capacity(STREAM_APPLYING);
+    // The origin's log seq each batch being applied ends at, in order.
+    let mut ends: VecDeque<u64> = VecDeque::with_capacity(STREAM_APPLYING);
     let mut ended = false;
     let mut stopping = false;
     loop {
@@ -163,8 +179,12 @@ async fn serve_stream(
             }
             done = oldest(&mut applying) => {
                 applying.pop_front();
+                let upto = ends.pop_front().unwrap_or(0);
                 let answer = done.map_err(Status::from);
                 let failed = answer.is_err();
+                if let (false, Some((_, origin))) = (failed, &sender) {
+                    applied_through(&manager, &writer, origin, upto);
+                }
                 if out.send(answer).await.is_err() || failed {
                     return;
                 }
@@ -190,6 +210,7 @@ async fn serve_stream(
                     return;
                 }
                 sender.get_or_insert_with(|| (req.cluster_id.clone(), req.origin.clone()));
+                ends.push_back(if req.repair { 0 } else { req.upto_seq });
                 let (writer, manager) = (writer.clone(), Arc::clone(&manager));
                 applying.push_back(tokio::spawn(async move { apply(&writer, &manager, req).await }));
             }

@@ -2,11 +2,15 @@
 //! token names is checked against it.
 //!
 //! An origin streams its log in seq order, and every streamed batch says
-//! the seq of its last record. The writer stores that seq in `meta` in the
-//! same commit as the batch's entries, so a position never runs ahead of
-//! what a read here can see, and it survives a restart. It is set, not
-//! raised: an origin whose log began again (a wiped data dir) streams from
-//! its start, and a position left high would pass its new tokens unseen.
+//! the seq of its last record. The stream's receiver applies up to four
+//! batches at once, and they may commit out of order, so it publishes a
+//! batch's end only as it answers it, in order: every batch before it is
+//! committed by then, so a position never runs ahead of what a read here
+//! can see. It is persisted in `meta` with the writer's next commit and
+//! survives a restart; after a crash it may lag, which only makes tokens
+//! wait. It is set, not raised: an origin whose log began again (a wiped
+//! data dir) streams from its start, and a position left high would pass
+//! its new tokens unseen.
 
 use std::collections::BTreeMap;
 
@@ -59,8 +63,8 @@ impl Positions {
         self.tx.subscribe()
     }
 
-    /// Announces positions committed by the writer.
-    pub(crate) fn publish(&self, committed: Vec<(String, u64)>) {
+    /// Announces positions whose records are all committed.
+    pub fn publish(&self, committed: Vec<(String, u64)>) {
         if committed.is_empty() {
             return;
         }

@@ -49,7 +49,6 @@ impl Writer {
             seq: self.last_seq,
             change_seq: self.change_seq,
             feed: Vec::new(),
-            positions: Vec::new(),
             log_bytes: 0,
             // Never below what was published as visible: an entry applied at
             // or after it must not count as covered by a round that started then.
@@ -62,16 +61,8 @@ impl Writer {
                 Command::Remote {
                     mutations,
                     streamed,
-                    position,
                     ..
-                } => {
-                    if let Some((origin, upto)) = position.take() {
-                        let key = crate::storage::positions::key(&origin);
-                        self.store.batch_meta_u64(&mut st.batch, &key, upto);
-                        st.positions.push((origin, upto));
-                    }
-                    Outcome::Applied(self.stage_remote(&mut st, mutations, *streamed)?)
-                }
+                } => Outcome::Applied(self.stage_remote(&mut st, mutations, *streamed)?),
                 Command::Forget {
                     entries,
                     only_tombstones,
@@ -115,7 +106,6 @@ impl Writer {
         store
             .feed
             .publish(st.change_seq, first_change, std::mem::take(&mut st.feed));
-        store.positions.publish(std::mem::take(&mut st.positions));
         if st.seq != self.last_seq {
             self.last_seq = st.seq;
             self.seq_tx.send_replace(st.seq);
@@ -398,8 +388,6 @@ struct Staged {
     change_seq: u64,
     /// This batch's changes, for live watchers once committed.
     feed: Vec<feed::Change>,
-    /// The origins' positions this batch commits.
-    positions: Vec<(String, u64)>,
     /// Bytes of this batch's log records.
     log_bytes: u64,
     /// This batch's time: `applied_ms` of its tombstones, and the horizon.

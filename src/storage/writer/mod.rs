@@ -166,9 +166,6 @@ enum Command {
         mutations: Vec<(String, Entry)>,
         /// From the origin's log stream, not a repair: see [`WriterHandle::apply`].
         streamed: bool,
-        /// The origin and the log seq of the batch's last record, when
-        /// streamed: committed with the entries (see `storage::positions`).
-        position: Option<(String, u64)>,
         reply: oneshot::Sender<Result<Applied>>,
         _permit: Option<Permit>,
     },
@@ -292,33 +289,10 @@ impl WriterHandle {
     /// whose delete every node has since applied and purged. If the value is
     /// still live somewhere, anti-entropy delivers it as a repair.
     pub async fn apply(&self, mutations: Vec<(String, Entry)>, streamed: bool) -> Result<Applied> {
-        self.apply_at(mutations, streamed, None).await
-    }
-
-    /// [`apply`](Self::apply) for a batch of `origin`'s log stream ending at
-    /// seq `upto`: the position is committed with the entries, so a write
-    /// token up to it is answered once they are readable here.
-    pub async fn apply_streamed(
-        &self,
-        mutations: Vec<(String, Entry)>,
-        origin: &str,
-        upto: u64,
-    ) -> Result<Applied> {
-        self.apply_at(mutations, true, Some((origin.to_string(), upto)))
-            .await
-    }
-
-    async fn apply_at(
-        &self,
-        mutations: Vec<(String, Entry)>,
-        streamed: bool,
-        position: Option<(String, u64)>,
-    ) -> Result<Applied> {
         let permit = self.peers.admit(remote_bytes(&mutations)).await?;
         self.call(|reply| Command::Remote {
             mutations,
             streamed,
-            position,
             reply,
             _permit: Some(permit),
         })
@@ -361,6 +335,17 @@ impl WriterHandle {
         self.wake_if(self.pending.update(|p| {
             let c = p.cursors.entry(key).or_insert(seq);
             *c = (*c).max(seq);
+        }));
+    }
+
+    /// Records how far `origin`'s log is applied here; persisted with the
+    /// next batch, like a cursor, but set rather than raised (see
+    /// `storage::positions`). Call it only once every batch up to `seq` is
+    /// committed. Never waits.
+    pub fn save_position(&self, origin: &str, seq: u64) {
+        let key = crate::storage::positions::key(origin);
+        self.wake_if(self.pending.update(|p| {
+            p.cursors.insert(key, seq);
         }));
     }
 

@@ -281,7 +281,6 @@ fn commit_remote(w: &mut Writer, mutations: Vec<(String, Entry)>, streamed: bool
         .commit(&mut [Command::Remote {
             mutations,
             streamed,
-            position: None,
             reply: oneshot::channel().0,
             _permit: None,
         }])
@@ -367,7 +366,6 @@ fn an_expired_remote_tombstone_is_stored_only_where_it_beats_a_value() {
     let remote = |key: &str, e: Entry| Command::Remote {
         mutations: vec![(key.into(), e)],
         streamed: false,
-        position: None,
         reply: oneshot::channel().0,
         _permit: None,
     };
