@@ -285,7 +285,10 @@ impl Client {
         let versions = resp
             .versions
             .into_iter()
-            .map(|v| Version::from_proto(Some(v)).expect("a version"))
+            .map(|v| Version {
+                hlc: v.hlc,
+                node: v.node_id,
+            })
             .collect();
         Ok((versions, Token(resp.token)))
     }

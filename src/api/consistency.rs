@@ -25,7 +25,6 @@ use crate::{
     error::{Error, Result},
     proto::{self, anti_entropy_client::AntiEntropyClient, replication_client::ReplicationClient},
     replication::{quorum::Level, PeerChannel, PeerManager},
-    storage::WriterHandle,
     version::{to_mutation, Entry},
     wire,
 };
@@ -87,10 +86,9 @@ fn grpc_timeout(v: &str) -> Option<Duration> {
 /// What a read or write needs beyond this node.
 #[derive(Debug, Clone)]
 pub struct Replicas {
-    /// The peers and their channels.
+    /// The peers and their channels (and, in its context, the writer that
+    /// repairs this node's copy).
     pub manager: Arc<PeerManager>,
-    /// For read repair of this node's copy.
-    pub writer: WriterHandle,
     /// The wait when a call carries no deadline.
     pub default_timeout: Duration,
 }
@@ -220,6 +218,8 @@ impl Replicas {
         };
         if local.as_ref().is_none_or(|l| l.version < newest.version) {
             let done = self
+                .manager
+                .ctx()
                 .writer
                 .apply(vec![(key.to_string(), newest.clone())], false)
                 .await?;

@@ -119,11 +119,7 @@ fn applied_through(manager: &PeerManager, writer: &WriterHandle, origin: &str, u
     if upto == 0 {
         return;
     }
-    manager
-        .ctx()
-        .store
-        .positions
-        .publish(vec![(origin.to_string(), upto)]);
+    manager.ctx().store.positions.set(origin, upto);
     writer.save_position(origin, upto);
 }
 

@@ -84,7 +84,6 @@ pub(super) fn routers<H: HealthApi>(
         shutdown.clone(),
         Replicas {
             manager: Arc::clone(&core.manager),
-            writer: core.writer.clone(),
             default_timeout: Duration::from_millis(config.replication.consistency_timeout_ms),
         },
     ))

@@ -63,14 +63,18 @@ impl Positions {
         self.tx.subscribe()
     }
 
-    /// Announces positions whose records are all committed.
-    pub fn publish(&self, committed: Vec<(String, u64)>) {
-        if committed.is_empty() {
-            return;
-        }
-        self.tx.send_modify(|map| {
-            for (origin, seq) in committed {
-                map.insert(origin, seq);
+    /// Announces that every record of `origin`'s log up to `seq` is
+    /// committed here. Waiters wake only if it moved.
+    pub fn set(&self, origin: &str, seq: u64) {
+        self.tx.send_if_modified(|map| match map.get_mut(origin) {
+            Some(have) if *have == seq => false,
+            Some(have) => {
+                *have = seq;
+                true
+            }
+            None => {
+                map.insert(origin.to_string(), seq);
+                true
             }
         });
     }
