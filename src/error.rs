@@ -70,10 +70,6 @@ pub enum Error {
     /// the call's deadline; the message says who had answered.
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),
-    /// A client command's request failed; the message is one sentence for
-    /// the person who ran it (see `client::connect::request_error`).
-    #[error("{0}")]
-    Client(String),
 }
 
 impl Error {
@@ -123,7 +119,7 @@ impl From<Error> for tonic::Status {
             Error::Storage(_) | Error::Unavailable(_) | Error::Transport(_) | Error::Io { .. } => {
                 Code::Unavailable
             }
-            Error::Peer { .. } | Error::Client(_) => Code::Unavailable,
+            Error::Peer { .. } => Code::Unavailable,
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Precondition { .. } => Code::FailedPrecondition,
             Error::Unauthenticated(_) => Code::Unauthenticated,

@@ -5,12 +5,11 @@
 //! locally. Each key is a last-writer-wins register ordered by [`version`]s
 //! stamped from a hybrid logical [`clock`]; merging is commutative,
 //! associative and idempotent, so every replica converges on the highest
-//! version however writes are delivered. [`node::run`] wires it together;
-//! [`client`] is the command line and the benchmark, which reach a node only
-//! through its API.
+//! version however writes are delivered. [`node::run`] wires it together.
+//! Clients, the `meshkv` command line among them, use the `meshkv-client`
+//! crate.
 
 pub mod api;
-pub mod client;
 pub mod clock;
 pub mod config;
 pub mod error;

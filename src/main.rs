@@ -1,10 +1,12 @@
 //! The `meshkv` binary: parse flags, load config, set up tracing, run.
 
+mod cli;
+
 use std::process::ExitCode;
 
 use clap::Parser;
+use cli::{run_client, Cli, Command, Outcome, ServeArgs};
 use meshkv::{
-    client::{run_client, Cli, Command, Outcome, ServeArgs},
     config::{self, LogFormat},
     error::one_line,
     node,

@@ -19,7 +19,11 @@ use tonic::{
 
 use crate::{
     proto::{self, kv_client::KvClient},
-    types::{Consistency, Entry, ReadOptions, Token, Version, WriteOptions, Written},
+    stream::{ScanPages, Watch},
+    types::{
+        Consistency, Entry, ReadOptions, ScanOptions, Token, Version, WatchOptions, WriteOptions,
+        Written,
+    },
     Error, Session,
 };
 
@@ -95,12 +99,35 @@ impl ClientBuilder {
     /// The client. Connections open lazily, at the first call to each
     /// endpoint.
     pub fn build(self) -> Result<Client, Error> {
+        let channels = self
+            .endpoints()?
+            .iter()
+            .map(Endpoint::connect_lazy)
+            .collect();
+        self.finish(channels)
+    }
+
+    /// The client, with a connection to every endpoint open already: a
+    /// load generator wants its connections made before it starts the
+    /// clock, and to hear at once which endpoint cannot be reached.
+    pub async fn connect(self) -> Result<Client, Error> {
+        let mut channels = Vec::with_capacity(self.endpoints.len());
+        for (url, endpoint) in self.endpoints.iter().zip(self.endpoints()?) {
+            let channel = endpoint.connect().await.map_err(|source| Error::Connect {
+                endpoint: url.clone(),
+                source,
+            })?;
+            channels.push(channel);
+        }
+        self.finish(channels)
+    }
+
+    fn endpoints(&self) -> Result<Vec<Endpoint>, Error> {
         if self.endpoints.is_empty() {
             return Err(Error::Config("at least one endpoint".into()));
         }
-        let tls = self.tls()?;
-        let channels = self
-            .endpoints
+        let tls = self.tls();
+        self.endpoints
             .iter()
             .map(|url| {
                 let mut e = Endpoint::from_shared(url.clone())
@@ -108,17 +135,24 @@ impl ClientBuilder {
                     .connect_timeout(self.connect_timeout)
                     .tcp_nodelay(true);
                 if url.starts_with("https://") {
-                    let tls = tls.clone().unwrap_or_else(ClientTlsConfig::new);
+                    let tls = tls.clone().unwrap_or_default();
                     e = e
                         .tls_config(tls)
                         .map_err(|e| Error::Config(format!("TLS for {url}: {e}")))?;
+                } else if tls.is_some() {
+                    return Err(Error::Config(format!(
+                        "a CA or client certificate needs https:// endpoints, not {url}"
+                    )));
                 }
-                Ok(e.connect_lazy())
+                Ok(e)
             })
-            .collect::<Result<Vec<_>, Error>>()?;
+            .collect()
+    }
+
+    fn finish(self, channels: Vec<Channel>) -> Result<Client, Error> {
         let token = match &self.token {
             Some(t) => Some(
-                MetadataValue::try_from(format!("Bearer {t}"))
+                MetadataValue::try_from(format!("Bearer {}", t.trim()))
                     .map_err(|_| Error::Config("the token is not a valid header value".into()))?,
             ),
             None => None,
@@ -136,9 +170,9 @@ impl ClientBuilder {
         })
     }
 
-    fn tls(&self) -> Result<Option<ClientTlsConfig>, Error> {
+    fn tls(&self) -> Option<ClientTlsConfig> {
         if self.ca_pem.is_none() && self.identity.is_none() {
-            return Ok(None);
+            return None;
         }
         let mut tls = ClientTlsConfig::new();
         if let Some(ca) = &self.ca_pem {
@@ -147,7 +181,7 @@ impl ClientBuilder {
         if let Some((cert, key)) = &self.identity {
             tls = tls.identity(Identity::from_pem(cert, key));
         }
-        Ok(Some(tls))
+        Some(tls)
     }
 }
 
@@ -225,8 +259,8 @@ impl Client {
         let resp = self
             .call(
                 retry,
-                opts.timeout,
-                |mut kv, r| async move { kv.write(r).await },
+                Some(self.deadline(opts.timeout)),
+                |ch, r| async move { kv(ch).write(r).await },
                 req,
             )
             .await?;
@@ -247,8 +281,8 @@ impl Client {
         let resp = self
             .call(
                 true,
-                opts.timeout,
-                |mut kv, r| async move { kv.delete(r).await },
+                Some(self.deadline(opts.timeout)),
+                |ch, r| async move { kv(ch).delete(r).await },
                 req,
             )
             .await?;
@@ -277,8 +311,8 @@ impl Client {
         let resp = self
             .call(
                 retry,
-                None,
-                |mut kv, r| async move { kv.write_batch(r).await },
+                Some(self.deadline(None)),
+                |ch, r| async move { kv(ch).write_batch(r).await },
                 req,
             )
             .await?;
@@ -309,8 +343,8 @@ impl Client {
         let resp = self
             .call(
                 true,
-                opts.timeout,
-                |mut kv, r| async move { kv.read(r).await },
+                Some(self.deadline(opts.timeout)),
+                |ch, r| async move { kv(ch).read(r).await },
                 req,
             )
             .await?;
@@ -325,63 +359,156 @@ impl Client {
     }
 
     /// Up to `limit` live keys under `prefix` with their values, in key
-    /// order, and the page token to go on from (empty when done).
+    /// order, and the page token to go on from (empty when done). Holds
+    /// them all in memory: for large ranges, use [`Client::scan_pages`].
     pub async fn scan(
         &self,
         prefix: impl Into<String>,
         limit: u32,
         page_token: impl Into<String>,
     ) -> Result<(Vec<(String, Vec<u8>)>, String), Error> {
-        let req = proto::ScanRequest {
-            prefix: prefix.into(),
+        let opts = ScanOptions {
             limit,
             page_token: page_token.into(),
-            ..Default::default()
+            ..ScanOptions::default()
         };
-        let call = |mut kv: KvClient<Channel>, r| async move {
-            let mut stream = kv.scan(r).await?.into_inner();
-            let (mut out, mut next) = (Vec::new(), String::new());
-            while let Some(page) = stream.message().await? {
-                out.extend(page.entries.into_iter().map(|e| (e.key, e.value)));
-                next = page.next_page_token;
-            }
-            Ok(tonic::Response::new((out, next)))
+        let mut pages = self.scan_pages(prefix, opts).await?;
+        let (mut out, mut next) = (Vec::new(), String::new());
+        while let Some(page) = pages.next_page().await? {
+            out.extend(page.entries.into_iter().map(|e| (e.key, e.value)));
+            next = page.next_page_token;
+        }
+        Ok((out, next))
+    }
+
+    /// The live keys under `prefix` (or in `opts`' range), in key order, a
+    /// page at a time as the node streams them: memory stays bounded by a
+    /// page whatever the range holds.
+    pub async fn scan_pages(
+        &self,
+        prefix: impl Into<String>,
+        opts: ScanOptions,
+    ) -> Result<ScanPages, Error> {
+        let req = proto::ScanRequest {
+            prefix: prefix.into(),
+            start: opts.start,
+            end: opts.end,
+            limit: opts.limit,
+            page_token: opts.page_token,
+            keys_only: opts.keys_only,
+            as_text: false,
         };
-        self.call(true, None, call, req).await
+        let open = |ch, r| async move { kv(ch).scan(r).await };
+        let stream = self.call(true, None, open, req).await?;
+        Ok(ScanPages::new(stream))
+    }
+
+    /// Every change the node applies under `prefix`, local or replicated,
+    /// from now on or after `opts.resume_token`. The stream resumes by
+    /// itself when its node goes away; see [`Watch`].
+    pub async fn watch(
+        &self,
+        prefix: impl Into<String>,
+        opts: WatchOptions,
+    ) -> Result<Watch, Error> {
+        let req = proto::WatchRequest {
+            prefix: prefix.into(),
+            resume_token: opts.resume_token.unwrap_or_default(),
+            progress_interval_ms: opts.progress.map_or(0, |p| {
+                u32::try_from(p.as_millis().max(1)).unwrap_or(u32::MAX)
+            }),
+            as_text: false,
+        };
+        Watch::open(self.clone(), req).await
+    }
+
+    /// Opens the stream of `req` (for [`Watch`], again after a cut).
+    pub(crate) async fn open_watch(
+        &self,
+        req: proto::WatchRequest,
+    ) -> Result<tonic::Streaming<proto::WatchEvent>, Error> {
+        let open = |ch, r| async move { kv(ch).watch(r).await };
+        self.call(true, None, open, req).await
+    }
+
+    /// Moves calls on from the current endpoint, as a call does on
+    /// UNAVAILABLE, and waits out a backoff step: for streams cut after
+    /// they opened.
+    pub(crate) async fn step_back(&self, status: &tonic::Status, step: &mut Duration) {
+        if status.code() != Code::ResourceExhausted {
+            let n = self.inner.channels.len();
+            self.move_on(self.inner.current.load(Ordering::Relaxed) % n);
+        }
+        self.pause(step).await;
+        self.inner.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Calls go to the endpoint after `failed` from now on, unless another
+    /// caller has moved them on already.
+    fn move_on(&self, failed: usize) {
+        let n = self.inner.channels.len();
+        let _ = self.inner.current.compare_exchange(
+            failed,
+            (failed + 1) % n,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Sleeps a random time up to `step` (full jitter), then doubles
+    /// `step` up to the longest backoff.
+    async fn pause(&self, step: &mut Duration) {
+        let inner = &self.inner;
+        let wait = {
+            let mut rng = inner.rng.lock().unwrap_or_else(|p| p.into_inner());
+            rng.random_range(Duration::ZERO..=*step)
+        };
+        tokio::time::sleep(wait).await;
+        *step = (*step * 2).min(inner.settings.backoff.1);
+    }
+
+    /// The backoff's first step and the attempts a call may make.
+    pub(crate) fn retry_policy(&self) -> (Duration, u32) {
+        let s = &self.inner.settings;
+        (s.backoff.0, s.max_attempts)
+    }
+
+    /// A call's deadline: its own, else the client's.
+    pub(crate) fn deadline(&self, own: Option<Duration>) -> Duration {
+        own.unwrap_or(self.inner.settings.timeout)
     }
 
     /// Sends `msg` through `f`, failing over on UNAVAILABLE and backing
-    /// off on RESOURCE_EXHAUSTED, when `retry`.
-    async fn call<M, T, F, Fut>(
+    /// off on RESOURCE_EXHAUSTED, when `retry`. `deadline` is each
+    /// attempt's; streams that last as long as they have data take none.
+    pub(crate) async fn call<M, T, F, Fut>(
         &self,
         retry: bool,
-        timeout: Option<Duration>,
+        deadline: Option<Duration>,
         mut f: F,
         msg: M,
     ) -> Result<T, Error>
     where
         M: Clone,
-        F: FnMut(KvClient<Channel>, tonic::Request<M>) -> Fut,
+        F: FnMut(Channel, tonic::Request<M>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let inner = &self.inner;
         let s = &inner.settings;
-        let (first, longest) = s.backoff;
-        let mut step = first;
+        let mut step = s.backoff.0;
         let n = inner.channels.len();
         let mut attempt = 0;
         loop {
             attempt += 1;
             let i = inner.current.load(Ordering::Relaxed) % n;
-            let kv = KvClient::new(inner.channels[i].clone())
-                .max_decoding_message_size(MAX_ANSWER_BYTES)
-                .max_encoding_message_size(MAX_ANSWER_BYTES);
             let mut req = tonic::Request::new(msg.clone());
-            req.set_timeout(timeout.unwrap_or(s.timeout));
+            if let Some(t) = deadline {
+                req.set_timeout(t);
+            }
             if let Some(t) = &inner.token {
                 req.metadata_mut().insert("authorization", t.clone());
             }
-            let status = match f(kv, req).await {
+            let status = match f(inner.channels[i].clone(), req).await {
                 Ok(r) => return Ok(r.into_inner()),
                 Err(status) => status,
             };
@@ -390,27 +517,26 @@ impl Client {
             }
             match status.code() {
                 Code::Unavailable => {
-                    // Another caller may have moved on already.
-                    let _ = inner.current.compare_exchange(
-                        i,
-                        (i + 1) % n,
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    );
+                    self.move_on(i);
+                    // Every endpoint failed in a row: wait before going
+                    // round again, not spend every attempt at once.
+                    if attempt % n as u32 == 0 {
+                        self.pause(&mut step).await;
+                    }
                 }
-                Code::ResourceExhausted => {
-                    let wait = {
-                        let mut rng = inner.rng.lock().unwrap_or_else(|p| p.into_inner());
-                        rng.random_range(Duration::ZERO..=step)
-                    };
-                    tokio::time::sleep(wait).await;
-                    step = (step * 2).min(longest);
-                }
+                Code::ResourceExhausted => self.pause(&mut step).await,
                 _ => return Err(status.into()),
             }
             inner.retries.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// A KV stub on `ch` that takes answers up to the server's value ceiling.
+fn kv(ch: Channel) -> KvClient<Channel> {
+    KvClient::new(ch)
+        .max_decoding_message_size(MAX_ANSWER_BYTES)
+        .max_encoding_message_size(MAX_ANSWER_BYTES)
 }
 
 fn written(version: Option<proto::Version>, token: String) -> Result<Written, Error> {

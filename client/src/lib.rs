@@ -1,6 +1,7 @@
 //! A client for [meshkv](https://github.com/), the replicated key-value
-//! server: typed `write`, `read`, `delete`, `write_batch` and `scan` over
-//! gRPC, against a list of endpoints.
+//! server: typed `write`, `read`, `delete`, `write_batch`, `scan` and
+//! `watch` over gRPC, plus the operator's status calls, against a list of
+//! endpoints.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), meshkv_client::Error> {
@@ -20,10 +21,15 @@
 //! **Failover.** A call goes to the current endpoint. On UNAVAILABLE (the
 //! node is down, stopping, behind a token, or cannot reach enough peers) or
 //! a connection failure it moves on to the next, round the list, up to
-//! [`ClientBuilder::max_attempts`] attempts.
+//! [`ClientBuilder::max_attempts`] attempts; each time the whole list has
+//! failed in a row, it waits a backoff step before going round again.
 //!
 //! **Backoff.** On RESOURCE_EXHAUSTED (the node's queue is full) it waits
 //! with exponential backoff and full jitter, and tries the same node again.
+//!
+//! **Watches resume.** A [`Watch`] reopens its stream after a cut from
+//! the last token it received; see its docs for what another node
+//! answers to that token.
 //!
 //! **What is safe to retry.** Reads, scans and deletes are: a delete
 //! retried writes a second tombstone, which reads the same. A retried
@@ -40,18 +46,25 @@
 
 #![deny(missing_docs)]
 
+mod admin;
 mod client;
 mod error;
 mod session;
+mod stream;
 mod types;
 
 pub use client::{Client, ClientBuilder};
 pub use error::Error;
 pub use session::Session;
-pub use types::{Consistency, Entry, Expect, ReadOptions, Token, Version, WriteOptions, Written};
+pub use stream::{EventKind, KeyValue, ScanPage, ScanPages, Watch, WatchEvent};
+pub use tonic_health::pb::health_check_response::ServingStatus;
+pub use types::{
+    Consistency, Entry, Expect, ReadOptions, ScanOptions, Token, Version, WatchOptions,
+    WriteOptions, Written,
+};
 
-/// The generated messages and client stubs of `meshkv.v1`, for calls this
-/// crate does not wrap (Watch, Admin).
+/// The generated messages and client stubs of `meshkv.v1`: the answers of
+/// the Admin calls, and stubs for anything this crate does not wrap.
 pub mod proto {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("meshkv.v1");

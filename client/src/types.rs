@@ -157,6 +157,33 @@ pub struct ReadOptions {
     pub timeout: Option<Duration>,
 }
 
+/// Options of a scan.
+#[derive(Debug, Clone, Default)]
+pub struct ScanOptions {
+    /// With an empty prefix: the first key of the range (inclusive).
+    pub start: String,
+    /// With an empty prefix: the key after the range (empty: no end).
+    pub end: String,
+    /// The most keys to return, then a page token if more remain (0: no
+    /// limit; the keys still arrive in pages).
+    pub limit: u32,
+    /// Go on from where an earlier scan with a limit stopped.
+    pub page_token: String,
+    /// Leave the values out.
+    pub keys_only: bool,
+}
+
+/// Options of a watch.
+#[derive(Debug, Clone, Default)]
+pub struct WatchOptions {
+    /// Resume after the event that carried this token.
+    pub resume_token: Option<String>,
+    /// Ask for a [`Progress`](crate::EventKind::Progress) event when
+    /// nothing changed for this long, so that a quiet stream still says
+    /// it is caught up.
+    pub progress: Option<Duration>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -134,33 +134,6 @@ impl TlsMaterial {
     }
 }
 
-/// Client-side TLS for the CLI: a CA to trust and, optionally, a client
-/// certificate.
-pub fn client_tls(
-    ca: Option<&Path>,
-    cert: Option<&Path>,
-    key: Option<&Path>,
-) -> Result<ClientTlsConfig> {
-    let mut tls = ClientTlsConfig::new();
-    if let Some(ca) = ca {
-        tls = tls.ca_certificate(Certificate::from_pem(read("ca", ca)?));
-    } else {
-        tls = tls.with_enabled_roots();
-    }
-    match (cert, key) {
-        (Some(c), Some(k)) => {
-            tls = tls.identity(Identity::from_pem(read("cert", c)?, read("key", k)?));
-        }
-        (None, None) => {}
-        _ => {
-            return Err(Error::Config(
-                "--cert and --key go together: give both or neither".into(),
-            ))
-        }
-    }
-    Ok(tls)
-}
-
 /// Whether `cert` is valid for the name `name`, by its subject alternative
 /// names. The chain was verified during the handshake.
 pub fn cert_names(cert: &CertificateDer<'_>, name: &str) -> bool {

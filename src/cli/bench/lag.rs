@@ -4,12 +4,8 @@
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use meshkv_client::{Client, ReadOptions, WriteOptions};
 use tokio_util::sync::CancellationToken;
-
-use crate::{
-    client::connect::AuthChannel,
-    proto::{self, kv_client::KvClient},
-};
 
 /// Give up on a probe after this long and count it as missed.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -23,26 +19,21 @@ pub struct LagSamples {
 /// Probes every `interval` until `stop`: write to `first`, then read each of
 /// `others` back to back until the key appears there.
 pub async fn probe(
-    first: AuthChannel,
-    others: Vec<AuthChannel>,
+    first: Client,
+    others: Vec<Client>,
     interval: Duration,
     stop: CancellationToken,
 ) -> LagSamples {
     let mut hist = super::report::histogram();
     let mut missed = 0;
-    let mut writer = KvClient::new(first);
     let run = std::process::id();
     for n in 0u64.. {
         if stop.is_cancelled() {
             break;
         }
         let key = format!("bench-lag-{run}-{n}");
-        let wrote = writer
-            .write(proto::WriteRequest {
-                key: key.clone(),
-                value: b"lag".to_vec(),
-                ..Default::default()
-            })
+        let wrote = first
+            .write(key.clone(), b"lag".to_vec(), WriteOptions::default())
             .await;
         if wrote.is_err() {
             missed += others.len() as u64;
@@ -50,7 +41,7 @@ pub async fn probe(
             let acked = Instant::now();
             let waits: Vec<_> = others
                 .iter()
-                .map(|ch| tokio::spawn(visible(KvClient::new(ch.clone()), key.clone(), acked)))
+                .map(|c| tokio::spawn(visible(c.clone(), key.clone(), acked)))
                 .collect();
             for w in waits {
                 match w.await {
@@ -70,20 +61,12 @@ pub async fn probe(
 }
 
 /// Reads `key` until found; the time since `since`, or None after the timeout.
-async fn visible(
-    mut client: KvClient<AuthChannel>,
-    key: String,
-    since: Instant,
-) -> Option<Duration> {
+async fn visible(client: Client, key: String, since: Instant) -> Option<Duration> {
     loop {
         let found = client
-            .read(proto::ReadRequest {
-                key: key.clone(),
-                ..Default::default()
-            })
+            .read(key.clone(), ReadOptions::default())
             .await
-            .map(|r| r.into_inner().found)
-            .unwrap_or(false);
+            .is_ok_and(|entry| entry.is_some());
         if found {
             return Some(since.elapsed());
         }

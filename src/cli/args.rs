@@ -3,13 +3,12 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
-use tonic::service::interceptor::InterceptedService;
+use meshkv::config::{parse_peer, FsyncMode, LogFormat, Overrides, PeerConfig};
+use meshkv_client::{Client, Expect, Version};
 
-use crate::{
-    client::connect::{parse_duration, parse_endpoint, AuthChannel, Credentials, CONNECT_TIMEOUT},
-    config::{parse_peer, FsyncMode, LogFormat, Overrides, PeerConfig},
+use crate::cli::{
+    connect::{parse_duration, parse_endpoint, Credentials, CONNECT_TIMEOUT},
     error::{Error, Result},
-    proto::kv_client::KvClient,
 };
 
 /// meshkv: a replicated, multi-master key-value server.
@@ -117,7 +116,7 @@ pub enum Command {
     },
     /// Drive load at one node or a cluster (or etcd) and report throughput,
     /// latency percentiles, errors and replication lag.
-    Bench(crate::client::bench::BenchArgs),
+    Bench(crate::cli::bench::BenchArgs),
     /// Make a development CA, a certificate per node and a tokens file, for
     /// a TLS cluster. Files that exist are kept, so it is safe to run again.
     Certs(CertsArgs),
@@ -227,7 +226,7 @@ impl ServeArgs {
             metrics_listen: self.metrics_listen,
             peer_listen: self.peer_listen,
             insecure: self.insecure,
-            tls: crate::config::TlsConfig {
+            tls: meshkv::config::TlsConfig {
                 cert: self.tls_cert.clone(),
                 key: self.tls_key.clone(),
                 ca: self.tls_ca.clone(),
@@ -244,22 +243,20 @@ pub struct CasArgs {
     /// Only if the key's live value has this version (HLC@NODE, as `put`
     /// prints it).
     #[arg(long, value_name = "HLC@NODE", value_parser = parse_version, conflicts_with = "if_absent")]
-    pub if_version: Option<crate::proto::Version>,
+    pub if_version: Option<Version>,
     /// Only if the key has no live value.
     #[arg(long)]
     pub if_absent: bool,
 }
 
 impl CasArgs {
-    /// The condition as the API takes it.
-    pub fn expect(&self) -> Option<crate::proto::Expect> {
-        use crate::proto::expect::State;
-        let state = match (&self.if_version, self.if_absent) {
-            (Some(v), _) => State::Version(v.clone()),
-            (None, true) => State::Absent(true),
-            (None, false) => return None,
-        };
-        Some(crate::proto::Expect { state: Some(state) })
+    /// The condition as the client takes it.
+    pub fn expect(&self) -> Option<Expect> {
+        match (&self.if_version, self.if_absent) {
+            (Some(v), _) => Some(Expect::Version(v.clone())),
+            (None, true) => Some(Expect::Absent),
+            (None, false) => None,
+        }
     }
 }
 
@@ -284,32 +281,30 @@ pub struct LevelArgs {
 }
 
 impl LevelArgs {
-    /// The level as the API takes it.
-    pub fn proto(&self) -> i32 {
-        use crate::proto::Consistency as C;
+    /// The level as the client takes it.
+    pub fn level(&self) -> meshkv_client::Consistency {
         match self.consistency {
-            Consistency::One => C::One,
-            Consistency::Quorum => C::Quorum,
-            Consistency::All => C::All,
+            Consistency::One => meshkv_client::Consistency::One,
+            Consistency::Quorum => meshkv_client::Consistency::Quorum,
+            Consistency::All => meshkv_client::Consistency::All,
         }
-        .into()
     }
 }
 
 /// `HLC@NODE`, as the client commands print versions.
-pub fn parse_version(s: &str) -> std::result::Result<crate::proto::Version, String> {
+pub fn parse_version(s: &str) -> std::result::Result<Version, String> {
     let (hlc, node) = s
         .split_once('@')
         .ok_or_else(|| format!("{s:?} is not a version; write HLC@NODE, as put prints it"))?;
     let hlc = hlc
         .parse()
         .map_err(|_| format!("{hlc:?} is not an HLC timestamp (a number)"))?;
-    if !crate::config::valid_id(node) {
+    if !meshkv::config::valid_id(node) {
         return Err(format!("{node:?} is not a node id"));
     }
-    Ok(crate::proto::Version {
+    Ok(Version {
         hlc,
-        node_id: node.to_string(),
+        node: node.to_string(),
     })
 }
 
@@ -337,49 +332,20 @@ pub struct ClientArgs {
 }
 
 impl ClientArgs {
-    /// A lazily-connecting channel to the node, carrying the token.
-    pub fn channel(&self) -> Result<AuthChannel> {
+    /// A client of this one node. It makes one attempt per command, so
+    /// that an error is reported at once, and `--timeout` is the deadline
+    /// the node waits within (a consistency level, a token).
+    pub fn client(&self) -> Result<Client> {
         if self.timeout.is_zero() {
-            return Err(Error::InvalidArgument(
-                "--timeout must be more than 0".into(),
-            ));
+            return Err(Error::Usage("--timeout must be more than 0".into()));
         }
-        let endpoint = self
-            .credentials
-            .endpoint(&self.endpoint)?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(self.timeout);
-        Ok(InterceptedService::new(
-            endpoint.connect_lazy(),
-            self.credentials.auth()?,
-        ))
-    }
-
-    /// `message` with `--timeout` as its gRPC deadline, so that the node
-    /// answers before it (a consistency level, a token wait) instead of the
-    /// call being cut.
-    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
-        let mut req = tonic::Request::new(message);
-        req.set_timeout(self.timeout);
-        req
-    }
-
-    /// A KV client over [`channel`](Self::channel), taking values up to the ceiling.
-    pub fn kv(&self) -> Result<KvClient<AuthChannel>> {
-        Ok(KvClient::new(self.channel()?)
-            .max_decoding_message_size(crate::config::MAX_VALUE_BYTES_CEILING * 2))
-    }
-
-    /// A KV client for streams (Scan, Watch): `--timeout` bounds the
-    /// connection, not the stream, which lasts as long as it has data.
-    pub fn kv_stream(&self) -> Result<KvClient<AuthChannel>> {
-        let endpoint = self
-            .credentials
-            .endpoint(&self.endpoint)?
-            .connect_timeout(self.timeout.min(CONNECT_TIMEOUT));
-        let channel = InterceptedService::new(endpoint.connect_lazy(), self.credentials.auth()?);
-        Ok(KvClient::new(channel)
-            .max_decoding_message_size(crate::config::MAX_VALUE_BYTES_CEILING * 2))
+        self.credentials
+            .builder(std::slice::from_ref(&self.endpoint))?
+            .connect_timeout(self.timeout.min(CONNECT_TIMEOUT))
+            .timeout(self.timeout)
+            .max_attempts(1)
+            .build()
+            .map_err(|e| Error::Usage(e.to_string()))
     }
 }
 

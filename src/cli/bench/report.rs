@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt::Write};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::client::bench::Target;
+use crate::cli::bench::Target;
 
 /// A latency histogram in microseconds, from 1 µs to 10 minutes at 3 significant digits.
 pub fn histogram() -> Histogram<u64> {

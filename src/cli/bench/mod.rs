@@ -24,4 +24,3 @@ mod report;
 
 pub use args::{BenchArgs, KeyPattern, Target};
 pub use driver::run;
-pub use report::{LagReport, Percentiles, Report};

@@ -1,16 +1,20 @@
 //! How a client reaches a node: credentials, flag parsing for endpoints and
 //! durations, and failures as one sentence that says what to try.
 
-use std::{path::PathBuf, time::Duration};
-
-use clap::Args;
-use tonic::{
-    metadata::{Ascii, MetadataValue},
-    service::{interceptor::InterceptedService, Interceptor},
-    transport::{Channel, Endpoint},
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
 };
 
-use crate::error::{self, Error, Result};
+use clap::Args;
+use meshkv::error::one_line;
+use meshkv_client::{Client, ClientBuilder};
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    transport::Uri,
+};
+
+use crate::cli::error::{Error, Result};
 
 /// How a client proves itself and checks the node: a token, TLS files.
 /// `Debug` leaves the token out.
@@ -41,81 +45,68 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// Adds the bearer token, if any, to every request. `Debug` shows whether
-/// there is one, not what it is.
-#[derive(Clone, Default)]
-pub struct Auth(Option<MetadataValue<Ascii>>);
-
-impl std::fmt::Debug for Auth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() {
-            "Auth(<token>)"
-        } else {
-            "Auth(none)"
-        })
-    }
-}
-
-impl Interceptor for Auth {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
-}
-
-/// A channel that carries the caller's token.
-pub type AuthChannel = InterceptedService<Channel, Auth>;
-
 impl Credentials {
-    /// An endpoint for `url`: TLS with --cacert (and --cert/--key) for
-    /// `https://`. TLS files with an `http://` URL are a mistake, said so.
-    pub fn endpoint(&self, url: &str) -> Result<Endpoint> {
-        let endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| Error::InvalidArgument(format!("--endpoint {url:?}: {e}")))?;
-        if url.starts_with("https://") {
-            let Some(ca) = &self.cacert else {
-                return Err(Error::InvalidArgument(format!(
-                    "{url} is https: give the CA that signed its certificate with --cacert \
-                     (or MESHKV_CACERT)"
-                )));
-            };
-            let tls = crate::security::tls::client_tls(
-                Some(ca),
-                self.cert.as_deref(),
-                self.key.as_deref(),
-            )?;
-            return endpoint
-                .tls_config(tls)
-                .map_err(|e| Error::InvalidArgument(format!("TLS for {url}: {e}")));
-        }
-        if self.cert.is_some() || self.cacert.is_some() {
-            return Err(Error::InvalidArgument(format!(
-                "--cacert, --cert and --key need an https:// endpoint, not {url}"
+    /// Client settings for `endpoints` with these credentials: TLS with
+    /// --cacert (and --cert/--key) for `https://`. TLS files with an
+    /// `http://` URL are a mistake, said so; a token in clear text to
+    /// another machine is allowed, with a warning.
+    pub fn builder(&self, endpoints: &[String]) -> Result<ClientBuilder> {
+        let https = endpoints
+            .iter()
+            .filter(|u| u.starts_with("https://"))
+            .count();
+        if https > 0 && self.cacert.is_none() {
+            return Err(Error::Usage(format!(
+                "{} is https: give the CA that signed its certificate with --cacert \
+                 (or MESHKV_CACERT)",
+                endpoints[0]
             )));
         }
-        if self.token.is_some() && !is_loopback(endpoint.uri().host().unwrap_or("")) {
-            eprintln!(
-                "meshkv: warning: sending the token in clear text to {url}; anyone on the \
-                 path can read it and use it. Use an https:// endpoint (the node needs TLS)"
-            );
+        if https < endpoints.len() && (self.cert.is_some() || self.cacert.is_some()) {
+            return Err(Error::Usage(format!(
+                "--cacert, --cert and --key need https:// endpoints, not {}",
+                endpoints.join(", ")
+            )));
         }
-        Ok(endpoint)
+        let mut builder = Client::builder(endpoints.iter().cloned());
+        if let Some(token) = &self.token {
+            if token.trim().parse::<MetadataValue<Ascii>>().is_err() {
+                return Err(Error::Usage(
+                    "--token holds characters a header cannot carry".into(),
+                ));
+            }
+            for url in endpoints.iter().filter(|u| !u.starts_with("https://")) {
+                let host = url.parse::<Uri>().ok();
+                if !host.as_ref().and_then(Uri::host).is_some_and(is_loopback) {
+                    eprintln!(
+                        "meshkv: warning: sending the token in clear text to {url}; anyone on \
+                         the path can read it and use it. Use an https:// endpoint (the node \
+                         needs TLS)"
+                    );
+                }
+            }
+            builder = builder.token(token.trim());
+        }
+        if let Some(ca) = &self.cacert {
+            builder = builder.ca_pem(read("--cacert", ca)?);
+        }
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                builder = builder.identity(read("--cert", cert)?, read("--key", key)?);
+            }
+            (None, None) => {}
+            _ => {
+                return Err(Error::Usage(
+                    "--cert and --key go together: give both or neither".into(),
+                ))
+            }
+        }
+        Ok(builder)
     }
+}
 
-    /// The interceptor that sends the token.
-    pub fn auth(&self) -> Result<Auth> {
-        match &self.token {
-            None => Ok(Auth(None)),
-            Some(t) => format!("Bearer {}", t.trim())
-                .parse()
-                .map(|v| Auth(Some(v)))
-                .map_err(|_| {
-                    Error::InvalidArgument("--token holds characters a header cannot carry".into())
-                }),
-        }
-    }
+fn read(flag: &str, path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io(format!("cannot read {flag} {}", path.display()), e))
 }
 
 /// A host only this machine reaches: where a token may travel in clear.
@@ -185,23 +176,25 @@ pub fn parse_endpoint(s: &str) -> std::result::Result<String, String> {
 /// How long a client waits for the TCP connection to a node.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// For `map_err` in the client commands: a failed request as one sentence
+/// For `map_err` in the client commands: a failed call as one sentence
 /// that says what went wrong at `endpoint` and what to try. The status
 /// itself, with its causes, goes to the debug log (`RUST_LOG=debug`).
-pub fn request_error(endpoint: &str, timeout: Duration) -> impl Fn(tonic::Status) -> Error + '_ {
-    move |status| {
-        tracing::debug!(endpoint, ?status, "request failed");
-        Error::Client(describe_status(endpoint, timeout, &status))
-    }
-}
-
-/// For `map_err` when connecting eagerly (`meshkv bench`): like
-/// [`request_error`], for a transport error.
-pub fn connect_error(endpoint: &str) -> impl Fn(tonic::transport::Error) -> Error + '_ {
+pub fn request_error(
+    endpoint: &str,
+    timeout: Duration,
+) -> impl Fn(meshkv_client::Error) -> Error + '_ {
     move |err| {
-        tracing::debug!(endpoint, error = ?err, "connect failed");
-        let reason = connect_failure(&err).unwrap_or_else(|| error::one_line(&err));
-        Error::Client(format!("cannot connect to {endpoint}: {reason}"))
+        tracing::debug!(endpoint, error = ?err, "request failed");
+        match err {
+            meshkv_client::Error::Status(status) => {
+                Error::Request(describe_status(endpoint, timeout, &status))
+            }
+            meshkv_client::Error::Connect { source, .. } => {
+                let reason = connect_failure(&source).unwrap_or_else(|| one_line(&source));
+                Error::Request(format!("cannot connect to {endpoint}: {reason}"))
+            }
+            meshkv_client::Error::Config(what) => Error::Usage(what),
+        }
     }
 }
 

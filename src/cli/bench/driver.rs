@@ -11,21 +11,20 @@ use std::{
 
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
+use meshkv_client::{Client, Consistency, ReadOptions, WriteOptions};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
-use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
 
-use crate::client::connect::AuthChannel;
-
-use crate::{
-    client::bench::{
+use crate::cli::{
+    bench::{
         etcd::{kv_client::KvClient as EtcdClient, PutRequest, RangeRequest},
         lag,
         report::{histogram, LagReport, Percentiles, Report},
         BenchArgs, KeyPattern, Target,
     },
+    connect::{request_error, CONNECT_TIMEOUT},
     error::{Error, Result},
-    proto::{self, kv_client::KvClient},
 };
 
 /// What one worker measured.
@@ -36,119 +35,128 @@ struct WorkerStats {
     errors: BTreeMap<String, u64>,
 }
 
-/// The client of one target, on one connection.
-enum Client {
-    Meshkv(KvClient<AuthChannel>),
-    Health(tonic_health::pb::health_client::HealthClient<AuthChannel>),
-    Etcd(EtcdClient<AuthChannel>),
+/// One connection to one endpoint: meshkv's client (for the `meshkv` and
+/// `health` targets), or etcd's generated stub.
+#[derive(Clone)]
+enum Conn {
+    Meshkv(Client),
+    Etcd(EtcdClient<Channel>),
+}
+
+/// What a worker drives over its connection.
+struct Driver {
+    target: Target,
+    conn: Conn,
 }
 
 fn key(n: u64) -> String {
     format!("bench-{n:010}")
 }
 
-impl Client {
-    fn new(target: Target, ch: AuthChannel) -> Self {
-        match target {
-            Target::Meshkv => Client::Meshkv(KvClient::new(ch)),
-            Target::Health => {
-                Client::Health(tonic_health::pb::health_client::HealthClient::new(ch))
-            }
-            Target::Etcd => Client::Etcd(EtcdClient::new(ch)),
-        }
+/// A failed request's label in the report: its status code.
+fn code(err: meshkv_client::Error) -> String {
+    match err.code() {
+        Some(code) => format!("{code:?}"),
+        None => "Connect".into(),
     }
+}
 
-    async fn write(&mut self, keys: &[u64], value: &[u8]) -> Result<(), tonic::Status> {
-        match self {
-            Client::Meshkv(c) if keys.len() == 1 => c
-                .write(proto::WriteRequest {
-                    key: key(keys[0]),
-                    value: value.to_vec(),
-                    ..Default::default()
-                })
+impl Driver {
+    async fn write(&mut self, keys: &[u64], value: &[u8]) -> Result<(), String> {
+        match (&mut self.conn, self.target) {
+            (Conn::Meshkv(c), Target::Health) => c.health().await.map(drop).map_err(code),
+            (Conn::Meshkv(c), _) if keys.len() == 1 => c
+                .write(key(keys[0]), value.to_vec(), WriteOptions::default())
                 .await
-                .map(drop),
-            Client::Meshkv(c) => c
-                .write_batch(proto::WriteBatchRequest {
-                    writes: keys
-                        .iter()
-                        .map(|k| proto::WriteRequest {
-                            key: key(*k),
-                            value: value.to_vec(),
-                            ..Default::default()
-                        })
-                        .collect(),
-                    ..Default::default()
-                })
-                .await
-                .map(drop),
-            Client::Health(c) => health_check(c).await,
-            Client::Etcd(c) => c
+                .map(drop)
+                .map_err(code),
+            (Conn::Meshkv(c), _) => {
+                let items = keys.iter().map(|k| (key(*k), value.to_vec()));
+                c.write_batch(items, Consistency::One)
+                    .await
+                    .map(drop)
+                    .map_err(code)
+            }
+            (Conn::Etcd(c), _) => c
                 .put(PutRequest {
                     key: key(keys[0]).into_bytes(),
                     value: value.to_vec(),
                     ..Default::default()
                 })
                 .await
-                .map(drop),
+                .map(drop)
+                .map_err(|s| format!("{:?}", s.code())),
         }
     }
 
-    async fn read(&mut self, k: u64) -> Result<(), tonic::Status> {
-        match self {
-            Client::Meshkv(c) => c
-                .read(proto::ReadRequest {
-                    key: key(k),
-                    ..Default::default()
-                })
+    async fn read(&mut self, k: u64) -> Result<(), String> {
+        match (&mut self.conn, self.target) {
+            (Conn::Meshkv(c), Target::Health) => c.health().await.map(drop).map_err(code),
+            (Conn::Meshkv(c), _) => c
+                .read(key(k), ReadOptions::default())
                 .await
-                .map(drop),
-            Client::Health(c) => health_check(c).await,
-            Client::Etcd(c) => c
+                .map(drop)
+                .map_err(code),
+            (Conn::Etcd(c), _) => c
                 .range(RangeRequest {
                     key: key(k).into_bytes(),
                     serializable: true,
                     ..Default::default()
                 })
                 .await
-                .map(drop),
+                .map(drop)
+                .map_err(|s| format!("{:?}", s.code())),
         }
     }
 }
 
-/// The health target has no writes or reads: every request is one check.
-async fn health_check(
-    c: &mut tonic_health::pb::health_client::HealthClient<AuthChannel>,
-) -> Result<(), tonic::Status> {
-    let req = tonic_health::pb::HealthCheckRequest {
-        service: String::new(),
-    };
-    c.check(req).await.map(drop)
-}
-
-/// Opens `connections` channels to each endpoint, failing fast with the
-/// endpoint's name if one cannot be reached.
-async fn connect(args: &BenchArgs) -> Result<Vec<Vec<AuthChannel>>> {
+/// Opens `connections` connections to each endpoint, failing fast with the
+/// endpoint's name if one cannot be reached. Each meshkv client makes one
+/// attempt per request, so that overload shows up in the report as
+/// RESOURCE_EXHAUSTED instead of being retried away.
+async fn connect(args: &BenchArgs) -> Result<Vec<Vec<Conn>>> {
     let mut all = Vec::new();
-    let auth = args.credentials.auth()?;
     for url in &args.endpoints {
-        let endpoint = args
-            .credentials
-            .endpoint(url)?
-            .connect_timeout(crate::client::connect::CONNECT_TIMEOUT)
-            .timeout(args.timeout)
-            .tcp_nodelay(true);
-        let mut chans = Vec::new();
+        let mut conns = Vec::new();
         for _ in 0..args.connections {
-            let ch = endpoint
-                .connect()
-                .await
-                .map_err(crate::client::connect::connect_error(url))?;
-            chans.push(InterceptedService::new(ch, auth.clone()));
+            conns.push(match args.target {
+                Target::Meshkv | Target::Health => Conn::Meshkv(
+                    args.credentials
+                        .builder(std::slice::from_ref(url))?
+                        .connect_timeout(CONNECT_TIMEOUT)
+                        .timeout(args.timeout)
+                        .max_attempts(1)
+                        .connect()
+                        .await
+                        .map_err(request_error(url, args.timeout))?,
+                ),
+                Target::Etcd => Conn::Etcd(EtcdClient::new(etcd_channel(url, args).await?)),
+            });
         }
-        all.push(chans);
+        all.push(conns);
     }
     Ok(all)
+}
+
+/// A plaintext channel to an etcd member, as `bench/compare.sh` runs them.
+async fn etcd_channel(url: &str, args: &BenchArgs) -> Result<Channel> {
+    if !url.starts_with("http://") {
+        return Err(Error::Usage(format!(
+            "--target etcd drives plaintext members (http://), not {url}"
+        )));
+    }
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| Error::Usage(format!("--endpoint {url:?}: {e}")))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(args.timeout)
+        .tcp_nodelay(true);
+    let fail = request_error(url, args.timeout);
+    endpoint.connect().await.map_err(|source| {
+        fail(meshkv_client::Error::Connect {
+            endpoint: url.to_string(),
+            source,
+        })
+    })
 }
 
 /// Runs the benchmark and returns its report.
@@ -164,16 +172,24 @@ pub async fn run(args: BenchArgs) -> Result<Report> {
 
     let bar = progress_bar(&args);
 
-    let lag_task = args.measures_lag().then(|| {
-        let first = channels[0][0].clone();
-        let others = channels[1..].iter().map(|c| c[0].clone()).collect();
-        tokio::spawn(lag::probe(
-            first,
-            others,
-            args.probe_interval(),
-            stop.clone(),
-        ))
-    });
+    let lag_task = match &channels[0][0] {
+        Conn::Meshkv(first) if args.measures_lag() => {
+            let others = channels[1..]
+                .iter()
+                .filter_map(|c| match &c[0] {
+                    Conn::Meshkv(c) => Some(c.clone()),
+                    Conn::Etcd(_) => None,
+                })
+                .collect();
+            Some(tokio::spawn(lag::probe(
+                first.clone(),
+                others,
+                args.probe_interval(),
+                stop.clone(),
+            )))
+        }
+        _ => None,
+    };
 
     let started = Instant::now();
     let deadline = args.requests.is_none().then(|| started + args.duration);
@@ -182,7 +198,7 @@ pub async fn run(args: BenchArgs) -> Result<Report> {
         .map(|r| Duration::from_secs_f64(args.concurrency as f64 / r));
     let mut workers = Vec::with_capacity(args.concurrency);
     for w in 0..args.concurrency {
-        let ch = channels[w % n_endpoints][(w / n_endpoints) % args.connections].clone();
+        let conn = channels[w % n_endpoints][(w / n_endpoints) % args.connections].clone();
         let counters = Counters {
             issued: issued.clone(),
             done: done.clone(),
@@ -192,7 +208,10 @@ pub async fn run(args: BenchArgs) -> Result<Report> {
         workers.push(tokio::spawn(async move {
             worker(
                 w,
-                Client::new(args.target, ch),
+                Driver {
+                    target: args.target,
+                    conn,
+                },
                 args,
                 deadline,
                 pace,
@@ -292,9 +311,9 @@ async fn gather(
     for w in workers {
         let s = w
             .await
-            .map_err(|e| Error::Unavailable(format!("a bench worker failed: {e}")))?;
+            .map_err(|e| Error::Request(format!("a bench worker failed: {e}")))?;
         hist.add(&s.hist)
-            .map_err(|e| Error::Corrupt(format!("histogram merge: {e}")))?;
+            .map_err(|e| Error::Request(format!("cannot merge the latencies: {e}")))?;
         writes += s.writes;
         reads += s.reads;
         for (code, n) in s.errors {
@@ -308,7 +327,7 @@ async fn gather(
 async fn lag_report(task: tokio::task::JoinHandle<lag::LagSamples>) -> Result<LagReport> {
     let s = task
         .await
-        .map_err(|e| Error::Unavailable(format!("the lag probe failed: {e}")))?;
+        .map_err(|e| Error::Request(format!("the lag probe failed: {e}")))?;
     Ok(LagReport {
         samples: s.hist.len(),
         missed: s.missed,
@@ -327,7 +346,7 @@ struct Counters {
 
 async fn worker(
     id: usize,
-    mut client: Client,
+    mut client: Driver,
     args: BenchArgs,
     deadline: Option<Instant>,
     pace: Option<Duration>,
@@ -388,12 +407,7 @@ async fn worker(
                     stats.writes += 1;
                 }
             }
-            Err(status) => {
-                *stats
-                    .errors
-                    .entry(format!("{:?}", status.code()))
-                    .or_default() += 1;
-            }
+            Err(code) => *stats.errors.entry(code).or_default() += 1,
         }
         done.fetch_add(1, Ordering::Relaxed);
     }

@@ -2,15 +2,15 @@
 
 use std::io::{IsTerminal, Read, Write};
 
-use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
+use meshkv_client::{
+    proto, EventKind, ReadOptions, ScanOptions, ServingStatus, Token, Version, WatchOptions,
+    WriteOptions,
+};
 
-use crate::{
-    client::{
-        args::{CasArgs, CertsArgs, ClientArgs, Command, LevelArgs},
-        connect::request_error,
-    },
+use crate::cli::{
+    args::{CasArgs, CertsArgs, ClientArgs, Command, LevelArgs},
+    connect::request_error,
     error::{Error, Result},
-    proto::{self, admin_client::AdminClient},
 };
 /// The outcome of a client command, for the exit code.
 #[derive(Debug, PartialEq, Eq)]
@@ -53,14 +53,13 @@ pub async fn run_client(command: Command) -> Result<Outcome> {
             keys_only,
             conn,
         } => {
-            let req = proto::ScanRequest {
-                prefix,
+            let opts = ScanOptions {
                 limit: limit.unwrap_or(0),
                 page_token: page_token.unwrap_or_default(),
                 keys_only,
-                ..Default::default()
+                ..ScanOptions::default()
             };
-            scan(req, &conn).await
+            scan(prefix, opts, &conn).await
         }
         Command::Watch {
             prefix,
@@ -82,7 +81,7 @@ pub async fn run_client(command: Command) -> Result<Outcome> {
 
 fn certs(args: &CertsArgs) -> Result<Outcome> {
     let written =
-        crate::security::certs::make(&args.dir, &args.nodes, &args.hosts, args.tokens.as_deref())?;
+        meshkv::security::certs::make(&args.dir, &args.nodes, &args.hosts, args.tokens.as_deref())?;
     for p in &written.created {
         println!("created {}", p.display());
     }
@@ -101,13 +100,9 @@ async fn put(
     level: &LevelArgs,
     conn: &ClientArgs,
 ) -> Result<Outcome> {
-    let ttl_ms = match ttl {
-        Some(t) if t.is_zero() => {
-            return Err(Error::InvalidArgument("--ttl must be more than 0".into()))
-        }
-        Some(t) => u64::try_from(t.as_millis()).unwrap_or(u64::MAX),
-        None => 0,
-    };
+    if ttl.is_some_and(|t| t.is_zero()) {
+        return Err(Error::Usage("--ttl must be more than 0".into()));
+    }
     let value = if value == "-" {
         let mut bytes = Vec::new();
         std::io::stdin()
@@ -118,20 +113,18 @@ async fn put(
     } else {
         value.into_bytes()
     };
-    let resp = conn
-        .kv()?
-        .write(conn.request(proto::WriteRequest {
-            key,
-            value,
-            ttl_ms,
-            expect: cas.expect(),
-            consistency: level.proto(),
-            ..Default::default()
-        }))
+    let opts = WriteOptions {
+        consistency: level.level(),
+        ttl,
+        expect: cas.expect(),
+        timeout: None,
+    };
+    let written = conn
+        .client()?
+        .write(key, value, opts)
         .await
-        .map_err(request_error(&conn.endpoint, conn.timeout))?
-        .into_inner();
-    println!("OK {} {}", show_version(resp.version.as_ref()), resp.token);
+        .map_err(request_error(&conn.endpoint, conn.timeout))?;
+    println!("OK {} {}", written.version, written.token);
     Ok(Outcome::Ok)
 }
 
@@ -142,24 +135,23 @@ async fn get(
     level: &LevelArgs,
     conn: &ClientArgs,
 ) -> Result<Outcome> {
-    let resp = conn
-        .kv()?
-        .read(conn.request(proto::ReadRequest {
-            key: key.clone(),
-            after,
-            consistency: level.proto(),
-            ..Default::default()
-        }))
+    let opts = ReadOptions {
+        consistency: level.level(),
+        after: after.into_iter().map(Token).collect(),
+        timeout: None,
+    };
+    let found = conn
+        .client()?
+        .read(key.clone(), opts)
         .await
-        .map_err(request_error(&conn.endpoint, conn.timeout))?
-        .into_inner();
-    if !resp.found {
+        .map_err(request_error(&conn.endpoint, conn.timeout))?;
+    let Some(entry) = found else {
         eprintln!("key {key:?} not found");
         return Ok(Outcome::Negative);
-    }
+    };
     let mut out = std::io::stdout().lock();
-    let newline = needs_newline(&resp.value, out.is_terminal());
-    out.write_all(&resp.value)
+    let newline = needs_newline(&entry.value, out.is_terminal());
+    out.write_all(&entry.value)
         .and_then(|()| out.write_all(if newline { b"\n" } else { b"" }))
         .and_then(|()| out.flush())
         .map_err(|e| Error::io("cannot write to stdout", e))?;
@@ -172,34 +164,33 @@ async fn delete(
     level: &LevelArgs,
     conn: &ClientArgs,
 ) -> Result<Outcome> {
-    let resp = conn
-        .kv()?
-        .delete(conn.request(proto::DeleteRequest {
-            key,
-            expect: cas.expect(),
-            consistency: level.proto(),
-        }))
+    let opts = WriteOptions {
+        consistency: level.level(),
+        expect: cas.expect(),
+        ..WriteOptions::default()
+    };
+    let written = conn
+        .client()?
+        .delete(key, opts)
         .await
-        .map_err(request_error(&conn.endpoint, conn.timeout))?
-        .into_inner();
-    println!("OK {} {}", show_version(resp.version.as_ref()), resp.token);
+        .map_err(request_error(&conn.endpoint, conn.timeout))?;
+    println!("OK {} {}", written.version, written.token);
     Ok(Outcome::Ok)
 }
 
 /// Prints a scan's keys as they stream in; the page token to go on with,
 /// if a limit stopped it, on stderr.
-async fn scan(req: proto::ScanRequest, conn: &ClientArgs) -> Result<Outcome> {
-    let keys_only = req.keys_only;
+async fn scan(prefix: String, opts: ScanOptions, conn: &ClientArgs) -> Result<Outcome> {
+    let keys_only = opts.keys_only;
     let fail = request_error(&conn.endpoint, conn.timeout);
-    let mut stream = conn
-        .kv_stream()?
-        .scan(req)
+    let mut pages = conn
+        .client()?
+        .scan_pages(prefix, opts)
         .await
-        .map_err(&fail)?
-        .into_inner();
+        .map_err(&fail)?;
     let mut out = std::io::stdout().lock();
     let mut token = String::new();
-    while let Some(page) = stream.message().await.map_err(&fail)? {
+    while let Some(page) = pages.next_page().await.map_err(&fail)? {
         for e in page.entries {
             let line = if keys_only {
                 format!("{}\n", e.key)
@@ -226,37 +217,24 @@ async fn watch(
     progress: Option<std::time::Duration>,
     conn: &ClientArgs,
 ) -> Result<Outcome> {
-    use proto::watch_event::Kind;
-    let progress_interval_ms = match progress {
-        Some(p) => u32::try_from(p.as_millis()).unwrap_or(u32::MAX),
-        None => 0,
-    };
-    let req = proto::WatchRequest {
-        prefix,
-        resume_token: from.unwrap_or_default(),
-        progress_interval_ms,
-        as_text: false,
+    let opts = WatchOptions {
+        resume_token: from,
+        progress,
     };
     let fail = request_error(&conn.endpoint, conn.timeout);
-    let mut events = conn
-        .kv_stream()?
-        .watch(req)
-        .await
-        .map_err(&fail)?
-        .into_inner();
+    let mut events = conn.client()?.watch(prefix, opts).await.map_err(&fail)?;
     let mut out = std::io::stdout().lock();
-    while let Some(ev) = events.message().await.map_err(&fail)? {
-        let kind = Kind::try_from(ev.kind).unwrap_or(Kind::Unspecified);
-        let line = match kind {
-            Kind::Progress if progress.is_none() => continue,
-            Kind::Progress | Kind::SnapshotEnd => {
-                format!("{}\t\t\t{}\n", kind.as_str_name(), ev.token)
-            }
-            Kind::Put if ev.snapshot => {
+    while let Some(ev) = events.next().await.map_err(&fail)? {
+        let line = match ev.kind {
+            EventKind::Progress if progress.is_none() => continue,
+            EventKind::Progress => format!("PROGRESS\t\t\t{}\n", ev.token),
+            EventKind::SnapshotEnd => format!("SNAPSHOT_END\t\t\t{}\n", ev.token),
+            EventKind::Put if ev.snapshot => {
                 format!("SNAPSHOT\t{}\t{}\t{}\n", ev.key, shown(&ev.value), ev.token)
             }
-            Kind::Put => format!("PUT\t{}\t{}\t{}\n", ev.key, shown(&ev.value), ev.token),
-            _ => format!("{}\t{}\t\t{}\n", kind.as_str_name(), ev.key, ev.token),
+            EventKind::Put => format!("PUT\t{}\t{}\t{}\n", ev.key, shown(&ev.value), ev.token),
+            EventKind::Delete => format!("DELETE\t{}\t\t{}\n", ev.key, ev.token),
+            EventKind::Expire => format!("EXPIRE\t{}\t\t{}\n", ev.key, ev.token),
         };
         out.write_all(line.as_bytes())
             .and_then(|()| out.flush())
@@ -275,14 +253,14 @@ fn shown(value: &[u8]) -> String {
 }
 
 /// Runs the load and prints its report, as a table or JSON.
-async fn bench(args: crate::client::bench::BenchArgs) -> Result<Outcome> {
+async fn bench(args: crate::cli::bench::BenchArgs) -> Result<Outcome> {
     let json = args.json;
-    let report = crate::client::bench::run(args).await?;
+    let report = crate::cli::bench::run(args).await?;
     if json {
         println!(
             "{}",
             serde_json::to_string_pretty(&report)
-                .map_err(|e| Error::Client(format!("cannot render the report as JSON: {e}")))?
+                .map_err(|e| Error::Usage(format!("cannot render the report as JSON: {e}")))?
         );
     } else {
         print!("{}", report.table());
@@ -295,11 +273,11 @@ async fn bench(args: crate::client::bench::BenchArgs) -> Result<Outcome> {
 }
 
 async fn status(raw: bool, conn: &ClientArgs) -> Result<Outcome> {
-    let status = AdminClient::new(conn.channel()?)
-        .cluster_status(proto::ClusterStatusRequest {})
+    let status = conn
+        .client()?
+        .cluster_status()
         .await
-        .map_err(request_error(&conn.endpoint, conn.timeout))?
-        .into_inner();
+        .map_err(request_error(&conn.endpoint, conn.timeout))?;
     if raw {
         println!("{status:#?}");
     } else {
@@ -311,11 +289,11 @@ async fn status(raw: bool, conn: &ClientArgs) -> Result<Outcome> {
 /// Prints which peers hold the write of `token`; exit 1 unless every
 /// peer has it.
 async fn write_status(token: String, conn: &ClientArgs) -> Result<Outcome> {
-    let status = AdminClient::new(conn.channel()?)
-        .write_status(proto::WriteStatusRequest { token })
+    let status = conn
+        .client()?
+        .write_status(&Token(token))
         .await
-        .map_err(request_error(&conn.endpoint, conn.timeout))?
-        .into_inner();
+        .map_err(request_error(&conn.endpoint, conn.timeout))?;
     print!("{}", format_write_status(&status));
     let everywhere = status.applied_here && status.peers.iter().all(|p| p.applied);
     Ok(if everywhere && !status.peers.is_empty() {
@@ -356,12 +334,12 @@ fn format_write_status(s: &proto::WriteStatusResponse) -> String {
 
 /// Prints the node's conflict ledger, newest first.
 async fn conflicts(conn: &ClientArgs) -> Result<Outcome> {
-    let answer = AdminClient::new(conn.channel()?)
-        .conflicts(proto::ConflictsRequest {})
+    let conflicts = conn
+        .client()?
+        .conflicts()
         .await
-        .map_err(request_error(&conn.endpoint, conn.timeout))?
-        .into_inner();
-    for c in &answer.conflicts {
+        .map_err(request_error(&conn.endpoint, conn.timeout))?;
+    for c in &conflicts {
         let kind = match c.kind() {
             proto::conflict::Kind::Lost => "LOST",
             proto::conflict::Kind::Replaced => "REPLACED",
@@ -375,7 +353,7 @@ async fn conflicts(conn: &ClientArgs) -> Result<Outcome> {
             c.peer
         );
     }
-    if answer.conflicts.is_empty() {
+    if conflicts.is_empty() {
         eprintln!("no conflicts since this node started");
     }
     Ok(Outcome::Ok)
@@ -383,14 +361,11 @@ async fn conflicts(conn: &ClientArgs) -> Result<Outcome> {
 
 /// Prints SERVING or why not; exit 1 unless serving.
 async fn health(conn: &ClientArgs) -> Result<Outcome> {
-    let status = HealthClient::new(conn.channel()?)
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
-        })
+    let status = conn
+        .client()?
+        .health()
         .await
-        .map_err(request_error(&conn.endpoint, conn.timeout))?
-        .into_inner()
-        .status();
+        .map_err(request_error(&conn.endpoint, conn.timeout))?;
     println!("{}", status.as_str_name());
     Ok(if status == ServingStatus::Serving {
         Outcome::Ok
@@ -501,8 +476,14 @@ fn needs_newline(value: &[u8], terminal: bool) -> bool {
 }
 
 fn show_version(v: Option<&proto::Version>) -> String {
-    v.map(|v| format!("{}@{}", v.hlc, v.node_id))
-        .unwrap_or_else(|| "(no version)".into())
+    v.map(|v| {
+        Version {
+            hlc: v.hlc,
+            node: v.node_id.clone(),
+        }
+        .to_string()
+    })
+    .unwrap_or_else(|| "(no version)".into())
 }
 
 #[cfg(test)]
@@ -512,8 +493,8 @@ mod tests {
     use clap::Parser;
 
     use super::*;
-    use crate::client::{
-        connect::{describe_status, parse_duration, parse_endpoint, Credentials},
+    use crate::cli::{
+        connect::{describe_status, parse_duration, parse_endpoint},
         Cli,
     };
 
@@ -524,13 +505,6 @@ mod tests {
         let text = format!("{cli:?}");
         assert!(!text.contains("sekrit"), "{text}");
         assert!(text.contains("redacted"), "{text}");
-        let auth = Credentials {
-            token: Some("sekrit-sekrit-sekrit".into()),
-            ..Default::default()
-        }
-        .auth()
-        .unwrap();
-        assert!(!format!("{auth:?}").contains("sekrit"));
     }
 
     #[test]

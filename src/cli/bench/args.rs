@@ -4,9 +4,10 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use crate::{
-    api::kv::MAX_WRITE_BATCH,
-    client::connect::{parse_duration, parse_endpoint},
+use meshkv::api::kv::MAX_WRITE_BATCH;
+
+use crate::cli::{
+    connect::{parse_duration, parse_endpoint},
     error::{Error, Result},
 };
 
@@ -97,13 +98,13 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub credentials: crate::client::connect::Credentials,
+    pub credentials: crate::cli::connect::Credentials,
 }
 
 impl BenchArgs {
     /// Refuses options that cannot run, naming the option.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::InvalidArgument(m));
+        let bad = |m: String| Err(Error::Usage(m));
         if self.endpoints.is_empty() {
             return bad("give at least one --endpoint".into());
         }
@@ -158,7 +159,7 @@ mod tests {
 
     use clap::Parser;
 
-    use crate::client::{Cli, Command};
+    use crate::cli::{Cli, Command};
 
     fn bench(args: &[&str]) -> Result<super::BenchArgs, clap::Error> {
         let cli = Cli::try_parse_from([&["meshkv", "bench"][..], args].concat())?;
