@@ -365,8 +365,7 @@ fn faketime_lib() -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_whose_clock_runs_ahead_shows_its_offset_and_is_warned_about() {
     let Some(lib) = faketime_lib() else {
-        eprintln!("skipped: libfaketime is not installed (apt-get install faketime)");
-        return;
+        return common::skip_without("faketime", "apt-get install faketime");
     };
     let tmp = tempfile::tempdir().unwrap();
     let mut nodes = cluster::nodes(tmp.path(), 2, &[]);

@@ -2,7 +2,9 @@
 //! unittest suite, run with this build's binary. It needs grpcio and
 //! grpcio-tools (clients/python/requirements.txt); without them it says so
 //! and passes without running, so the suite still runs on a machine with
-//! only the Rust toolchain.
+//! only the Rust toolchain (`.ci/run` requires them).
+
+mod common;
 
 use std::process::Command;
 
@@ -13,11 +15,10 @@ fn the_python_client_writes_reads_with_tokens_and_fails_over() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !importable {
-        eprintln!(
-            "skipped: python3 with grpcio and grpcio-tools is missing \
-             (pip install -r clients/python/requirements.txt)"
+        return common::skip_without(
+            "python",
+            "python3 with grpcio and grpcio-tools: pip install -r clients/python/requirements.txt",
         );
-        return;
     }
     let out = Command::new("python3")
         .arg(concat!(

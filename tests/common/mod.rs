@@ -409,6 +409,20 @@ pub fn token_of(dir: &Path, role: &str) -> String {
         .to_string()
 }
 
+/// Skips a test that needs `tool` (a system package or a Python module)
+/// when it is missing, saying so, unless `MESHKV_TEST_REQUIRE` (a
+/// comma-separated list, as `.ci/run` sets it) names the tool: there a
+/// missing tool fails the test instead of letting it pass unrun.
+pub fn skip_without(tool: &str, hint: &str) {
+    let required =
+        std::env::var("MESHKV_TEST_REQUIRE").is_ok_and(|v| v.split(',').any(|t| t.trim() == tool));
+    assert!(
+        !required,
+        "{tool} is missing and MESHKV_TEST_REQUIRE needs it ({hint})"
+    );
+    eprintln!("skipped: {tool} is missing ({hint})");
+}
+
 /// Free loopback ports for nodes that must know each other's addresses
 /// before they start.
 pub fn free_addrs(n: usize) -> Vec<SocketAddr> {
