@@ -183,3 +183,87 @@ async fn junk_on_an_open_node_is_bounded_by_the_receive_budget() {
     still_serves(&node).await;
     node.terminate().await;
 }
+
+/// Writes a bucket key file, private as a secret must be.
+fn bucket_key(dir: &Path, name: &str, secret: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, secret).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path.display().to_string()
+}
+
+/// Issue 24 item 3: bucket placement was a public constant. With a bucket
+/// key it is the cluster's secret; nodes that place keys otherwise are
+/// refused anti-entropy with a reason that names the fix, and a node given
+/// the cluster's key rebuilds its index and converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anti_entropy_runs_only_between_nodes_with_the_same_bucket_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = bucket_key(
+        tmp.path(),
+        "ours.key",
+        "a secret of the cluster, 32 bytes\n",
+    );
+    let other = bucket_key(
+        tmp.path(),
+        "other.key",
+        "not the same secret at all......\n",
+    );
+    let var = "MESHKV_REPLICATION__BUCKET_KEY_FILE";
+    let mut nodes: Vec<Node> = common::cluster::nodes(tmp.path(), 2, &[])
+        .into_iter()
+        .zip([&ours, &other])
+        .map(|(n, key)| {
+            n.env(var, key)
+                .env("MESHKV_REPLICATION__ANTI_ENTROPY_INTERVAL_SECS", "1")
+        })
+        .collect();
+    for n in nodes.iter_mut() {
+        n.spawn();
+        n.wait_answering().await;
+    }
+    for (node, key) in nodes.iter().zip(["on-1", "on-2"]) {
+        let write = proto::WriteRequest {
+            key: key.into(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        };
+        node.kv().write(write).await.unwrap();
+    }
+    common::cluster::wait_until("the refusal in node1's status", PATIENCE, || async {
+        let s = common::cluster::status(&nodes[0]).await;
+        s.peers[0].last_error.contains("bucket key")
+    })
+    .await;
+    let s = common::cluster::status(&nodes[0]).await;
+    assert!(
+        s.peers[0]
+            .last_error
+            .contains("replication.bucket_key_file"),
+        "names the fix: {}",
+        s.peers[0].last_error
+    );
+    // node2 gets the cluster's key: it rebuilds its index at start-up,
+    // rounds succeed, and both nodes hold the same map.
+    assert!(nodes[1].terminate().await.success());
+    let again = std::mem::replace(&mut nodes[1], Node::new(tmp.path(), "unused"));
+    nodes[1] = again.env(var, &ours);
+    nodes[1].start().await;
+    assert!(
+        nodes[1].log().contains("rebuilding the anti-entropy index"),
+        "{}",
+        nodes[1].log()
+    );
+    nodes[0].wait_serving().await;
+    let (map, _) = common::cluster::converge(&[&nodes[0], &nodes[1]]).await;
+    assert!(
+        map.contains_key("on-1") && map.contains_key("on-2"),
+        "{map:?}"
+    );
+    let (a, b) = (
+        common::cluster::status(&nodes[0]).await,
+        common::cluster::status(&nodes[1]).await,
+    );
+    assert_eq!(a.fingerprint, b.fingerprint);
+}

@@ -9,7 +9,11 @@
 use std::collections::BTreeMap;
 
 use libfuzzer_sys::fuzz_target;
-use meshkv::{clock, proto, storage::codec, storage::writer::apply, version, wire};
+use meshkv::{
+    clock, proto,
+    storage::{codec, writer::apply, BucketHash},
+    version, wire,
+};
 use prost::Message;
 
 /// A receiver whose horizon never passes (order matters past it by design).
@@ -48,6 +52,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(&codec::decode_entry(&stored).unwrap(), entry);
         let indexed = codec::decode_version(&codec::encode_version(entry, 1)).unwrap();
         assert_eq!(indexed.version, entry.version);
-        assert_eq!(codec::user_key(&codec::version_key(key)).unwrap(), *key);
+        let vk = codec::version_key(&BucketHash::default(), key);
+        assert_eq!(codec::user_key(&vk).unwrap(), *key);
     }
 });

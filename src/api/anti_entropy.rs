@@ -11,7 +11,7 @@ use crate::{
     proto::{self, anti_entropy_server::AntiEntropy},
     replication::Ctx,
     security::ConnInfo,
-    storage::{bucket_of, digest::ANSWER_SCAN_BUDGET, Digests, Refresh, BUCKETS},
+    storage::{digest::ANSWER_SCAN_BUDGET, Digests, Refresh, BUCKETS},
     version::{to_mutation, version_to_proto},
     wire::{self, ANSWER_BUDGET, MAX_FETCH_KEYS},
 };
@@ -40,6 +40,17 @@ impl AntiEntropy for AntiEntropyService {
         let req = request.into_inner();
         self.members
             .check(&req.cluster_id, &req.origin, conn.as_ref())?;
+        let placed = self.ctx.store.buckets();
+        if req.bucket_key_id != placed.id() {
+            return Err(Status::failed_precondition(format!(
+                "{} places keys in anti-entropy buckets by another bucket key (id {:016x}, \
+                 here {:016x}): give every node the same cluster_id and \
+                 replication.bucket_key_file",
+                req.origin,
+                req.bucket_key_id,
+                placed.id()
+            )));
+        }
         let theirs = Digests::from_slice(&req.digests).ok_or_else(|| {
             Error::InvalidArgument(format!(
                 "{} digests; exactly {BUCKETS} are required",
@@ -62,6 +73,7 @@ impl AntiEntropy for AntiEntropyService {
             catching_up: self.ctx.catching_up(),
             seen_high_water: seen,
             now_ms: self.ctx.clock.now_ms(),
+            bucket_key_id: placed.id(),
         }))
     }
 
@@ -92,7 +104,8 @@ impl AntiEntropy for AntiEntropyService {
             .collect::<Result<Vec<u16>, Error>>()?;
         if !req.after_key.is_empty() {
             validate::key(&req.after_key)?;
-            if buckets.first() != Some(&bucket_of(req.after_key.as_bytes())) {
+            let placed = self.ctx.store.buckets();
+            if buckets.first() != Some(&placed.of(req.after_key.as_bytes())) {
                 return Err(Error::InvalidArgument(
                     "after_key must be a key of the first bucket asked for".into(),
                 )

@@ -259,6 +259,13 @@ pub struct ReplicationConfig {
     /// deadline, in milliseconds. Then DEADLINE_EXCEEDED (UNAVAILABLE for
     /// tokens); a write is never rolled back.
     pub consistency_timeout_ms: u64,
+    /// A file holding a secret (at least 16 bytes; surrounding whitespace
+    /// is ignored) that keys, with the cluster id, where keys fall into
+    /// anti-entropy buckets, so that no client can aim its keys at one
+    /// bucket. Every node needs the same one; peers with another are
+    /// refused anti-entropy. Unset: the cluster id alone keys it. Changing
+    /// it rebuilds the anti-entropy index at the next start.
+    pub bucket_key_file: Option<PathBuf>,
 }
 
 impl Default for ReplicationConfig {
@@ -275,6 +282,7 @@ impl Default for ReplicationConfig {
             tombstone_ttl_secs: 24 * 3600,
             max_clock_skew_ms: 60_000,
             consistency_timeout_ms: 5_000,
+            bucket_key_file: None,
         }
     }
 }

@@ -32,9 +32,17 @@ pub(super) async fn open_storage(
         config.storage.cache_mb,
         config.storage.memtable_mb,
     );
+    let secret = match &config.replication.bucket_key_file {
+        Some(path) => Some(crate::security::private::read_secret(
+            "replication.bucket_key_file",
+            path,
+            16,
+        )?),
+        None => None,
+    };
     let (store, recovered) = blocking
         .run("storage open", move || {
-            Store::open(&dir, &node, &cluster, cache, memtable)
+            Store::open(&dir, &node, &cluster, secret.as_deref(), cache, memtable)
         })
         .await??;
     tracing::info!(

@@ -291,12 +291,26 @@ async fn exchange_digests(
                 digests,
                 high_water: ctx.store.high_water(),
                 incarnation: ctx.incarnation,
+                bucket_key_id: ctx.store.buckets().id(),
             },
             timeout,
         ))
         .await
         .map_err(Error::from_peer(peer))?
         .into_inner();
+    let ours = ctx.store.buckets().id();
+    if answer.bucket_key_id != ours {
+        // A peer that checks refuses first; this catches one that does not.
+        return Err(Error::Peer {
+            peer: peer.to_string(),
+            status: tonic::Status::failed_precondition(format!(
+                "it places keys in anti-entropy buckets by another bucket key (id {:016x}, \
+                 here {ours:016x}): give every node the same cluster_id and \
+                 replication.bucket_key_file",
+                answer.bucket_key_id
+            )),
+        });
+    }
     let clock = Some((asked.elapsed(), answer.now_ms));
     rules.peer_catching_up = answer.catching_up;
     // No mark of ours can be past what our clock could have issued: the wall
@@ -371,7 +385,15 @@ async fn compare_versions(
         .await
         .map_err(Error::from_peer(peer))?
         .into_inner();
-    let remote_reach = progress(peer, ask, after, answer.processed, answer.resume_after)?;
+    let placed = ctx.store.buckets();
+    let remote_reach = progress(
+        &placed,
+        peer,
+        ask,
+        after,
+        answer.processed,
+        answer.resume_after,
+    )?;
     // The local side of the same buckets, bounded the same way.
     let (local, local_reach) = {
         let store = Arc::clone(&ctx.store);
@@ -391,8 +413,8 @@ async fn compare_versions(
         .collect();
     Ok((
         reach.clone(),
-        within(ask, after, &reach, local),
-        within(ask, after, &reach, remote),
+        within(&placed, ask, after, &reach, local),
+        within(&placed, ask, after, &reach, remote),
     ))
 }
 

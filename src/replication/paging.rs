@@ -8,13 +8,14 @@ use std::collections::HashMap;
 
 use crate::{
     error::{Error, Result},
-    storage::{bucket_of, Reach},
+    storage::{BucketHash, Reach},
     version::Version,
 };
 
 /// The pairs of `pairs` that lie between the start (the first bucket of
-/// `ask` after `after`) and `reach`.
+/// `ask` after `after`) and `reach`, keys placed by `placed`.
 pub(super) fn within(
+    placed: &BucketHash,
     ask: &[u16],
     after: Option<&str>,
     reach: &Reach,
@@ -24,7 +25,7 @@ pub(super) fn within(
     pairs
         .into_iter()
         .filter(|(k, _)| {
-            let Some(&i) = index.get(&bucket_of(k.as_bytes())) else {
+            let Some(&i) = index.get(&placed.of(k.as_bytes())) else {
                 return false;
             };
             let started = i > 0 || after.is_none_or(|a| k.as_str() > a);
@@ -48,8 +49,9 @@ pub(super) fn fetched(peer: &str, processed: u32, asked: usize) -> Result<usize>
 
 /// How far a BucketVersions answer reached; it must pass where it started
 /// (the first bucket of `ask`, after `after`), and a bucket it stopped
-/// inside must hold the key it stopped at.
+/// inside must hold the key it stopped at (placed by `placed`).
 pub(super) fn progress(
+    placed: &BucketHash,
     peer: &str,
     ask: &[u16],
     after: Option<&str>,
@@ -63,7 +65,7 @@ pub(super) fn progress(
     let full = (processed as usize).min(ask.len());
     let partial = (!resume_after.is_empty() && full < ask.len()).then_some(resume_after);
     if let Some(p) = &partial {
-        if bucket_of(p.as_bytes()) != ask[full] {
+        if placed.of(p.as_bytes()) != ask[full] {
             return Err(bad("resumes at a key outside the bucket it stopped in"));
         }
     }
@@ -93,7 +95,7 @@ mod tests {
     fn key_in(b: u16) -> String {
         (0..)
             .map(|i| format!("k{i}"))
-            .find(|k| bucket_of(k.as_bytes()) == b)
+            .find(|k| BucketHash::default().of(k.as_bytes()) == b)
             .unwrap()
     }
 
@@ -116,7 +118,15 @@ mod tests {
             // A key from another bucket than the one it stopped in.
             (None, 0, k9.clone(), None),
         ] {
-            let got = progress("p", &ask, after, processed, resume.clone()).ok();
+            let got = progress(
+                &BucketHash::default(),
+                "p",
+                &ask,
+                after,
+                processed,
+                resume.clone(),
+            )
+            .ok();
             assert_eq!(
                 got, want,
                 "after {after:?}, processed {processed}, resume {resume:?}"
@@ -129,7 +139,7 @@ mod tests {
         let ask = [7u16, 9, 11];
         let mut k7: Vec<String> = (0..)
             .map(|i| format!("k{i}"))
-            .filter(|k| bucket_of(k.as_bytes()) == 7)
+            .filter(|k| BucketHash::default().of(k.as_bytes()) == 7)
             .take(3)
             .collect();
         k7.sort();
@@ -143,7 +153,7 @@ mod tests {
             .map(|k| (k.clone(), v.clone()))
             .collect();
         let keys = |r: &Reach, after: Option<&str>| -> Vec<String> {
-            within(&ask, after, r, pairs.clone())
+            within(&BucketHash::default(), &ask, after, r, pairs.clone())
                 .into_iter()
                 .map(|(k, _)| k)
                 .collect()

@@ -24,7 +24,7 @@ use crate::{
         anti_entropy::{round, Rules},
         Ctx, PeerChannel, PeerCredential,
     },
-    storage::{blocking::Blocking, bucket_of, writer},
+    storage::{blocking::Blocking, writer, BucketHash},
 };
 
 /// A peer that holds the given `(key, hlc)` entries (all issued by "n2"),
@@ -42,6 +42,11 @@ struct ScriptedPeer {
     page: Option<usize>,
 }
 
+/// Where the node under test (cluster "c", no secret) places keys.
+fn placed() -> BucketHash {
+    BucketHash::keyed("c", None)
+}
+
 fn version(hlc: u64) -> proto::Version {
     proto::Version {
         hlc,
@@ -53,7 +58,7 @@ fn version(hlc: u64) -> proto::Version {
 impl AntiEntropy for ScriptedPeer {
     async fn digest(
         &self,
-        _: Request<proto::DigestRequest>,
+        r: Request<proto::DigestRequest>,
     ) -> Result<Response<proto::DigestResponse>, Status> {
         Ok(Response::new(proto::DigestResponse {
             buckets: (0..crate::storage::BUCKETS as u32).collect(),
@@ -61,6 +66,8 @@ impl AntiEntropy for ScriptedPeer {
             seen_high_water: 0,
             // A peer that stamps nothing: no clock sample.
             now_ms: 0,
+            // It places keys as the node under test does.
+            bucket_key_id: r.into_inner().bucket_key_id,
         }))
     }
 
@@ -74,7 +81,7 @@ impl AntiEntropy for ScriptedPeer {
             .holds
             .iter()
             .filter_map(|(k, h)| {
-                let b = u32::from(bucket_of(k.as_bytes()));
+                let b = u32::from(placed().of(k.as_bytes()));
                 let i = asked.iter().position(|a| *a == b)?;
                 (i > 0 || req.after_key.is_empty() || *k > req.after_key).then_some((i, k, *h))
             })
@@ -242,10 +249,10 @@ async fn a_bucket_too_big_for_one_answer_is_compared_in_pages() {
     // of keys was answered whole and stalled every round at that bucket.
     let dir = tempfile::tempdir().unwrap();
     let ctx = node(dir.path(), ReplicationConfig::default());
-    let crowded = bucket_of(b"k0");
+    let crowded = placed().of(b"k0");
     let mut holds: Vec<(String, u64)> = (0..)
         .map(|i| format!("k{i}"))
-        .filter(|k| bucket_of(k.as_bytes()) == crowded)
+        .filter(|k| placed().of(k.as_bytes()) == crowded)
         .take(30)
         .map(|k| (k, from_physical_ms(1_000)))
         .collect();

@@ -35,6 +35,23 @@ pub fn check(what: &str, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Reads the secret in `path` (checked as [`check`] does), without the
+/// whitespace around it; refuses one shorter than `min` bytes.
+pub fn read_secret(what: &str, path: &Path, min: usize) -> Result<Vec<u8>> {
+    check(what, path)?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::Config(format!("{what}: cannot read {}: {e}", path.display())))?;
+    let secret = bytes.trim_ascii();
+    if secret.len() < min {
+        return Err(Error::Config(format!(
+            "{what}: {} holds {} bytes; a secret needs at least {min}",
+            path.display(),
+            secret.len()
+        )));
+    }
+    Ok(secret.to_vec())
+}
+
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
@@ -58,5 +75,13 @@ mod tests {
         set(0o600).unwrap();
         assert!(check("tls.key", &path).is_ok());
         assert!(check("tls.key", &dir.path().join("missing")).is_err());
+        std::fs::write(&path, " short\n").unwrap();
+        let err = read_secret("k", &path, 16).unwrap_err().to_string();
+        assert!(err.contains("holds 5 bytes") && err.contains("16"), "{err}");
+        std::fs::write(&path, "0123456789abcdef0123\n").unwrap();
+        assert_eq!(
+            read_secret("k", &path, 16).unwrap(),
+            b"0123456789abcdef0123"
+        );
     }
 }

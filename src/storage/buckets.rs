@@ -40,7 +40,7 @@ impl Store {
                 None => Bound::Unbounded,
             };
             let lower = match after.filter(|_| i == 0) {
-                Some(k) => Bound::Excluded(codec::version_key(k)),
+                Some(k) => Bound::Excluded(codec::version_key(&self.buckets(), k)),
                 None => Bound::Included(b.to_be_bytes().to_vec()),
             };
             let mut n = 0;
@@ -113,13 +113,13 @@ mod tests {
     #[test]
     fn a_bucket_scan_returns_versions_and_stops_after_its_budget() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = Store::open(dir.path(), "n1", "c", 8, 4).unwrap();
+        let (store, _) = Store::open(dir.path(), "n1", "c", None, 8, 4).unwrap();
         // Large values in many buckets; the scan decodes versions only.
         let mut batch = store.db.batch();
         let mut buckets = std::collections::BTreeSet::new();
         for i in 0..400 {
             let key = format!("key-{i}");
-            buckets.insert(crate::storage::bucket_of(key.as_bytes()));
+            buckets.insert(store.buckets().of(key.as_bytes()));
             let entry = Entry {
                 version: Version {
                     hlc: i,
@@ -160,14 +160,14 @@ mod tests {
     #[test]
     fn a_crowded_bucket_is_read_in_pages_that_miss_and_repeat_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = Store::open(dir.path(), "n1", "c", 8, 4).unwrap();
+        let (store, _) = Store::open(dir.path(), "n1", "c", None, 8, 4).unwrap();
         // Keys of one bucket, and a few of the next bucket asked for.
-        let first = crate::storage::bucket_of(b"key-0");
+        let first = store.buckets().of(b"key-0");
         let second = (first + 1) % BUCKETS as u16;
         let (mut crowded, mut other) = (Vec::new(), Vec::new());
         for i in 0..20_000u64 {
             let key = format!("key-{i}");
-            match crate::storage::bucket_of(key.as_bytes()) {
+            match store.buckets().of(key.as_bytes()) {
                 b if b == first => crowded.push(key),
                 b if b == second => other.push(key),
                 _ => {}

@@ -5,15 +5,14 @@ use prost::Message;
 use crate::{
     error::{Error, Result},
     proto,
-    storage::digest::bucket_of,
+    storage::digest::BucketHash,
     version::{version_from_proto, version_to_proto, Entry, Version},
 };
 
 /// The `versions` key of a user key: its bucket, big-endian, then the key.
-/// (Also the key of the `data` keyspace of layout 1, which start-up migrates.)
-pub fn version_key(key: &str) -> Vec<u8> {
+pub fn version_key(buckets: &BucketHash, key: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + key.len());
-    k.extend_from_slice(&bucket_of(key.as_bytes()).to_be_bytes());
+    k.extend_from_slice(&buckets.of(key.as_bytes()).to_be_bytes());
     k.extend_from_slice(key.as_bytes());
     k
 }
@@ -193,8 +192,11 @@ mod tests {
 
     #[test]
     fn version_keys_carry_their_bucket_and_round_trip() {
-        let k = version_key("hello");
-        assert_eq!(u16::from_be_bytes([k[0], k[1]]), bucket_of(b"hello"));
+        let k = version_key(&BucketHash::default(), "hello");
+        assert_eq!(
+            u16::from_be_bytes([k[0], k[1]]),
+            BucketHash::default().of(b"hello")
+        );
         assert_eq!(user_key(&k).unwrap(), "hello");
         assert!(user_key(&[1]).is_err());
     }

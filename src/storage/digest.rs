@@ -1,10 +1,12 @@
 //! Bucketed XOR digests of the whole map, for anti-entropy.
 //!
-//! A stable hash places each key in one of [`BUCKETS`] buckets. A bucket's
+//! A keyed hash ([`BucketHash`]) places each key in one of [`BUCKETS`]
+//! buckets. A bucket's
 //! digest is the XOR of `hash(key, version)` over its entries, in any order.
 //! Two replicas whose digests agree on a bucket hold the same versions there (up
 //! to a 64-bit collision); the buckets that differ are all that a repair has
-//! to look at. The seeds are fixed: digests must match across builds.
+//! to look at. The entry hash's seed is fixed and the bucket key is the
+//! cluster's: digests must match across builds and nodes.
 //!
 //! **Kept lazily.** The writer does not read a key's old version to XOR it
 //! out: a local write always wins, so that read would only feed the digest,
@@ -26,7 +28,8 @@
 //! buckets, never miss one. Successive bounded refreshes start where the
 //! last one stopped, so every dirty bucket is reached in turn.
 
-use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3};
+use siphasher::sip128::{Hasher128, SipHasher13};
+use xxhash_rust::xxh3::Xxh3;
 
 use crate::version::Version;
 
@@ -38,12 +41,80 @@ pub const BUCKETS: usize = 4096;
 /// both peers, within the 8 s `bench/scale.sh` measured from its start to
 /// its streams being up.)
 pub const ANSWER_SCAN_BUDGET: usize = 1 << 18;
-const BUCKET_SEED: u64 = 0x6d65_7368_6b76_0001;
 const ENTRY_SEED: u64 = 0x6d65_7368_6b76_0002;
+/// The fixed key that turns a cluster's name and secret into its bucket
+/// key: public, like the derivation.
+const DERIVE: (u64, u64) = (0x6d65_7368_6b76_0003, 0x6275_636b_6574_6b65);
 
-/// The bucket a key lives in.
-pub fn bucket_of(key: &[u8]) -> u16 {
-    (xxh3_64_with_seed(key, BUCKET_SEED) % BUCKETS as u64) as u16
+/// Where keys fall into buckets: SipHash-1-3 under a 128-bit key derived
+/// from the cluster's id and, when the cluster has one, its bucket secret
+/// (`replication.bucket_key_file`).
+///
+/// A client with the write role chooses keys. Were the placement public,
+/// it could aim tens of thousands at one bucket, and every comparison of
+/// that bucket would have to page through them all (issue 24, item 3).
+/// SipHash is a keyed function built for exactly this (Rust's `HashMap`
+/// uses it against HashDoS); without the secret nobody can tell which keys
+/// share a bucket. Without a secret the key is the cluster id's alone:
+/// still per cluster, but anyone who knows the id can compute it.
+///
+/// Every node of a cluster must place keys alike, or their digests never
+/// match: peers compare [`BucketHash::id`]s before they compare digests,
+/// and `versions` is rebuilt at start-up when the key changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct BucketHash {
+    k0: u64,
+    k1: u64,
+}
+
+impl BucketHash {
+    /// The placement of cluster `cluster_id`, keyed with `secret` if any.
+    pub fn keyed(cluster_id: &str, secret: Option<&[u8]>) -> Self {
+        use std::hash::Hasher;
+        let mut h = SipHasher13::new_with_keys(DERIVE.0, DERIVE.1);
+        // Lengths first, so that no two (id, secret) pairs hash alike.
+        h.write(&(cluster_id.len() as u64).to_le_bytes());
+        h.write(cluster_id.as_bytes());
+        if let Some(secret) = secret {
+            h.write(&(secret.len() as u64).to_le_bytes());
+            h.write(secret);
+        }
+        let k = h.finish128();
+        Self { k0: k.h1, k1: k.h2 }
+    }
+
+    /// The bucket `key` lives in.
+    pub fn of(&self, key: &[u8]) -> u16 {
+        use std::hash::Hasher;
+        let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
+        h.write(key);
+        (h.finish() % BUCKETS as u64) as u16
+    }
+
+    /// A fingerprint of the key that tells nothing about it, for peers to
+    /// check they place keys alike, and for the data dir to notice a new
+    /// key.
+    pub fn id(&self) -> u64 {
+        use std::hash::Hasher;
+        let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
+        h.write(b"meshkv bucket key id");
+        // 0 is what a peer that sends no id says.
+        h.finish().max(1)
+    }
+}
+
+/// The placement of a cluster named `meshkv` without a secret: for tests.
+impl Default for BucketHash {
+    fn default() -> Self {
+        Self::keyed("meshkv", None)
+    }
+}
+
+/// Shows the fingerprint only: the key is a secret.
+impl std::fmt::Debug for BucketHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BucketHash({:016x})", self.id())
+    }
 }
 
 /// The hash of one key at one version.
@@ -79,8 +150,14 @@ impl Digests {
     /// Records that `key` changed from `old` (if any) to `new`: the
     /// incremental rule, which the lazy [`DigestBook`] is tested against.
     #[cfg(test)]
-    pub fn replace(&mut self, key: &[u8], old: Option<&Version>, new: &Version) {
-        let b = usize::from(bucket_of(key));
+    pub fn replace(
+        &mut self,
+        placed: &BucketHash,
+        key: &[u8],
+        old: Option<&Version>,
+        new: &Version,
+    ) {
+        let b = usize::from(placed.of(key));
         if let Some(old) = old {
             self.0[b] ^= entry_hash(key, old);
         }
@@ -89,8 +166,8 @@ impl Digests {
 
     /// Records that `key` at `version` was removed.
     #[cfg(test)]
-    pub fn remove(&mut self, key: &[u8], version: &Version) {
-        self.0[usize::from(bucket_of(key))] ^= entry_hash(key, version);
+    pub fn remove(&mut self, placed: &BucketHash, key: &[u8], version: &Version) {
+        self.0[usize::from(placed.of(key))] ^= entry_hash(key, version);
     }
 
     /// The digest of every bucket, in bucket order.
@@ -233,6 +310,7 @@ impl DigestBook {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use xxhash_rust::xxh3::xxh3_64_with_seed;
 
     fn v(hlc: u64, node: &str) -> Version {
         Version {
@@ -246,12 +324,60 @@ mod tests {
         // Pinned values: if these change, digests stop matching across versions.
         let pinned: Vec<u16> = ["a", "b", "key-1"]
             .iter()
-            .map(|k| bucket_of(k.as_bytes()))
+            .map(|k| BucketHash::default().of(k.as_bytes()))
             .collect();
         assert_eq!(pinned, PINNED_BUCKETS.to_vec());
     }
 
-    const PINNED_BUCKETS: [u16; 3] = [3087, 2390, 194];
+    const PINNED_BUCKETS: [u16; 3] = [196, 770, 80];
+
+    #[test]
+    fn keys_aimed_at_one_bucket_scatter_under_another_clusters_key() {
+        // Issue 24 item 3: with a public placement a client could fill one
+        // bucket. Keys that share a bucket under one key (all the attacker
+        // can compute without the secret) spread out under the secret one.
+        let public = BucketHash::keyed("prod", None);
+        let target = public.of(b"seed");
+        let aimed: Vec<String> = (0u32..)
+            .map(|i| format!("k{i}"))
+            .filter(|k| public.of(k.as_bytes()) == target)
+            .take(64)
+            .collect();
+        let secret = BucketHash::keyed("prod", Some(b"not in any config file"));
+        let hit: std::collections::BTreeSet<u16> =
+            aimed.iter().map(|k| secret.of(k.as_bytes())).collect();
+        assert!(
+            hit.len() >= 60,
+            "64 aimed keys land in {} buckets",
+            hit.len()
+        );
+    }
+
+    #[test]
+    fn the_key_depends_on_cluster_and_secret_and_its_id_hides_it() {
+        let ids: std::collections::BTreeSet<u64> = [
+            BucketHash::keyed("a", None),
+            BucketHash::keyed("b", None),
+            BucketHash::keyed("a", Some(b"s")),
+            BucketHash::keyed("a", Some(b"t")),
+            // Lengths are hashed too: ("a", "bc") is not ("ab", "c").
+            BucketHash::keyed("ab", Some(b"c")),
+            BucketHash::keyed("a", Some(b"bc")),
+        ]
+        .iter()
+        .map(BucketHash::id)
+        .collect();
+        assert_eq!(ids.len(), 6);
+        assert_eq!(
+            BucketHash::keyed("a", Some(b"s")),
+            BucketHash::keyed("a", Some(b"s"))
+        );
+        let shown = format!("{:?}", BucketHash::keyed("a", Some(b"s")));
+        assert!(
+            shown.starts_with("BucketHash(") && shown.len() == 28,
+            "{shown}"
+        );
+    }
 
     #[test]
     fn entry_hash_is_the_hash_of_its_documented_bytes() {
@@ -270,11 +396,11 @@ mod tests {
     fn order_of_application_does_not_matter() {
         let mut a = Digests::default();
         let mut b = Digests::default();
-        a.replace(b"k1", None, &v(1, "n"));
-        a.replace(b"k2", None, &v(2, "n"));
-        a.replace(b"k1", Some(&v(1, "n")), &v(3, "m"));
-        b.replace(b"k2", None, &v(2, "n"));
-        b.replace(b"k1", None, &v(3, "m"));
+        a.replace(&BucketHash::default(), b"k1", None, &v(1, "n"));
+        a.replace(&BucketHash::default(), b"k2", None, &v(2, "n"));
+        a.replace(&BucketHash::default(), b"k1", Some(&v(1, "n")), &v(3, "m"));
+        b.replace(&BucketHash::default(), b"k2", None, &v(2, "n"));
+        b.replace(&BucketHash::default(), b"k1", None, &v(3, "m"));
         assert_eq!(a, b);
         assert!(a.diff(&b).is_empty());
     }
@@ -283,9 +409,9 @@ mod tests {
     fn diff_names_the_changed_bucket_only() {
         let mut a = Digests::default();
         let b = a.clone();
-        a.replace(b"x", None, &v(1, "n"));
-        assert_eq!(a.diff(&b), vec![bucket_of(b"x")]);
-        a.remove(b"x", &v(1, "n"));
+        a.replace(&BucketHash::default(), b"x", None, &v(1, "n"));
+        assert_eq!(a.diff(&b), vec![BucketHash::default().of(b"x")]);
+        a.remove(&BucketHash::default(), b"x", &v(1, "n"));
         assert!(a.diff(&b).is_empty());
     }
 
@@ -294,7 +420,7 @@ mod tests {
         for (b, generation) in book.dirty() {
             let entries: Vec<_> = map
                 .iter()
-                .filter(|(k, _)| bucket_of(k) == b)
+                .filter(|(k, _)| BucketHash::default().of(k) == b)
                 .map(|(k, v)| (k.as_slice(), v))
                 .collect();
             book.settle(
@@ -317,14 +443,14 @@ mod tests {
             let new = v(i, if i % 3 == 0 { "a" } else { "b" });
             if i % 11 == 0 {
                 if let Some(old) = map.remove(&key) {
-                    incremental.remove(&key, &old);
-                    book.touch(bucket_of(&key));
+                    incremental.remove(&BucketHash::default(), &key, &old);
+                    book.touch(BucketHash::default().of(&key));
                 }
                 continue;
             }
             let old = map.insert(key.clone(), new.clone());
-            incremental.replace(&key, old.as_ref(), &new);
-            book.touch(bucket_of(&key));
+            incremental.replace(&BucketHash::default(), &key, old.as_ref(), &new);
+            book.touch(BucketHash::default().of(&key));
             if i % 500 == 0 {
                 scan(&mut book, &map);
                 assert_eq!(book.digests(), &incremental);
@@ -366,15 +492,21 @@ mod tests {
         assert!(settled.to_compare(&settled.digests).is_empty());
         // A commit to `a` leaves its old digest in place but unsettled: the
         // peer's equal digest must not hide the change.
-        book.touch(bucket_of(b"a"));
+        book.touch(BucketHash::default().of(b"a"));
         let view = book.view();
         assert_eq!(view.digests, settled.digests);
-        assert_eq!(view.to_compare(&settled.digests), vec![bucket_of(b"a")]);
+        assert_eq!(
+            view.to_compare(&settled.digests),
+            vec![BucketHash::default().of(b"a")]
+        );
         // A differing bucket and an unsettled one are each listed once.
         let mut theirs = settled.digests.clone();
-        theirs.replace(b"a", None, &v(9, "m"));
-        theirs.replace(b"b", None, &v(9, "m"));
-        let mut both = vec![bucket_of(b"a"), bucket_of(b"b")];
+        theirs.replace(&BucketHash::default(), b"a", None, &v(9, "m"));
+        theirs.replace(&BucketHash::default(), b"b", None, &v(9, "m"));
+        let mut both = vec![
+            BucketHash::default().of(b"a"),
+            BucketHash::default().of(b"b"),
+        ];
         both.sort_unstable();
         assert_eq!(view.to_compare(&theirs), both);
     }

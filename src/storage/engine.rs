@@ -17,7 +17,7 @@ use crate::{
     proto,
     storage::{
         codec,
-        digest::{bucket_of, entry_hash, DigestBook, DigestView},
+        digest::{entry_hash, BucketHash, DigestBook, DigestView},
         lock::DirLock,
         window::{LogWindow, WINDOW_BYTES},
     },
@@ -67,6 +67,8 @@ pub struct Store {
     pub(crate) kv: Keyspace,
     /// `bucket ‖ key` → `StoredVersion`, written with every `kv` change.
     pub(crate) versions: Keyspace,
+    /// Which bucket each key's `versions` entry is in.
+    buckets: BucketHash,
     pub(crate) log: Keyspace,
     pub(crate) meta: Keyspace,
     /// Touched by the writer after every commit; scanned lazily by
@@ -124,11 +126,14 @@ impl Store {
     /// Opens (or creates) the store in `dir` and checks that it belongs to
     /// this node and cluster. Nothing here reads every key: the digests are
     /// rebuilt by the first [`Store::refresh_digests`], so a restart takes
-    /// as long as the journal replay, not as long as the data.
+    /// as long as the journal replay, not as long as the data (except once
+    /// after the bucket key changes: see `migrate::rekey_versions`).
+    /// `bucket_secret` keys the anti-entropy buckets with the cluster id.
     pub fn open(
         dir: &Path,
         node_id: &str,
         cluster_id: &str,
+        bucket_secret: Option<&[u8]>,
         cache_mb: u64,
         memtable_mb: u64,
     ) -> Result<(Arc<Store>, Recovered)> {
@@ -190,6 +195,8 @@ impl Store {
         }
 
         super::migrate::from_layout_1(&db, &kv, &versions)?;
+        let buckets = BucketHash::keyed(cluster_id, bucket_secret);
+        super::migrate::rekey_versions(&db, &kv, &versions, &meta, &buckets)?;
         let fresh = kv.first_key_value().is_none();
         db.persist(PersistMode::SyncAll)?;
         let positions = super::positions::Positions::load(&meta)?;
@@ -197,6 +204,7 @@ impl Store {
             db,
             kv,
             versions,
+            buckets,
             log,
             meta,
             digests: Mutex::new(DigestBook::all_dirty()),
@@ -494,7 +502,7 @@ impl Store {
     pub(crate) fn touch_digests<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
         let mut book = self.book();
         for key in keys {
-            book.touch(bucket_of(key.as_bytes()));
+            book.touch(self.buckets.of(key.as_bytes()));
         }
     }
 
@@ -556,6 +564,11 @@ impl Store {
         Ok(())
     }
 
+    /// Where keys fall into anti-entropy buckets on this node.
+    pub fn buckets(&self) -> BucketHash {
+        self.buckets
+    }
+
     /// Syncs the journal to disk.
     pub fn sync(&self) -> Result<()> {
         Ok(self.db.persist(PersistMode::SyncAll)?)
@@ -573,7 +586,7 @@ impl Store {
         batch.insert(&self.kv, key, codec::encode_entry(entry, applied_ms));
         batch.insert(
             &self.versions,
-            codec::version_key(key),
+            codec::version_key(&self.buckets, key),
             codec::encode_version(entry, applied_ms),
         );
         // An entry applied already expired never needs sweeping: its change
@@ -586,7 +599,7 @@ impl Store {
     /// Adds the removal of `key` from both keyspaces to a batch.
     pub(crate) fn batch_remove(&self, batch: &mut fjall::OwnedWriteBatch, key: &str) {
         batch.remove(&self.kv, key);
-        batch.remove(&self.versions, codec::version_key(key));
+        batch.remove(&self.versions, codec::version_key(&self.buckets, key));
     }
 
     /// Adds the clock high-water mark, the last log seq and the last change
@@ -622,7 +635,7 @@ mod tests {
     #[test]
     fn a_digest_refresh_reads_no_values_and_stops_at_its_budget() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = Store::open(dir.path(), "n1", "c", 8, 4).unwrap();
+        let (store, _) = Store::open(dir.path(), "n1", "c", None, 8, 4).unwrap();
         let mut batch = store.db.batch();
         let keys = 3_000;
         for i in 0..keys {
@@ -651,7 +664,7 @@ mod tests {
                     hlc: i + 1,
                     node: "n1".into(),
                 };
-                d.replace(format!("k{i}").as_bytes(), None, &v);
+                d.replace(&store.buckets(), format!("k{i}").as_bytes(), None, &v);
             }
             d
         };
@@ -694,9 +707,9 @@ mod tests {
     #[test]
     fn a_second_open_of_the_same_dir_is_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
-        let (_store, rec) = Store::open(dir.path(), "n1", "c", 8, 4).unwrap();
+        let (_store, rec) = Store::open(dir.path(), "n1", "c", None, 8, 4).unwrap();
         assert!(rec.fresh);
-        let err = Store::open(dir.path(), "n1", "c", 8, 4).unwrap_err();
+        let err = Store::open(dir.path(), "n1", "c", None, 8, 4).unwrap_err();
         assert!(matches!(err, Error::Locked { .. }), "{err}");
         assert!(
             err.to_string().contains(&std::process::id().to_string()),
@@ -707,8 +720,8 @@ mod tests {
     #[test]
     fn a_dir_of_another_node_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        drop(Store::open(dir.path(), "n1", "c", 8, 4).unwrap());
-        let err = Store::open(dir.path(), "n2", "c", 8, 4).unwrap_err();
+        drop(Store::open(dir.path(), "n1", "c", None, 8, 4).unwrap());
+        let err = Store::open(dir.path(), "n2", "c", None, 8, 4).unwrap_err();
         assert!(err.to_string().contains("belongs to node"), "{err}");
     }
 }

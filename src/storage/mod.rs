@@ -47,6 +47,6 @@ pub mod window;
 pub mod writer;
 
 pub use buckets::Reach;
-pub use digest::{bucket_of, DigestView, Digests, BUCKETS};
+pub use digest::{BucketHash, DigestView, Digests, BUCKETS};
 pub use engine::{cursor_key, seen_keys, Recovered, Refresh, Store};
 pub use writer::{apply::Refusal, Applied, Contest, WriterHandle, WriterOptions, Written};

@@ -640,7 +640,7 @@ impl Writer {
 pub(crate) fn for_tests(
     dir: &std::path::Path,
 ) -> (Arc<Store>, WriterHandle, watch::Receiver<u64>, WriterJoin) {
-    let (store, rec) = Store::open(dir, "n1", "c", 8, 4).expect("open a test store");
+    let (store, rec) = Store::open(dir, "n1", "c", None, 8, 4).expect("open a test store");
     let lane = LaneLimits {
         requests: 64,
         bytes: 1 << 26,

@@ -41,7 +41,7 @@ fn start(
 }
 
 fn open(dir: &std::path::Path) -> (Arc<Store>, Recovered) {
-    Store::open(dir, "n1", "c", 8, 4).unwrap()
+    Store::open(dir, "n1", "c", None, 8, 4).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,7 +310,7 @@ fn recount(store: &Store) -> (crate::storage::Digests, u64) {
     let mut n = 0;
     store
         .for_each_version(|k, v| {
-            d.replace(k.as_bytes(), None, &v.version);
+            d.replace(&store.buckets(), k.as_bytes(), None, &v.version);
             n += 1;
             Ok(true)
         })
