@@ -66,6 +66,21 @@ pub enum Error {
         /// The version of the key's live value here, if it has one.
         current: Option<crate::version::Version>,
     },
+    /// A peer places keys in anti-entropy buckets by another bucket key,
+    /// so no digest of it can be compared with ours.
+    #[error(
+        "{peer} places keys in anti-entropy buckets by another bucket key (id {theirs:016x}, \
+         here {ours:016x}): give every node the same cluster_id and \
+         replication.bucket_key_file"
+    )]
+    OtherPlacement {
+        /// The peer's id.
+        peer: String,
+        /// The fingerprint of its bucket key (0: it sent none).
+        theirs: u64,
+        /// Ours.
+        ours: u64,
+    },
     /// A wait for other nodes (a consistency level, a write token) outlived
     /// the call's deadline; the message says who had answered.
     #[error("deadline exceeded: {0}")]
@@ -121,7 +136,7 @@ impl From<Error> for tonic::Status {
             }
             Error::Peer { .. } => Code::Unavailable,
             Error::PermissionDenied(_) => Code::PermissionDenied,
-            Error::Precondition { .. } => Code::FailedPrecondition,
+            Error::Precondition { .. } | Error::OtherPlacement { .. } => Code::FailedPrecondition,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Locked { .. } | Error::Config(_) | Error::Corrupt(_) => Code::Internal,
@@ -145,6 +160,14 @@ mod tests {
             (Error::PermissionDenied("x".into()), Code::PermissionDenied),
             (Error::Unauthenticated("x".into()), Code::Unauthenticated),
             (Error::DeadlineExceeded("x".into()), Code::DeadlineExceeded),
+            (
+                Error::OtherPlacement {
+                    peer: "n2".into(),
+                    theirs: 1,
+                    ours: 2,
+                },
+                Code::FailedPrecondition,
+            ),
             (Error::Corrupt("x".into()), Code::Internal),
         ];
         for (err, code) in cases {

@@ -247,8 +247,7 @@ async fn anti_entropy_runs_only_between_nodes_with_the_same_bucket_key() {
     // node2 gets the cluster's key: it rebuilds its index at start-up,
     // rounds succeed, and both nodes hold the same map.
     assert!(nodes[1].terminate().await.success());
-    let again = std::mem::replace(&mut nodes[1], Node::new(tmp.path(), "unused"));
-    nodes[1] = again.env(var, &ours);
+    nodes[1].set_env(var, &ours);
     nodes[1].start().await;
     assert!(
         nodes[1].log().contains("rebuilding the anti-entropy index"),

@@ -21,8 +21,8 @@ use crate::{
     proto::{self, kv_client::KvClient},
     stream::{ScanPages, Watch},
     types::{
-        Consistency, Entry, ReadOptions, ScanOptions, Token, Version, WatchOptions, WriteOptions,
-        Written,
+        expiry, Consistency, Entry, ReadOptions, ScanOptions, Token, Version, WatchOptions,
+        WriteOptions, Written,
     },
     Error, Session,
 };
@@ -354,7 +354,7 @@ impl Client {
                 hlc: 0,
                 node: String::new(),
             }),
-            expires_ms: (resp.expires_ms > 0).then_some(resp.expires_ms),
+            expires_ms: expiry(resp.expires_ms),
         }))
     }
 

@@ -3,7 +3,11 @@
 
 use tonic::{Code, Status, Streaming};
 
-use crate::{proto, types::Version, Client, Error};
+use crate::{
+    proto,
+    types::{expiry, Version},
+    Client, Error,
+};
 
 /// A live key of a scan.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +58,7 @@ impl ScanPages {
                     key: e.key,
                     value: e.value,
                     version: Version::from_proto(e.version),
-                    expires_ms: (e.expires_ms > 0).then_some(e.expires_ms),
+                    expires_ms: expiry(e.expires_ms),
                 })
                 .collect(),
             next_page_token: page.next_page_token,
@@ -114,7 +118,7 @@ impl WatchEvent {
             key: e.key,
             value: e.value,
             version: Version::from_proto(e.version),
-            expires_ms: (e.expires_ms > 0).then_some(e.expires_ms),
+            expires_ms: expiry(e.expires_ms),
             token: e.token,
             snapshot: e.snapshot,
         })

@@ -91,6 +91,11 @@ pub struct Written {
     pub token: Token,
 }
 
+/// The expiry the node sends (0: none), as the client shows it.
+pub(crate) fn expiry(ms: u64) -> Option<u64> {
+    (ms > 0).then_some(ms)
+}
+
 /// A live value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {

@@ -41,16 +41,7 @@ impl AntiEntropy for AntiEntropyService {
         self.members
             .check(&req.cluster_id, &req.origin, conn.as_ref())?;
         let placed = self.ctx.store.buckets();
-        if req.bucket_key_id != placed.id() {
-            return Err(Status::failed_precondition(format!(
-                "{} places keys in anti-entropy buckets by another bucket key (id {:016x}, \
-                 here {:016x}): give every node the same cluster_id and \
-                 replication.bucket_key_file",
-                req.origin,
-                req.bucket_key_id,
-                placed.id()
-            )));
-        }
+        placed.agrees(&req.origin, req.bucket_key_id)?;
         let theirs = Digests::from_slice(&req.digests).ok_or_else(|| {
             Error::InvalidArgument(format!(
                 "{} digests; exactly {BUCKETS} are required",

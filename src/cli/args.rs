@@ -7,7 +7,7 @@ use meshkv::config::{parse_peer, FsyncMode, LogFormat, Overrides, PeerConfig};
 use meshkv_client::{Client, Expect, Version};
 
 use crate::cli::{
-    connect::{parse_duration, parse_endpoint, Credentials, CONNECT_TIMEOUT},
+    connect::{parse_duration, parse_endpoint, request_error, Credentials, CONNECT_TIMEOUT},
     error::{Error, Result},
 };
 
@@ -346,6 +346,11 @@ impl ClientArgs {
             .max_attempts(1)
             .build()
             .map_err(|e| Error::Usage(e.to_string()))
+    }
+
+    /// For `map_err`: a failed call to this node as one sentence.
+    pub fn failed(&self) -> impl Fn(meshkv_client::Error) -> Error + '_ {
+        request_error(&self.endpoint, self.timeout)
     }
 }
 

@@ -9,7 +9,6 @@ use meshkv_client::{
 
 use crate::cli::{
     args::{CasArgs, CertsArgs, ClientArgs, Command, LevelArgs},
-    connect::request_error,
     error::{Error, Result},
 };
 /// The outcome of a client command, for the exit code.
@@ -123,7 +122,7 @@ async fn put(
         .client()?
         .write(key, value, opts)
         .await
-        .map_err(request_error(&conn.endpoint, conn.timeout))?;
+        .map_err(conn.failed())?;
     println!("OK {} {}", written.version, written.token);
     Ok(Outcome::Ok)
 }
@@ -144,7 +143,7 @@ async fn get(
         .client()?
         .read(key.clone(), opts)
         .await
-        .map_err(request_error(&conn.endpoint, conn.timeout))?;
+        .map_err(conn.failed())?;
     let Some(entry) = found else {
         eprintln!("key {key:?} not found");
         return Ok(Outcome::Negative);
@@ -173,7 +172,7 @@ async fn delete(
         .client()?
         .delete(key, opts)
         .await
-        .map_err(request_error(&conn.endpoint, conn.timeout))?;
+        .map_err(conn.failed())?;
     println!("OK {} {}", written.version, written.token);
     Ok(Outcome::Ok)
 }
@@ -182,7 +181,7 @@ async fn delete(
 /// if a limit stopped it, on stderr.
 async fn scan(prefix: String, opts: ScanOptions, conn: &ClientArgs) -> Result<Outcome> {
     let keys_only = opts.keys_only;
-    let fail = request_error(&conn.endpoint, conn.timeout);
+    let fail = conn.failed();
     let mut pages = conn
         .client()?
         .scan_pages(prefix, opts)
@@ -221,7 +220,7 @@ async fn watch(
         resume_token: from,
         progress,
     };
-    let fail = request_error(&conn.endpoint, conn.timeout);
+    let fail = conn.failed();
     let mut events = conn.client()?.watch(prefix, opts).await.map_err(&fail)?;
     let mut out = std::io::stdout().lock();
     while let Some(ev) = events.next().await.map_err(&fail)? {
@@ -277,7 +276,7 @@ async fn status(raw: bool, conn: &ClientArgs) -> Result<Outcome> {
         .client()?
         .cluster_status()
         .await
-        .map_err(request_error(&conn.endpoint, conn.timeout))?;
+        .map_err(conn.failed())?;
     if raw {
         println!("{status:#?}");
     } else {
@@ -293,7 +292,7 @@ async fn write_status(token: String, conn: &ClientArgs) -> Result<Outcome> {
         .client()?
         .write_status(&Token(token))
         .await
-        .map_err(request_error(&conn.endpoint, conn.timeout))?;
+        .map_err(conn.failed())?;
     print!("{}", format_write_status(&status));
     let everywhere = status.applied_here && status.peers.iter().all(|p| p.applied);
     Ok(if everywhere && !status.peers.is_empty() {
@@ -334,11 +333,7 @@ fn format_write_status(s: &proto::WriteStatusResponse) -> String {
 
 /// Prints the node's conflict ledger, newest first.
 async fn conflicts(conn: &ClientArgs) -> Result<Outcome> {
-    let conflicts = conn
-        .client()?
-        .conflicts()
-        .await
-        .map_err(request_error(&conn.endpoint, conn.timeout))?;
+    let conflicts = conn.client()?.conflicts().await.map_err(conn.failed())?;
     for c in &conflicts {
         let kind = match c.kind() {
             proto::conflict::Kind::Lost => "LOST",
@@ -361,11 +356,7 @@ async fn conflicts(conn: &ClientArgs) -> Result<Outcome> {
 
 /// Prints SERVING or why not; exit 1 unless serving.
 async fn health(conn: &ClientArgs) -> Result<Outcome> {
-    let status = conn
-        .client()?
-        .health()
-        .await
-        .map_err(request_error(&conn.endpoint, conn.timeout))?;
+    let status = conn.client()?.health().await.map_err(conn.failed())?;
     println!("{}", status.as_str_name());
     Ok(if status == ServingStatus::Serving {
         Outcome::Ok

@@ -298,19 +298,8 @@ async fn exchange_digests(
         .await
         .map_err(Error::from_peer(peer))?
         .into_inner();
-    let ours = ctx.store.buckets().id();
-    if answer.bucket_key_id != ours {
-        // A peer that checks refuses first; this catches one that does not.
-        return Err(Error::Peer {
-            peer: peer.to_string(),
-            status: tonic::Status::failed_precondition(format!(
-                "it places keys in anti-entropy buckets by another bucket key (id {:016x}, \
-                 here {ours:016x}): give every node the same cluster_id and \
-                 replication.bucket_key_file",
-                answer.bucket_key_id
-            )),
-        });
-    }
+    // A peer that checks refuses first; this catches one that does not.
+    ctx.store.buckets().agrees(peer, answer.bucket_key_id)?;
     let clock = Some((asked.elapsed(), answer.now_ms));
     rules.peer_catching_up = answer.catching_up;
     // No mark of ours can be past what our clock could have issued: the wall

@@ -31,7 +31,10 @@
 use siphasher::sip128::{Hasher128, SipHasher13};
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::version::Version;
+use crate::{
+    error::{Error, Result},
+    version::Version,
+};
 
 /// Number of buckets. 4096 digests of 8 bytes make a 32 KiB exchange.
 pub const BUCKETS: usize = 4096;
@@ -100,6 +103,20 @@ impl BucketHash {
         h.write(b"meshkv bucket key id");
         // 0 is what a peer that sends no id says.
         h.finish().max(1)
+    }
+
+    /// Whether `peer`, whose bucket key has the fingerprint `theirs`,
+    /// places keys as this node does; both ends of a Digest check.
+    pub fn agrees(&self, peer: &str, theirs: u64) -> Result<()> {
+        let ours = self.id();
+        if theirs == ours {
+            return Ok(());
+        }
+        Err(Error::OtherPlacement {
+            peer: peer.to_string(),
+            theirs,
+            ours,
+        })
     }
 }
 

@@ -69,8 +69,13 @@ impl Node {
 
     /// Extra environment (e.g. `MESHKV_LIMITS__MAX_VALUE_BYTES`).
     pub fn env(mut self, k: &str, v: &str) -> Self {
-        self.envs.push((k.into(), v.into()));
+        self.set_env(k, v);
         self
+    }
+
+    /// Sets `k` for the next start (the last value set wins).
+    pub fn set_env(&mut self, k: &str, v: &str) {
+        self.envs.push((k.into(), v.into()));
     }
 
     /// Pins the listen address before the first start (cluster tests need it).

@@ -23,7 +23,7 @@ use crate::cli::{
         report::{histogram, LagReport, Percentiles, Report},
         BenchArgs, KeyPattern, Target,
     },
-    connect::{request_error, CONNECT_TIMEOUT},
+    connect::{connect_error, request_error, CONNECT_TIMEOUT},
     error::{Error, Result},
 };
 
@@ -150,13 +150,7 @@ async fn etcd_channel(url: &str, args: &BenchArgs) -> Result<Channel> {
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(args.timeout)
         .tcp_nodelay(true);
-    let fail = request_error(url, args.timeout);
-    endpoint.connect().await.map_err(|source| {
-        fail(meshkv_client::Error::Connect {
-            endpoint: url.to_string(),
-            source,
-        })
-    })
+    endpoint.connect().await.map_err(connect_error(url))
 }
 
 /// Runs the benchmark and returns its report.
